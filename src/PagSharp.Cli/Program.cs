@@ -1,3 +1,1 @@
-using TorchSharp;
-var t = torch.ones(2, 3) * 2;
-Console.WriteLine(t.sum().item<float>());
+return PagSharp.Cli.App.Run(args);

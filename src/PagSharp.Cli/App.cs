@@ -1,0 +1,58 @@
+using PagSharp.Cli.Commands;
+using Spectre.Console;
+using Spectre.Console.Cli;
+using TorchSharp;
+
+namespace PagSharp.Cli;
+
+/// <summary>The <c>pag</c> command line.</summary>
+public static class App
+{
+    public const int ExitBadInput = 2;
+    public const int ExitCancelled = 130;
+
+    public static int Run(string[] args)
+    {
+        torch.set_num_threads(Math.Max(1, Environment.ProcessorCount));
+        var app = new CommandApp();
+        app.Configure(c =>
+        {
+            c.SetApplicationName("pag");
+            c.AddCommand<SampleCommand>("sample").WithDescription("Generate images (built-in MNIST model by default) with none / CFG / PAG / CFG+PAG guidance.");
+            c.AddCommand<CompareCommand>("compare").WithDescription("One labelled grid: rows = seeds, columns = guidance methods, all from the same noise.");
+            c.AddCommand<LayersCommand>("layers").WithDescription("List the perturbable self-attention layers of a model.");
+            c.AddCommand<ForwardCommand>("forward").WithDescription("Run the network once and save its raw output (for checks against PyTorch).");
+            c.AddCommand<TrainCommand>("train").WithDescription("Train an ADM U-Net (improved-DDPM hybrid loss, EMA, checkpoints, resume).");
+            c.SetExceptionHandler((ex, _) =>
+            {
+                var e = ex is CommandRuntimeException { InnerException: { } inner } ? inner : ex;
+                switch (e)
+                {
+                    case PagSharpException or CommandParseException or CommandRuntimeException:
+                        AnsiConsole.MarkupLine($"[red]error:[/] {Markup.Escape(e.Message)}");
+                        return ExitBadInput;
+                    case OperationCanceledException:
+                        AnsiConsole.MarkupLine("[yellow]stopped.[/]");
+                        return ExitCancelled;
+                    default:
+                        AnsiConsole.WriteException(e);
+                        return 1;
+                }
+            });
+        });
+        return app.Run(args);
+    }
+
+    /// <summary>A token cancelled by Ctrl-C (the first press; a second press ends the process).</summary>
+    public static CancellationToken CtrlC()
+    {
+        var cts = new CancellationTokenSource();
+        Console.CancelKeyPress += (_, e) =>
+        {
+            if (cts.IsCancellationRequested) return;
+            e.Cancel = true;
+            cts.Cancel();
+        };
+        return cts.Token;
+    }
+}

@@ -1,0 +1,52 @@
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace PagSharp.Attention;
+
+/// <summary>
+/// The dispatch every self-attention layer goes through: normal attention for unperturbed batch entries, the plan's
+/// policy for perturbed ones, and optional capture of the attention map.
+/// </summary>
+public static class PerturbableAttention
+{
+    /// <summary>Normal attention from q, k, v ([B, heads, T, d]); returns [B, heads, T, d] and, if asked, the map.</summary>
+    public delegate Tensor Normal(Tensor q, Tensor k, Tensor v, bool wantMap, out Tensor? map);
+
+    public static Tensor Attend(string layer, Tensor q, Tensor k, Tensor v, int height, int width, PerturbationPlan? plan, Normal normal)
+    {
+        if (plan is null || plan.IsEmpty)
+            return normal(q, k, v, false, out _);
+
+        bool capture = plan.WantsCapture(layer);
+        if (!plan.TryGet(layer, out var entry))
+        {
+            var a = normal(q, k, v, capture, out var map);
+            if (capture) plan.Store(layer, map!);
+            return a;
+        }
+
+        var ctx = new AttentionContext(layer, height, width, plan.Generator);
+        long batch = q.shape[0];
+        long[]? pert = entry.BatchIndices;
+        if (pert is null || pert.Length == batch)
+            return entry.Policy.Attend(q, k, v, ctx);
+
+        // Mixed batch: the unperturbed entries get exactly the normal attention, the perturbed ones the policy.
+        var pertSet = new HashSet<long>(pert);
+        foreach (var i in pert)
+            if (i < 0 || i >= batch) throw new PagSharpException($"perturbation batch index {i} is outside the batch of {batch} at layer '{layer}'");
+        long[] keep = Enumerable.Range(0, (int)batch).Select(i => (long)i).Where(i => !pertSet.Contains(i)).ToArray();
+        using var pi = tensor(pert, device: q.device);
+        var outp = entry.Policy.Attend(q.index_select(0, pi), k.index_select(0, pi), v.index_select(0, pi), ctx);
+        var result = empty_like(v);
+        result.index_copy_(0, pi, outp);
+        if (keep.Length > 0)
+        {
+            using var ki = tensor(keep, device: q.device);
+            var an = normal(q.index_select(0, ki), k.index_select(0, ki), v.index_select(0, ki), capture, out var map);
+            result.index_copy_(0, ki, an);
+            if (capture) plan.Store(layer, map!);
+        }
+        return result;
+    }
+}

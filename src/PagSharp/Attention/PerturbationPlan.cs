@@ -1,0 +1,57 @@
+using static TorchSharp.torch;
+
+namespace PagSharp.Attention;
+
+/// <summary>
+/// For one forward call: which attention layers are perturbed, with which policy, for which batch entries; and which
+/// layers should hand out their (unperturbed) attention maps. Attention blocks ask the plan; the network itself has
+/// no notion of PAG, SAG or any ablation.
+/// </summary>
+public sealed class PerturbationPlan
+{
+    private readonly Dictionary<string, Entry> _entries = new(StringComparer.Ordinal);
+    private readonly HashSet<string> _capture = new(StringComparer.Ordinal);
+    private readonly Dictionary<string, Tensor> _captured = new(StringComparer.Ordinal);
+
+    /// <summary>One perturbed layer: the policy and the batch entries it applies to (null = all entries).</summary>
+    public sealed record Entry(IAttentionPerturbation Policy, long[]? BatchIndices);
+
+    /// <summary>Random source handed to stochastic policies.</summary>
+    public Generator? Generator { get; init; }
+
+    /// <summary>A plan that perturbs <paramref name="layers"/> with <paramref name="policy"/> on the given batch entries (null = all).</summary>
+    public static PerturbationPlan Perturb(IEnumerable<string> layers, IAttentionPerturbation policy, long[]? batchIndices = null, Generator? generator = null)
+    {
+        var plan = new PerturbationPlan { Generator = generator };
+        foreach (var l in layers) plan.Add(l, policy, batchIndices);
+        return plan;
+    }
+
+    public PerturbationPlan Add(string layer, IAttentionPerturbation policy, long[]? batchIndices = null)
+    {
+        _entries[layer] = new Entry(policy, batchIndices);
+        return this;
+    }
+
+    /// <summary>Ask <paramref name="layer"/> to store its softmax attention map ([B, heads, T, T]) during the call.</summary>
+    public PerturbationPlan Capture(string layer)
+    {
+        _capture.Add(layer);
+        return this;
+    }
+
+    public bool IsEmpty => _entries.Count == 0 && _capture.Count == 0;
+    public IReadOnlyCollection<string> PerturbedLayers => _entries.Keys;
+    public bool TryGet(string layer, out Entry entry) => _entries.TryGetValue(layer, out entry!);
+    public bool WantsCapture(string layer) => _capture.Contains(layer);
+
+    internal void Store(string layer, Tensor map)
+    {
+        if (_captured.Remove(layer, out var old)) old.Dispose();
+        _captured[layer] = map.DetachFromDisposeScope();
+    }
+
+    /// <summary>The attention map captured at <paramref name="layer"/>; ownership passes to the caller.</summary>
+    public Tensor TakeCaptured(string layer) =>
+        _captured.Remove(layer, out var t) ? t : throw new PagSharpException($"no attention map was captured at layer '{layer}'");
+}

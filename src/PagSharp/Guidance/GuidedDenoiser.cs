@@ -1,0 +1,119 @@
+using PagSharp.Attention;
+using PagSharp.Models;
+using static TorchSharp.torch;
+
+namespace PagSharp.Guidance;
+
+/// <summary>
+/// none / CFG / PAG / CFG+PAG as one denoiser wrapper. The branches of a step — [uncond], cond, [perturbed cond] —
+/// run as one batched forward call whose plan perturbs only the perturbed entries (or as separate calls with
+/// <see cref="GuidanceSettings.SplitBatch"/>). Formulas (float32, in this order):
+/// <list type="bullet">
+/// <item>CFG: ε(∅) + w·(ε(c) − ε(∅))</item>
+/// <item>PAG: ε + s·(ε − ε̂) (paper/diffusers), or ε̂ + g·(ε − ε̂) (official ADM code)</item>
+/// <item>CFG+PAG: ε(∅) + w·(ε(c) − ε(∅)) + s·(ε(c) − ε̂(c))</item>
+/// </list>
+/// Learned variance always comes from the unperturbed conditional branch.
+/// </summary>
+public sealed class GuidedDenoiser : IDenoiser
+{
+    private readonly IDiffusionModel _model;
+    private readonly GuidanceSettings _g;
+    private readonly Tensor? _labels;
+    private readonly int _totalSteps;
+    private readonly Generator? _policyGenerator;
+
+    /// <param name="model">The network.</param>
+    /// <param name="settings">Guidance settings (validated here).</param>
+    /// <param name="labels">Class labels [B] for class-conditional models (the null class for unconditional sampling).</param>
+    /// <param name="totalSteps">Original diffusion length T (for scale schedules).</param>
+    /// <param name="policyGenerator">Random source for stochastic perturbation policies.</param>
+    public GuidedDenoiser(IDiffusionModel model, GuidanceSettings settings, Tensor? labels, int totalSteps, Generator? policyGenerator = null)
+    {
+        settings.Validate();
+        if (settings.UsesCfg && model.NullClass is null)
+            throw new PagSharpException("CFG (guidance scale > 1) needs a model with a null condition (a class-conditional model trained with label dropout); this model has none. Use --pag-scale alone, or a guidance scale ≤ 1.");
+        if (model.IsClassConditional && labels is null)
+            throw new PagSharpException($"this model is class-conditional: give labels (0..{model.NumClasses - 1})");
+        if (!model.IsClassConditional && labels is not null)
+            throw new PagSharpException("this model is unconditional: it takes no labels");
+        var valid = model.AttentionLayers.Select(l => l.Name).ToHashSet();
+        foreach (var l in settings.PagLayers)
+            if (!valid.Contains(l))
+                throw new PagSharpException($"unknown attention layer '{l}'; valid layers: {string.Join(", ", valid)}");
+        _model = model;
+        _g = settings;
+        _labels = labels;
+        _totalSteps = totalSteps;
+        _policyGenerator = policyGenerator;
+    }
+
+    /// <summary>PAG scale at model timestep <paramref name="t"/>, or 0 when PAG is off there.</summary>
+    public double PagScaleAt(int t)
+    {
+        if (!_g.UsesPag) return 0;
+        if (_g.PagInterval is { } iv && (t > iv.Hi || t < iv.Lo)) return 0;
+        return _g.PagScale!.At(t, _totalSteps);
+    }
+
+    public EpsOutput Predict(Tensor x, Tensor t)
+    {
+        int tv = (int)t[0].item<long>();
+        double s = PagScaleAt(tv);
+        bool pag = s != 0, cfg = _g.UsesCfg;
+        if (!pag && !cfg) return _model.Forward(x, t, _labels, null);
+
+        long b = x.shape[0];
+        Tensor? nullLabels = cfg ? full(b, _model.NullClass!.Value, dtype: ScalarType.Int64, device: x.device) : null;
+        // Branch order: [uncond], cond, [perturbed].
+        var xs = new List<Tensor>(); var ys = new List<Tensor?>();
+        if (cfg) { xs.Add(x); ys.Add(nullLabels); }
+        xs.Add(x); ys.Add(_labels);
+        if (pag) { xs.Add(x); ys.Add(_labels); }
+        int nb = xs.Count, condIdx = cfg ? 1 : 0;
+
+        var eps = new Tensor[nb];
+        Tensor? varValues;
+        if (_g.SplitBatch)
+        {
+            varValues = null;
+            for (int i = 0; i < nb; i++)
+            {
+                bool perturbed = pag && i == nb - 1;
+                var plan = perturbed ? PerturbationPlan.Perturb(_g.PagLayers, _g.Perturbation, null, _policyGenerator) : null;
+                var o = _model.Forward(x, t, ys[i], plan);
+                eps[i] = o.Eps;
+                if (i == condIdx) varValues = o.VarValues;
+            }
+        }
+        else
+        {
+            var xb = cat(xs.ToArray(), 0);
+            var tb = t.repeat(nb);
+            Tensor? yb = _labels is null && !cfg ? null : cat(ys.Select(y => y!).ToArray(), 0);
+            PerturbationPlan? plan = null;
+            if (pag)
+            {
+                var idx = Enumerable.Range((int)(b * (nb - 1)), (int)b).Select(i => (long)i).ToArray();
+                plan = PerturbationPlan.Perturb(_g.PagLayers, _g.Perturbation, idx, _policyGenerator);
+            }
+            var o = _model.Forward(xb, tb, yb, plan);
+            var chunks = o.Eps.chunk(nb, 0);
+            for (int i = 0; i < nb; i++) eps[i] = chunks[i];
+            varValues = o.VarValues?.chunk(nb, 0)[condIdx];
+        }
+
+        Tensor guided;
+        var epsC = eps[condIdx];
+        if (cfg)
+        {
+            guided = eps[0] + _g.GuidanceScale * (epsC - eps[0]);
+            if (pag) guided = guided + s * (epsC - eps[nb - 1]);
+        }
+        else if (_g.Formula == PagFormula.Official)
+            guided = eps[nb - 1] + s * (epsC - eps[nb - 1]);
+        else
+            guided = epsC + s * (epsC - eps[nb - 1]);
+        return new EpsOutput(guided, varValues);
+    }
+}

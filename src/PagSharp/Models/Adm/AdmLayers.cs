@@ -1,0 +1,110 @@
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+using static TorchSharp.torch.nn;
+
+namespace PagSharp.Models.Adm;
+
+/// <summary>guided-diffusion's <c>normalization(ch)</c>: GroupNorm(32, ch, eps 1e-5), computed in float32.</summary>
+internal static class AdmNorm
+{
+    public static GroupNorm Create(long channels) => GroupNorm(32, channels, eps: 1e-5);
+}
+
+/// <summary>Nearest ×2 upsampling, optionally followed by a 3×3 conv (key <c>conv</c>).</summary>
+internal sealed class Upsample : Module<Tensor, Tensor>
+{
+#pragma warning disable IDE1006 // field names are checkpoint keys
+    private readonly Conv2d? conv;
+#pragma warning restore IDE1006
+
+    public Upsample(long channels, bool useConv, long outChannels) : base(nameof(Upsample))
+    {
+        if (useConv) conv = Conv2d(channels, outChannels, 3, padding: 1);
+        RegisterComponents();
+    }
+
+    public override Tensor forward(Tensor x)
+    {
+        var h = functional.interpolate(x, scale_factor: new[] { 2.0, 2.0 }, mode: InterpolationMode.Nearest);
+        return conv is null ? h : conv.forward(h);
+    }
+}
+
+/// <summary>Stride-2 3×3 conv (key <c>op</c>) or 2×2 average pooling.</summary>
+internal sealed class Downsample : Module<Tensor, Tensor>
+{
+#pragma warning disable IDE1006
+    private readonly Conv2d? op;
+#pragma warning restore IDE1006
+
+    public Downsample(long channels, bool useConv, long outChannels) : base(nameof(Downsample))
+    {
+        if (useConv) op = Conv2d(channels, outChannels, 3, stride: 2, padding: 1);
+        else if (channels != outChannels) throw new ArgumentException("average-pool downsampling keeps the channel count");
+        RegisterComponents();
+    }
+
+    public override Tensor forward(Tensor x) => op is null ? functional.avg_pool2d(x, 2, 2) : op.forward(x);
+}
+
+/// <summary>
+/// guided-diffusion's ResBlock: GN→SiLU→conv, timestep-embedding injection (scale-shift norm or addition),
+/// GN→SiLU→dropout→conv, plus a skip (identity, 1×1 conv, or 3×3 conv). Optional up/down resampling inside.
+/// </summary>
+internal sealed class ResBlock : Module
+{
+#pragma warning disable IDE1006
+    private readonly Sequential in_layers;
+    private readonly Sequential emb_layers;
+    private readonly Sequential out_layers;
+    private readonly Module<Tensor, Tensor>? skip_connection;
+#pragma warning restore IDE1006
+    private readonly Module<Tensor, Tensor>? _hUpd, _xUpd;
+    private readonly bool _scaleShift;
+
+    public ResBlock(long channels, long embChannels, double dropout, long outChannels, bool useScaleShiftNorm,
+                    bool up = false, bool down = false, bool useConvSkip = false) : base(nameof(ResBlock))
+    {
+        in_layers = Sequential(AdmNorm.Create(channels), SiLU(), Conv2d(channels, outChannels, 3, padding: 1));
+        if (up) { _hUpd = new Upsample(channels, false, channels); _xUpd = new Upsample(channels, false, channels); }
+        else if (down) { _hUpd = new Downsample(channels, false, channels); _xUpd = new Downsample(channels, false, channels); }
+        emb_layers = Sequential(SiLU(), Linear(embChannels, useScaleShiftNorm ? 2 * outChannels : outChannels));
+        out_layers = Sequential(AdmNorm.Create(outChannels), SiLU(), Dropout(dropout), Conv2d(outChannels, outChannels, 3, padding: 1));
+        if (outChannels != channels)
+            skip_connection = useConvSkip ? Conv2d(channels, outChannels, 3, padding: 1) : Conv2d(channels, outChannels, 1);
+        _scaleShift = useScaleShiftNorm;
+        RegisterComponents();
+    }
+
+    public Tensor Forward(Tensor x, Tensor emb)
+    {
+        Tensor h;
+        if (_hUpd is not null)
+        {
+            // in_rest = GN, SiLU; then resample h and x; then in_conv.
+            h = in_layers[1].call(in_layers[0].call(x));
+            h = in_layers[2].call(_hUpd.forward(h));
+            x = _xUpd!.forward(x);
+        }
+        else h = in_layers.forward(x);
+
+        var embOut = emb_layers.forward(emb).unsqueeze(-1).unsqueeze(-1);
+        if (_scaleShift)
+        {
+            var ss = embOut.chunk(2, 1); // scale first, then shift
+            h = out_layers[0].call(h) * (1 + ss[0]) + ss[1];
+            for (int i = 1; i < 4; i++) h = out_layers[i].call(h);
+        }
+        else
+        {
+            h = out_layers.forward(h + embOut);
+        }
+        return (skip_connection is null ? x : skip_connection.forward(x)) + h;
+    }
+}
+
+internal static class ModuleCallExtensions
+{
+    public static Tensor call(this Module m, Tensor x) => ((Module<Tensor, Tensor>)m).call(x);
+}

@@ -1,0 +1,85 @@
+using PagSharp.Diffusion;
+using PagSharp.IO;
+using PagSharp.Models.Adm;
+using PagSharp.Sampling;
+
+namespace PagSharp.Models;
+
+/// <summary>An ADM network with its config, ready for sampling.</summary>
+public sealed class LoadedAdm : IDisposable
+{
+    public required AdmUNet Net { get; init; }
+    public required string Source { get; init; }
+    public AdmConfig Config => Net.Config;
+    public IDiffusionModel Model => new AdmDiffusionModel(Net);
+    public DiffusionSpec Spec => new(Config.NoiseSchedule, Config.DiffusionSteps,
+        Config.LearnSigma ? VarianceType.LearnedRange : VarianceType.FixedSmall);
+    public long[] SampleShape => new long[] { Config.InChannels, Config.ImageSize, Config.ImageSize };
+    public void Dispose() => Net.Dispose();
+}
+
+/// <summary>Finds and loads models: the built-in MNIST model, a preset or config file plus a checkpoint.</summary>
+public static class ModelStore
+{
+    public const string WeightsFile = "model.safetensors";
+
+    /// <summary>The built-in model's folder (copied next to the program at build time).</summary>
+    public static string BuiltInDir
+    {
+        get
+        {
+            var env = Environment.GetEnvironmentVariable("PAGSHARP_MODEL_DIR");
+            if (!string.IsNullOrEmpty(env)) return env;
+            return Path.Combine(AppContext.BaseDirectory, "models", "mnist");
+        }
+    }
+
+    /// <summary>The config a (preset | config file | built-in) selection means, without loading weights.</summary>
+    public static AdmConfig ResolveConfig(string? preset, string? configPath)
+    {
+        if (preset is not null && configPath is not null)
+            throw new PagSharpException("give either --preset or --config, not both");
+        if (preset is not null) return AdmPresets.Get(preset);
+        if (configPath is not null) return AdmConfig.Load(configPath);
+        string builtIn = Path.Combine(BuiltInDir, "config.json");
+        if (!File.Exists(builtIn))
+            throw new PagSharpException($"the built-in model is missing ({builtIn}); give --preset NAME or --config FILE with --checkpoint FILE");
+        return AdmConfig.Load(builtIn);
+    }
+
+    /// <summary>
+    /// Loads a model. With no preset and no config the built-in model is used. A checkpoint is required unless
+    /// <paramref name="randomWeights"/> is set (random initialisation, for tests and benchmarks).
+    /// </summary>
+    public static LoadedAdm Load(string? preset, string? configPath, string? checkpoint, bool randomWeights = false)
+    {
+        bool builtIn = preset is null && configPath is null;
+        var cfg = ResolveConfig(preset, configPath);
+        if (builtIn && checkpoint is null) checkpoint = Path.Combine(BuiltInDir, WeightsFile);
+        if (checkpoint is null && !randomWeights)
+            throw new PagSharpException("give --checkpoint FILE (.safetensors, .pt, .pth or .bin) for this model, or --random-weights");
+        var net = new AdmUNet(cfg);
+        net.eval();
+        if (checkpoint is not null)
+        {
+            if (!File.Exists(checkpoint)) throw new PagSharpException($"checkpoint '{checkpoint}' does not exist");
+            var weights = StateDicts.Load(checkpoint);
+            try
+            {
+                string what = preset is not null ? $"preset '{preset}'" : configPath is not null ? $"config '{configPath}'" : "the built-in model config";
+                StateDictLoader.LoadStrict(net, weights, checkpoint,
+                    $"Is {what} the right configuration for this checkpoint? Presets: {string.Join(", ", AdmPresets.All.Select(p => $"{p.Key} ({p.Value.Checkpoint})"))}");
+            }
+            catch
+            {
+                net.Dispose();
+                throw;
+            }
+            finally
+            {
+                foreach (var w in weights.Values) w.Dispose();
+            }
+        }
+        return new LoadedAdm { Net = net, Source = checkpoint ?? "random weights" };
+    }
+}

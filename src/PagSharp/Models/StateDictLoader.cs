@@ -1,0 +1,48 @@
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace PagSharp.Models;
+
+/// <summary>Strict state-dict loading: names and shapes must match exactly; every mismatch is reported at once.</summary>
+public static class StateDictLoader
+{
+    /// <summary>
+    /// Copies <paramref name="weights"/> into <paramref name="module"/>'s parameters and buffers, up-casting to the
+    /// module's dtype (fp16/bf16 checkpoints load into a float32 model). Throws a <see cref="PagSharpException"/>
+    /// that lists every missing, unexpected and mis-shaped key.
+    /// </summary>
+    public static void LoadStrict(nn.Module module, IReadOnlyDictionary<string, Tensor> weights, string source, string? hint = null)
+    {
+        var own = module.state_dict();
+        var missing = own.Keys.Where(k => !weights.ContainsKey(k)).ToList();
+        var unexpected = weights.Keys.Where(k => !own.ContainsKey(k)).ToList();
+        var misShaped = own.Where(kv => weights.TryGetValue(kv.Key, out var w) && !w.shape.SequenceEqual(kv.Value.shape))
+            .Select(kv => $"{kv.Key}: checkpoint {Shape(weights[kv.Key])}, model {Shape(kv.Value)}").ToList();
+        if (missing.Count + unexpected.Count + misShaped.Count > 0)
+        {
+            var lines = new List<string> { $"{source} does not match the model ({own.Count} parameters expected, {weights.Count} in the file):" };
+            void Section(string title, List<string> items)
+            {
+                if (items.Count == 0) return;
+                lines.Add($"  {title} ({items.Count}):");
+                lines.AddRange(items.Take(40).Select(i => "    " + i));
+                if (items.Count > 40) lines.Add($"    … and {items.Count - 40} more");
+            }
+            Section("missing keys", missing);
+            Section("unexpected keys", unexpected);
+            Section("shape mismatches", misShaped);
+            if (hint is not null) lines.Add(hint);
+            throw new PagSharpException(string.Join(Environment.NewLine, lines));
+        }
+        using var _ = no_grad();
+        foreach (var (key, target) in own)
+        {
+            var w = weights[key];
+            if (!w.is_floating_point() && target.is_floating_point())
+                throw new PagSharpException($"{source}: tensor '{key}' has dtype {w.dtype}, expected a floating-point tensor");
+            target.copy_(w.to_type(target.dtype));
+        }
+    }
+
+    private static string Shape(Tensor t) => "[" + string.Join(",", t.shape) + "]";
+}

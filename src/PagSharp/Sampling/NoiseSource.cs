@@ -1,0 +1,38 @@
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace PagSharp.Sampling;
+
+/// <summary>
+/// Gaussian noise drawn per sample from that sample's own generator, so a sample's result depends only on its seed,
+/// not on which batch or shard it ran in.
+/// </summary>
+public sealed class NoiseSource : IDisposable
+{
+    private readonly Generator[] _gens;
+
+    public NoiseSource(IEnumerable<long> seeds)
+    {
+        _gens = seeds.Select(s => new Generator((ulong)s)).ToArray();
+    }
+
+    public int Count => _gens.Length;
+
+    /// <summary>randn of shape [Count, ..sampleShape], each row from its own generator.</summary>
+    public Tensor Randn(params long[] sampleShape)
+    {
+        var rows = new Tensor[_gens.Length];
+        var shape = new long[sampleShape.Length + 1];
+        shape[0] = 1;
+        sampleShape.CopyTo(shape, 1);
+        for (int i = 0; i < rows.Length; i++) rows[i] = randn(shape, generator: _gens[i]);
+        var result = cat(rows, 0);
+        foreach (var r in rows) r.Dispose();
+        return result;
+    }
+
+    public void Dispose()
+    {
+        foreach (var g in _gens) g.Dispose();
+    }
+}

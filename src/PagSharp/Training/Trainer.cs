@@ -1,0 +1,187 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Text.Json;
+using PagSharp.Diffusion;
+using PagSharp.IO;
+using PagSharp.Models;
+using PagSharp.Models.Adm;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace PagSharp.Training;
+
+/// <summary>
+/// Trains an <see cref="AdmUNet"/> with the improved-DDPM hybrid objective, AdamW, EMA, gradient clipping, uniform
+/// timesteps and label dropout to a null class. All randomness of step k comes from a generator seeded by
+/// (seed, k), so a run resumed from a checkpoint continues exactly as an uninterrupted run would.
+/// </summary>
+public sealed class Trainer : IDisposable
+{
+    public const string CheckpointName = "checkpoint.safetensors";
+
+    private readonly TrainOptions _o;
+    private readonly Tensor _images;
+    private readonly Tensor? _labels;
+    private readonly GaussianDiffusion _diffusion;
+    private readonly (string Name, Tensor Param)[] _params;
+
+    public AdmUNet Model { get; }
+    public AdamW Optimizer { get; }
+    public Ema Ema { get; }
+    public long Step { get; private set; }
+    /// <summary>(step, mean loss) every <see cref="LossLogEvery"/> steps.</summary>
+    public List<(long Step, double Loss, double Mse, double Vb)> LossHistory { get; } = new();
+    public const int LossLogEvery = 50;
+    private double _accLoss, _accMse, _accVb;
+    private int _accN;
+
+    /// <param name="options">Run settings.</param>
+    /// <param name="images">Training images [N,C,H,W] in [−1,1].</param>
+    /// <param name="labels">Class labels [N] (int64) or null for unconditional data.</param>
+    public Trainer(TrainOptions options, Tensor images, Tensor? labels)
+    {
+        options.Validate();
+        var cfg = options.Model;
+        if (images.dim() != 4 || images.shape[1] != cfg.InChannels || images.shape[2] != cfg.ImageSize || images.shape[3] != cfg.ImageSize)
+            throw new PagSharpException($"training images have shape [{string.Join(",", images.shape)}]; the model expects [N,{cfg.InChannels},{cfg.ImageSize},{cfg.ImageSize}]");
+        if (cfg.ResolvedNumClasses is int nc)
+        {
+            if (labels is null) throw new PagSharpException("a class-conditional model needs labelled data");
+            long max = labels.max().item<long>();
+            if (cfg.NullClass is null) throw new PagSharpException("training a class-conditional model needs null_class in the config (for label dropout)");
+            if (max >= nc || max == cfg.NullClass) throw new PagSharpException($"labels reach {max}, but the model has {nc} classes with null class {cfg.NullClass}");
+        }
+        _o = options;
+        _images = images;
+        _labels = cfg.ResolvedNumClasses is null ? null : labels;
+        _diffusion = GaussianDiffusion.Create(cfg.NoiseSchedule, cfg.DiffusionSteps, "", cfg.LearnSigma ? VarianceType.LearnedRange : VarianceType.FixedSmall);
+        torch.manual_seed(options.Seed);
+        Model = new AdmUNet(cfg);
+        _params = Model.named_parameters().Select(p => (p.name, (Tensor)p.parameter)).ToArray();
+        Optimizer = new AdamW(_params, options.LearningRate) { WeightDecay = options.WeightDecay };
+        Ema = new Ema(_params, options.EmaRate);
+    }
+
+    /// <summary>One optimiser step; returns (loss, mse, vb) of the batch.</summary>
+    public (double Loss, double Mse, double Vb) TrainStep()
+    {
+        long step = Step + 1;
+        using var scope = NewDisposeScope();
+        torch.manual_seed(unchecked(_o.Seed * 1_000_003 + step));
+        Model.train();
+        long n = _images.shape[0], b = _o.BatchSize;
+        var idx = randint(0, n, new[] { b }, dtype: ScalarType.Int64);
+        var x0 = _images.index_select(0, idx);
+        Tensor? y = null;
+        if (_labels is not null)
+        {
+            y = _labels.index_select(0, idx);
+            var drop = rand(b) < _o.LabelDropProb;
+            y = where(drop, full_like(y, _o.Model.NullClass!.Value), y);
+        }
+        var t = randint(0, _diffusion.NumSteps, new[] { b }, dtype: ScalarType.Int64);
+        var noise = randn_like(x0);
+        var xt = _diffusion.QSample(x0, t, noise);
+        var output = new AdmDiffusionModel(Model).Forward(xt, t, y, null);
+        var (mse, vb) = Losses.Hybrid(_diffusion, x0, xt, t, noise, output.Eps, output.VarValues);
+        var loss = (mse + _o.VlbWeight * (_diffusion.NumSteps / 1000.0) * vb).mean();
+
+        Optimizer.ZeroGrad();
+        loss.backward();
+        Optimizer.ClipGradNorm(_o.GradClip);
+        Optimizer.StepUpdate();
+        Ema.Update(_params);
+        Step = step;
+
+        double l = loss.item<float>(), m = mse.mean().item<float>(), v = vb.mean().item<float>();
+        _accLoss += l; _accMse += m; _accVb += v; _accN++;
+        if (Step % LossLogEvery == 0)
+        {
+            LossHistory.Add((Step, _accLoss / _accN, _accMse / _accN, _accVb / _accN));
+            _accLoss = _accMse = _accVb = 0; _accN = 0;
+        }
+        return (l, m, v);
+    }
+
+    /// <summary>Runs until <see cref="TrainOptions.Steps"/> or cancellation, checkpointing every N steps and at the end.</summary>
+    public void Run(string outputDir, IProgress<TrainProgress>? progress, Action<Trainer>? onSample, CancellationToken cancellation)
+    {
+        var sw = Stopwatch.StartNew();
+        long startStep = Step;
+        while (Step < _o.Steps && !cancellation.IsCancellationRequested)
+        {
+            var (l, m, v) = TrainStep();
+            double rate = (Step - startStep) / Math.Max(sw.Elapsed.TotalSeconds, 1e-9);
+            progress?.Report(new TrainProgress(Step, _o.Steps, l, m, v, rate));
+            if (Step % _o.CheckpointEvery == 0) SaveCheckpoint(outputDir);
+            if (onSample is not null && Step % _o.SampleEvery == 0) onSample(this);
+        }
+        SaveCheckpoint(outputDir);
+    }
+
+    /// <summary>Writes model, EMA, optimizer state, step and loss history atomically to <c>checkpoint.safetensors</c>.</summary>
+    public void SaveCheckpoint(string dir)
+    {
+        var tensors = new List<KeyValuePair<string, Tensor>>();
+        foreach (var (n, p) in _params) tensors.Add(new("model." + n, p.detach()));
+        foreach (var (n, p) in Ema.Shadow) tensors.Add(new("ema." + n, p));
+        foreach (var (n, p) in Optimizer.ExpAvg) tensors.Add(new("adam_m." + n, p));
+        foreach (var (n, p) in Optimizer.ExpAvgSq) tensors.Add(new("adam_v." + n, p));
+        var meta = new Dictionary<string, string>
+        {
+            ["step"] = Step.ToString(CultureInfo.InvariantCulture),
+            ["adam_step"] = Optimizer.Step.ToString(CultureInfo.InvariantCulture),
+            ["config"] = _o.Model.ToJson(),
+            ["options"] = JsonSerializer.Serialize(_o with { Model = _o.Model }),
+            ["loss_history"] = JsonSerializer.Serialize(LossHistory.Select(h => new[] { h.Step, h.Loss, h.Mse, h.Vb })),
+            ["loss_acc"] = JsonSerializer.Serialize(new[] { _accLoss, _accMse, _accVb, _accN }),
+        };
+        Directory.CreateDirectory(dir);
+        SafeTensors.Save(Path.Combine(dir, CheckpointName), tensors, meta);
+    }
+
+    /// <summary>Restores a checkpoint written by <see cref="SaveCheckpoint"/> (its config must equal this run's).</summary>
+    public void LoadCheckpoint(string dir)
+    {
+        string path = Path.Combine(dir, CheckpointName);
+        var meta = SafeTensors.ReadMetadata(path);
+        var saved = AdmConfig.FromJson(meta["config"], path);
+        if (saved != _o.Model)
+            throw new PagSharpException($"{path} was trained with a different model config; resume with the same config or start a new output folder.\n saved: {saved.ToJson()}\n now: {_o.Model.ToJson()}");
+        var all = SafeTensors.Load(path);
+        Dictionary<string, Tensor> Part(string prefix) => all.Where(kv => kv.Key.StartsWith(prefix, StringComparison.Ordinal))
+            .ToDictionary(kv => kv.Key[prefix.Length..], kv => kv.Value);
+        StateDictLoader.LoadStrict(Model, Part("model."), path);
+        using (no_grad())
+        {
+            foreach (var (prefix, target) in new[] { ("ema.", Ema.Shadow), ("adam_m.", Optimizer.ExpAvg), ("adam_v.", Optimizer.ExpAvgSq) })
+            {
+                var part = Part(prefix);
+                foreach (var (n, t) in target)
+                    target[n].copy_(part.TryGetValue(n, out var v) ? v : throw new PagSharpException($"{path}: missing tensor '{prefix}{n}'"));
+            }
+        }
+        Step = long.Parse(meta["step"], CultureInfo.InvariantCulture);
+        Optimizer.Step = long.Parse(meta["adam_step"], CultureInfo.InvariantCulture);
+        LossHistory.Clear();
+        foreach (var h in JsonSerializer.Deserialize<double[][]>(meta["loss_history"])!)
+            LossHistory.Add(((long)h[0], h[1], h[2], h[3]));
+        var acc = JsonSerializer.Deserialize<double[]>(meta["loss_acc"])!;
+        (_accLoss, _accMse, _accVb, _accN) = (acc[0], acc[1], acc[2], (int)acc[3]);
+        foreach (var t in all.Values) t.Dispose();
+    }
+
+    /// <summary>A copy of the model carrying the EMA weights, in eval mode.</summary>
+    public AdmUNet EmaModel()
+    {
+        var m = new AdmUNet(_o.Model);
+        StateDictLoader.LoadStrict(m, Ema.Shadow, "EMA weights");
+        m.eval();
+        return m;
+    }
+
+    public void Dispose()
+    {
+        Model.Dispose();
+    }
+}
