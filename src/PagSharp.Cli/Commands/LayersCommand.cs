@@ -8,7 +8,7 @@ namespace PagSharp.Cli.Commands;
 /// <summary><c>pag layers</c>: every perturbable attention layer with its resolution, channels and heads.</summary>
 public sealed class LayersCommand : Command<ModelSettings>
 {
-    protected override int Execute(CommandContext context, ModelSettings settings, CancellationToken cancellationToken)
+    public override int Execute(CommandContext context, ModelSettings settings, CancellationToken cancellationToken)
     {
         var cfg = ModelStore.ResolveConfig(settings.Preset, settings.Config);
         using var net = new AdmUNet(cfg);

@@ -2,6 +2,7 @@ using System.ComponentModel;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using PagSharp.Imaging;
+using Grid = PagSharp.Imaging.Grid;
 using PagSharp.IO;
 using PagSharp.Sampling;
 using Spectre.Console;
@@ -32,7 +33,7 @@ public sealed class SampleCommand : Command<SampleCommand.Settings>
 
     public const string RunFile = "run.json";
 
-    protected override int Execute(CommandContext context, Settings s, CancellationToken cancellationToken)
+    public override int Execute(CommandContext context, Settings s, CancellationToken cancellationToken)
     {
         using var loaded = s.LoadModel();
         var guidance = s.BuildGuidance(loaded.Net.AttentionLayers);

@@ -1,6 +1,7 @@
 using System.ComponentModel;
 using System.Globalization;
 using PagSharp.Imaging;
+using Grid = PagSharp.Imaging.Grid;
 using PagSharp.IO;
 using PagSharp.Models;
 using PagSharp.Models.Adm;
@@ -41,7 +42,7 @@ public sealed class TrainCommand : Command<TrainCommand.Settings>
         public bool Resume { get; init; }
     }
 
-    protected override int Execute(CommandContext context, Settings s, CancellationToken cancellationToken)
+    public override int Execute(CommandContext context, Settings s, CancellationToken cancellationToken)
     {
         var cfg = ModelStore.ResolveConfig(null, s.Config);
         var (images, labels) = LoadData(s, cfg);

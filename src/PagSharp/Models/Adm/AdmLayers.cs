@@ -8,7 +8,25 @@ namespace PagSharp.Models.Adm;
 /// <summary>guided-diffusion's <c>normalization(ch)</c>: GroupNorm(32, ch, eps 1e-5), computed in float32.</summary>
 internal static class AdmNorm
 {
-    public static GroupNorm Create(long channels) => GroupNorm(32, channels, eps: 1e-5);
+    public static GroupNorm Create(long channels)
+    {
+        var norm = GroupNorm(32, channels, eps: 1e-5);
+        // TorchSharp 0.107 leaves GroupNorm's affine parameters uninitialised: set PyTorch's defaults (1, 0).
+        using (no_grad())
+        {
+            norm.weight!.fill_(1);
+            norm.bias!.zero_();
+        }
+        return norm;
+    }
+
+    /// <summary>guided-diffusion's <c>zero_module</c>: parameters start at zero (residual branches begin as identity).</summary>
+    public static T Zero<T>(T module) where T : Module
+    {
+        using (no_grad())
+            foreach (var p in module.parameters()) p.zero_();
+        return module;
+    }
 }
 
 /// <summary>Nearest ×2 upsampling, optionally followed by a 3×3 conv (key <c>conv</c>).</summary>
@@ -70,7 +88,7 @@ internal sealed class ResBlock : Module
         if (up) { _hUpd = new Upsample(channels, false, channels); _xUpd = new Upsample(channels, false, channels); }
         else if (down) { _hUpd = new Downsample(channels, false, channels); _xUpd = new Downsample(channels, false, channels); }
         emb_layers = Sequential(SiLU(), Linear(embChannels, useScaleShiftNorm ? 2 * outChannels : outChannels));
-        out_layers = Sequential(AdmNorm.Create(outChannels), SiLU(), Dropout(dropout), Conv2d(outChannels, outChannels, 3, padding: 1));
+        out_layers = Sequential(AdmNorm.Create(outChannels), SiLU(), Dropout(dropout), AdmNorm.Zero(Conv2d(outChannels, outChannels, 3, padding: 1)));
         if (outChannels != channels)
             skip_connection = useConvSkip ? Conv2d(channels, outChannels, 3, padding: 1) : Conv2d(channels, outChannels, 1);
         _scaleShift = useScaleShiftNorm;

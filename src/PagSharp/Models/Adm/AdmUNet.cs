@@ -97,7 +97,7 @@ public sealed class AdmUNet : Module
         }
         output_blocks = new ModuleList<TimestepBlock>(outBlocks.ToArray());
 
-        @out = Sequential(AdmNorm.Create(ch), SiLU(), Conv2d(inputCh, config.ResolvedOutChannels, 3, padding: 1));
+        @out = Sequential(AdmNorm.Create(ch), SiLU(), AdmNorm.Zero(Conv2d(inputCh, config.ResolvedOutChannels, 3, padding: 1)));
         AttentionLayers = layers;
         RegisterComponents();
     }

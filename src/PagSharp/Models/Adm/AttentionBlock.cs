@@ -45,7 +45,7 @@ public sealed class AttentionBlock : Module
         Resolution = resolution;
         norm = AdmNorm.Create(channels);
         qkv = Conv1d(channels, channels * 3, 1);
-        proj_out = Conv1d(channels, channels, 1);
+        proj_out = AdmNorm.Zero(Conv1d(channels, channels, 1));
         RegisterComponents();
     }
 

@@ -1,0 +1,62 @@
+using System.ComponentModel;
+using System.Globalization;
+using PagSharp.Attention;
+using PagSharp.IO;
+using Spectre.Console;
+using Spectre.Console.Cli;
+using static TorchSharp.torch;
+
+namespace PagSharp.Cli.Commands;
+
+/// <summary><c>pag forward</c>: one network call on given inputs; saves the raw output.</summary>
+public sealed class ForwardCommand : Command<ForwardCommand.Settings>
+{
+    public sealed class Settings : ModelSettings
+    {
+        [CommandOption("--input <TENSOR>")][Description("x_t as FILE.npy or FILE.safetensors:KEY, [B,C,H,W].")]
+        public string? Input { get; init; }
+        [CommandOption("--timesteps <T>")][Description("Comma-separated integers (one, or one per batch entry), or a tensor spec.")]
+        public string? Timesteps { get; init; }
+        [CommandOption("--labels <Y>")][Description("Comma-separated class labels or a tensor spec (class-conditional models).")]
+        public string? Labels { get; init; }
+        [CommandOption("--perturb <SPEC>")][Description("Layers whose attention is replaced by the identity (all batch entries).")]
+        public string? Perturb { get; init; }
+        [CommandOption("--output <FILE>")][Description("Output .npy (or .safetensors, key 'out').")]
+        public string? Output { get; init; }
+    }
+
+    public override int Execute(CommandContext context, Settings s, CancellationToken cancellationToken)
+    {
+        if (s.Input is null || s.Timesteps is null || s.Output is null)
+            throw new PagSharpException("pag forward needs --input, --timesteps and --output");
+        using var loaded = s.LoadModel();
+        using var x = TensorSpec.Load(s.Input).to_type(ScalarType.Float32);
+        var cfg = loaded.Config;
+        if (x.dim() != 4 || x.shape[1] != cfg.InChannels || x.shape[2] != cfg.ImageSize || x.shape[3] != cfg.ImageSize)
+            throw new PagSharpException($"--input has shape [{string.Join(",", x.shape)}]; this model expects [B,{cfg.InChannels},{cfg.ImageSize},{cfg.ImageSize}]");
+        long b = x.shape[0];
+        var t = IntegerTensor(s.Timesteps, b, "--timesteps");
+        Tensor? y = s.Labels is null ? null : IntegerTensor(s.Labels, b, "--labels");
+        var plan = s.Perturb is null ? null : PerturbationPlan.Perturb(LayerSpec.Resolve(s.Perturb, loaded.Net.AttentionLayers), IdentityPerturbation.Instance);
+        using var _ = no_grad();
+        using var output = loaded.Net.Forward(x, t, y, plan);
+        if (s.Output.EndsWith(".safetensors", StringComparison.OrdinalIgnoreCase))
+            SafeTensors.Save(s.Output, new[] { new KeyValuePair<string, Tensor>("out", output) });
+        else Npy.Save(s.Output, output);
+        AnsiConsole.MarkupLine($"wrote {Markup.Escape(s.Output)} [{string.Join(",", output.shape)}]");
+        return 0;
+    }
+
+    private static Tensor IntegerTensor(string spec, long batch, string option)
+    {
+        Tensor t;
+        if (spec.Contains(".npy") || spec.Contains(".safetensors") || spec.Contains(".pt"))
+            t = TensorSpec.Load(spec).to_type(ScalarType.Int64).reshape(-1);
+        else
+            t = tensor(spec.Split(',').Select(v => long.TryParse(v.Trim(), NumberStyles.Integer, CultureInfo.InvariantCulture, out long r) ? r
+                : throw new PagSharpException($"{option} '{spec}': '{v}' is not an integer")).ToArray());
+        if (t.shape[0] == 1 && batch > 1) t = t.expand(batch).contiguous();
+        if (t.shape[0] != batch) throw new PagSharpException($"{option} has {t.shape[0]} values; expected 1 or {batch} (the batch size)");
+        return t;
+    }
+}
