@@ -91,7 +91,12 @@ public static class SafeTensors
             if (metadata is { Count: > 0 })
             {
                 w.WriteStartObject("__metadata__");
-                foreach (var (k, v) in metadata) w.WriteString(k, v);
+                foreach (var (k, v) in metadata)
+                {
+                    if (k is null || v is null)
+                        throw new PagSharpException($"Cannot save safetensors file '{path}': metadata key '{k}' has a null key or value; metadata must map strings to strings.");
+                    w.WriteString(k, v);
+                }
                 w.WriteEndObject();
             }
             var names = new HashSet<string>(StringComparer.Ordinal);

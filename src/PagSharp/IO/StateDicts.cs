@@ -14,7 +14,21 @@ public static class StateDicts
     /// <see cref="SafeTensors.Load"/>, zip files through <see cref="TorchZip.LoadStateDict"/> (top level, or a well-known
     /// nested state dict). Legacy torch.save files and anything else are refused with a message saying what is supported.
     /// </summary>
-    public static Dictionary<string, Tensor> Load(string path)
+    public static Dictionary<string, Tensor> Load(string path) => Sniff(path) switch
+    {
+        FileKind.Zip => TorchZip.LoadStateDict(path),
+        _ => SafeTensors.Load(path),
+    };
+
+    /// <summary>Loads one tensor from a state dict file of either format, reading only that tensor's data.</summary>
+    internal static Tensor LoadTensor(string path, string key) => Sniff(path) switch
+    {
+        FileKind.Zip => TorchZip.LoadTensor(path, key),
+        _ => SafeTensors.LoadTensor(path, key),
+    };
+
+    /// <summary>Returns Zip or SafeTensors, or throws the message for any other kind of file.</summary>
+    private static FileKind Sniff(string path)
     {
         FileKind kind;
         using (FileStream fs = FileOpen.Read(path, "state dict file"))
@@ -25,11 +39,11 @@ public static class StateDicts
         bool safetensorsName = path.EndsWith(".safetensors", StringComparison.OrdinalIgnoreCase);
         return kind switch
         {
-            FileKind.Zip => TorchZip.LoadStateDict(path),
+            FileKind.Zip => FileKind.Zip,
             FileKind.LegacyTorch => throw FileSniffer.LegacyError(path),
             FileKind.Pickle => throw FileSniffer.PickleError(path),
             FileKind.Npy => throw new PagSharpException($"'{path}' is a single .npy array, not a state dict; load it with Npy.Load or a tensor spec. Supported state dict formats: {SupportedFormats}."),
-            _ when safetensorsName || kind == FileKind.SafeTensors => SafeTensors.Load(path),
+            _ when safetensorsName || kind == FileKind.SafeTensors => FileKind.SafeTensors,
             _ => throw new PagSharpException($"'{path}' is not a recognised state dict file. Supported formats: {SupportedFormats}."),
         };
     }

@@ -24,7 +24,7 @@ public static class TensorSpec
         }
         if (key is null)
             throw new PagSharpException($"Tensor spec '{spec}' names a {ext} file but no tensor; write it as FILE{ext}:KEY. {Usage}");
-        return ext == ".safetensors" ? SafeTensors.LoadTensor(file, key) : TorchZip.LoadTensor(file, key);
+        return StateDicts.LoadTensor(file, key);
     }
 
     private const string Usage = "A tensor spec is FILE.npy, FILE.safetensors:KEY or FILE.pt:KEY (.pth and .bin also work).";

@@ -13,6 +13,9 @@ internal sealed class TorchZipReader : IDisposable
     /// <summary>Largest data.pkl accepted (a state dict's pickle is about 200 bytes per tensor).</summary>
     public const long MaxPickleBytes = 512L << 20;
 
+    /// <summary>Largest tensor a repeating (zero-stride) view may expand to, unless the file itself is larger.</summary>
+    public const long MaxExpandedBytes = 256L << 20;
+
     private readonly string _file;
     private readonly FileStream _stream;
     private readonly ZipArchive _zip;
@@ -34,6 +37,8 @@ internal sealed class TorchZipReader : IDisposable
             {
                 case FileKind.LegacyTorch: throw FileSniffer.LegacyError(file);
                 case FileKind.Pickle: throw FileSniffer.PickleError(file);
+                case not FileKind.Zip:
+                    throw new PagSharpException($"'{file}' is not a PyTorch zip checkpoint: it does not start with a zip signature (torch.save writes zip archives). Supported state dict formats: {StateDicts.SupportedFormats}.");
             }
             _zip = Guard("reading the zip directory", () => new ZipArchive(_stream, ZipArchiveMode.Read, leaveOpen: true));
             _prefix = FindPrefix();
@@ -76,6 +81,11 @@ internal sealed class TorchZipReader : IDisposable
             }
             if (last >= s.Numel)
                 throw TensorError(key, $"offset {r.Offset}, size {TensorBytes.Format(r.Size)} and stride {TensorBytes.Format(r.Stride)} reach element {last}, but storage '{s.Key}' has {s.Numel} elements");
+            // Only a view that repeats elements (a zero or overlapping stride) can have more elements than its storage;
+            // bound what it may expand to, so a tiny file cannot demand a huge allocation.
+            long cap = Math.Max(_stream.Length, MaxExpandedBytes);
+            if (numel.Value > s.Numel && numel.Value > cap / s.DType.Size)
+                throw TensorError(key, $"size {TensorBytes.Format(r.Size)} with stride {TensorBytes.Format(r.Stride)} repeats storage '{s.Key}' ({s.Numel} elements) into {numel.Value} elements, more than the {cap} bytes allowed");
         }
         bool lastUse = true;
         if (_uses.TryGetValue(s.Key, out int uses))

@@ -105,6 +105,8 @@ public class SafeTensorsTests
         Assert.Contains("'a'", dup.Message);
         var reserved = Assert.Throws<PagSharpException>(() => SafeTensors.Save(path, [new("__metadata__", t)]));
         Assert.Contains("reserved", reserved.Message);
+        var nullMeta = Assert.Throws<PagSharpException>(() => SafeTensors.Save(path, [new("t", t)], new Dictionary<string, string> { ["k"] = null! }));
+        Assert.Contains("'k'", nullMeta.Message);
         var unsupported = Assert.Throws<PagSharpException>(() => SafeTensors.Save(path, [new("c", c)]));
         Assert.Contains("'c'", unsupported.Message);
         Assert.Contains("Float32", unsupported.Message);

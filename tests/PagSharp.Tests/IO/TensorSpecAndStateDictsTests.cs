@@ -21,6 +21,12 @@ public class TensorSpecAndStateDictsTests
         using Tensor fromPt = TensorSpec.Load(WeightsPt + ":input_blocks.0.0.weight");
         Assert.Equal([32L, 3L, 3L, 3L], fromSt.shape);
         TensorAssert.BitwiseEqual(fromSt, fromPt);
+
+        // The keyed forms go by content, not extension: a safetensors file named .bin works too.
+        string renamed = dir.File("weights.bin");
+        File.Copy(WeightsSt, renamed);
+        using Tensor fromBin = TensorSpec.Load(renamed + ":input_blocks.0.0.weight");
+        TensorAssert.BitwiseEqual(fromSt, fromBin);
     }
 
     [Fact]

@@ -181,6 +181,8 @@ public class TorchZipTests
     [InlineData(10L, new long[] { 3 }, new long[] { 1 }, "reach element 12")]
     [InlineData(0L, new long[] { 2, 2 }, new long[] { 1, 4 }, "reach element 5")]
     [InlineData(0L, new long[] { 3, 2 }, new long[] { long.MaxValue, 4 }, "overflow")]
+    [InlineData(0L, new long[] { 1L << 40 }, new long[] { 0 }, "repeats storage '0'")]
+    [InlineData(0L, new long[] { 1L << 20, 1L << 20, 1L << 20, 1L << 20 }, new long[] { 0, 0, 0, 0 }, "too large to address")]
     public void ViewOutsideStorage_IsRejected(long offset, long[] size, long[] stride, string problem)
     {
         using var dir = new TempDir();
@@ -217,16 +219,29 @@ public class TorchZipTests
     {
         using var dir = new TempDir();
         string path = dir.File("legacy.pt");
-        byte[] magic = [0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19, 0x2e];
-        File.WriteAllBytes(path, [.. magic, .. new PickleWriter().Proto().Int(1001).Stop().ToArray()]);
-        foreach (Action load in new Action[] { () => TorchZip.Load(path), () => StateDicts.Load(path) })
+        byte[] magic = [0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19, 0x2e];
+        byte[] protocol2 = [0x80, 0x02, .. magic, .. new PickleWriter().Proto().Int(1001).Stop().ToArray()];
+        byte[] protocol4 = [0x80, 0x04, 0x95, 13, 0, 0, 0, 0, 0, 0, 0, .. magic];
+        foreach ((byte[] bytes, Action load) in new (byte[], Action)[]
         {
+            (protocol2, () => TorchZip.Load(path)), (protocol2, () => StateDicts.Load(path)), (protocol4, () => StateDicts.Load(path)),
+        })
+        {
+            File.WriteAllBytes(path, bytes);
             var e = Assert.Throws<PagSharpException>(load);
             Assert.Contains("legacy", e.Message);
             Assert.Contains("_use_new_zipfile_serialization=True", e.Message);
             Assert.Contains("safetensors", e.Message);
             Assert.Contains(path, e.Message);
         }
+    }
+
+    [Fact]
+    public void NotAZip_IsRejectedWithSupportedFormats()
+    {
+        var e = Assert.Throws<PagSharpException>(() => TorchZip.Load(Fixtures.Path("adm_a_uncond", "weights.safetensors")));
+        Assert.Contains("not a PyTorch zip checkpoint", e.Message);
+        Assert.Contains("safetensors", e.Message);
     }
 
     [Fact]
