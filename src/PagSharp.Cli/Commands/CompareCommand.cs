@@ -1,0 +1,89 @@
+using System.ComponentModel;
+using System.Globalization;
+using PagSharp.Imaging;
+using PagSharp.Sampling;
+using Spectre.Console;
+using Spectre.Console.Cli;
+using static TorchSharp.torch;
+using Grid = PagSharp.Imaging.Grid;
+
+namespace PagSharp.Cli.Commands;
+
+/// <summary>
+/// <c>pag compare</c>: one labelled grid, rows = seeds, columns = methods (e.g. none, PAG s=1,2,3, CFG, CFG+PAG),
+/// every column from the same initial noise.
+/// </summary>
+public sealed class CompareCommand : Command<CompareCommand.Settings>
+{
+    public sealed class Settings : GuidanceOptionSettings
+    {
+        [CommandOption("--rows <N>")][Description("Number of seeds (rows): seed, seed+1, …")]
+        public int Rows { get; init; } = 4;
+        [CommandOption("--methods <LIST>")][Description("Columns, comma-separated: none, pag:S, cfg:W, cfg:W+pag:S (paper convention). Default: none,pag:1,pag:2,pag:3 plus cfg:3,cfg:3+pag:2 when the model has a null class and labels are given.")]
+        public string? Methods { get; init; }
+        [CommandOption("--output <FILE>")][Description("Output PNG (default out/compare.png).")]
+        public string Output { get; init; } = Path.Combine("out", "compare.png");
+        [CommandOption("--scale <N>")][Description("Integer upscaling of each tile.")]
+        public int Scale { get; init; } = 2;
+    }
+
+    public sealed record Method(string Label, double Cfg, double Pag);
+
+    public static IReadOnlyList<Method> ParseMethods(string spec) =>
+        spec.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries).Select(item =>
+        {
+            double cfg = 1, pag = 0;
+            foreach (var part in item.Split('+', StringSplitOptions.TrimEntries))
+            {
+                if (part == "none") continue;
+                var kv = part.Split(':', '=');
+                if (kv.Length != 2 || !double.TryParse(kv[1], NumberStyles.Float, CultureInfo.InvariantCulture, out double v) || double.IsNaN(v) || v < 0)
+                    throw new PagSharpException($"--methods item '{item}': expected none, pag:S, cfg:W or cfg:W+pag:S with numbers ≥ 0");
+                switch (kv[0])
+                {
+                    case "pag": pag = v; break;
+                    case "cfg": cfg = v; break;
+                    default: throw new PagSharpException($"--methods item '{item}': unknown method '{kv[0]}'; valid: none, pag, cfg");
+                }
+            }
+            return new Method(item, cfg, pag);
+        }).ToArray();
+
+    public override int Execute(CommandContext context, Settings s, CancellationToken cancellationToken)
+    {
+        if (s.Rows < 1) throw new PagSharpException($"--rows must be ≥ 1 (got {s.Rows})");
+        if (s.Scale < 1) throw new PagSharpException($"--scale must be ≥ 1 (got {s.Scale})");
+        using var loaded = s.LoadModel();
+        var labels = s.ParseLabels();
+        bool cfgPossible = loaded.Config.NullClass is not null && labels is not null;
+        var methods = ParseMethods(s.Methods ?? (cfgPossible ? "none,pag:1,pag:2,pag:3,cfg:3,cfg:3+pag:2" : "none,pag:1,pag:2,pag:3"));
+        if (methods.Count == 0) throw new PagSharpException("--methods is empty");
+        if (methods.Any(m => m.Cfg > 1) && labels is null)
+            throw new PagSharpException("CFG columns need class labels: give --label N or --labels A,B,…");
+        var indices = Enumerable.Range(0, s.Rows).Select(i => (long)i).ToArray();
+        // Build (and so validate) every column's options before sampling anything.
+        var columns = methods.Select(m => s.BuildSampling(s.BuildGuidance(loaded.Net.AttentionLayers, m.Pag, m.Cfg))).ToArray();
+        foreach (var c in columns)
+            _ = new Guidance.GuidedDenoiser(loaded.Model, c.Guidance, loaded.Net.IsClassConditional ? zeros(1, dtype: ScalarType.Int64) : null, loaded.Config.DiffusionSteps);
+
+        var ct = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, App.CtrlC()).Token;
+        var results = new Tensor[columns.Length];
+        AnsiConsole.Progress().Start(ctx =>
+        {
+            for (int c = 0; c < columns.Length; c++)
+            {
+                var task = ctx.AddTask(methods[c].Label);
+                results[c] = Sampler.Sample(loaded.Model, loaded.Spec, columns[c], loaded.SampleShape, indices, null,
+                    new SyncProgress<SamplingProgress>(p => task.Value = 100.0 * p.Step / p.StepsPerBatch), ct);
+                task.Value = 100;
+            }
+        });
+        // Row-major: image (r, c) at r * cols + c.
+        using var stacked = stack(results, 1).flatten(0, 1);
+        var rowLabels = indices.Select(i => $"seed {s.Seed + i}" + (labels is null ? "" : $" y={labels[(int)(i % labels.Count)]}")).ToArray();
+        Grid.SaveLabelled(s.Output, stacked, s.Rows, columns.Length, methods.Select(m => m.Label).ToArray(), rowLabels, s.Scale);
+        foreach (var r in results) r.Dispose();
+        AnsiConsole.MarkupLine($"wrote {Markup.Escape(s.Output)} ({s.Rows} seeds × {columns.Length} methods)");
+        return 0;
+    }
+}
