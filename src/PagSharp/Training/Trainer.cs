@@ -62,13 +62,12 @@ public sealed class Trainer : IDisposable
         Ema = new Ema(_params, options.EmaRate);
     }
 
-    /// <summary>One optimiser step; returns (loss, mse, vb) of the batch.</summary>
+    /// <summary>One optimiser step on a random batch drawn from the step's seed; returns (loss, mse, vb).</summary>
     public (double Loss, double Mse, double Vb) TrainStep()
     {
         long step = Step + 1;
         using var scope = NewDisposeScope();
         torch.manual_seed(unchecked(_o.Seed * 1_000_003 + step));
-        Model.train();
         long n = _images.shape[0], b = _o.BatchSize;
         var idx = randint(0, n, new[] { b }, dtype: ScalarType.Int64);
         var x0 = _images.index_select(0, idx);
@@ -81,19 +80,32 @@ public sealed class Trainer : IDisposable
         }
         var t = randint(0, _diffusion.NumSteps, new[] { b }, dtype: ScalarType.Int64);
         var noise = randn_like(x0);
+        return TrainOn(x0, y, t, noise);
+    }
+
+    /// <summary>The hybrid loss (mean over the batch) and its terms for a given batch, timesteps and noise.</summary>
+    public (Tensor Loss, Tensor Mse, Tensor Vb) ComputeLoss(Tensor x0, Tensor? y, Tensor t, Tensor noise)
+    {
         var xt = _diffusion.QSample(x0, t, noise);
         var output = new AdmDiffusionModel(Model).Forward(xt, t, y, null);
         var (mse, vb) = Losses.Hybrid(_diffusion, x0, xt, t, noise, output.Eps, output.VarValues);
-        var loss = (mse + _o.VlbWeight * (_diffusion.NumSteps / 1000.0) * vb).mean();
+        return ((mse + _o.VlbWeight * (_diffusion.NumSteps / 1000.0) * vb).mean(), mse.mean(), vb.mean());
+    }
 
+    /// <summary>One optimiser step (clip, AdamW, EMA) on the given batch.</summary>
+    public (double Loss, double Mse, double Vb) TrainOn(Tensor x0, Tensor? y, Tensor t, Tensor noise)
+    {
+        using var scope = NewDisposeScope();
+        Model.train();
+        var (loss, mse, vb) = ComputeLoss(x0, y, t, noise);
         Optimizer.ZeroGrad();
         loss.backward();
         Optimizer.ClipGradNorm(_o.GradClip);
         Optimizer.StepUpdate();
         Ema.Update(_params);
-        Step = step;
+        Step++;
 
-        double l = loss.item<float>(), m = mse.mean().item<float>(), v = vb.mean().item<float>();
+        double l = loss.item<float>(), m = mse.item<float>(), v = vb.item<float>();
         _accLoss += l; _accMse += m; _accVb += v; _accN++;
         if (Step % LossLogEvery == 0)
         {
@@ -132,7 +144,7 @@ public sealed class Trainer : IDisposable
             ["step"] = Step.ToString(CultureInfo.InvariantCulture),
             ["adam_step"] = Optimizer.Step.ToString(CultureInfo.InvariantCulture),
             ["config"] = _o.Model.ToJson(),
-            ["options"] = JsonSerializer.Serialize(_o with { Model = _o.Model }),
+            ["options"] = JsonSerializer.Serialize(_o),
             ["loss_history"] = JsonSerializer.Serialize(LossHistory.Select(h => new[] { h.Step, h.Loss, h.Mse, h.Vb })),
             ["loss_acc"] = JsonSerializer.Serialize(new[] { _accLoss, _accMse, _accVb, _accN }),
         };
