@@ -19,10 +19,20 @@ public sealed class PerturbationPlan
     /// <summary>Random source handed to stochastic policies.</summary>
     public Generator? Generator { get; init; }
 
+    /// <summary>
+    /// Shared-prefix fork (null = none): the network runs the batch it was given up to the first perturbed layer,
+    /// then appends copies of these batch entries (in this order) and continues with the larger batch. Skip
+    /// connections stored before the fork are shared the same way. Perturbations address the enlarged batch, so the
+    /// copies are the entries [B, B + ForkSource.Length). The result equals running the copies as separate batch
+    /// entries from the start, at the cost of one prefix.
+    /// </summary>
+    public long[]? ForkSource { get; init; }
+
     /// <summary>A plan that perturbs <paramref name="layers"/> with <paramref name="policy"/> on the given batch entries (null = all).</summary>
-    public static PerturbationPlan Perturb(IEnumerable<string> layers, IAttentionPerturbation policy, long[]? batchIndices = null, Generator? generator = null)
+    public static PerturbationPlan Perturb(IEnumerable<string> layers, IAttentionPerturbation policy, long[]? batchIndices = null,
+                                           Generator? generator = null, long[]? forkSource = null)
     {
-        var plan = new PerturbationPlan { Generator = generator };
+        var plan = new PerturbationPlan { Generator = generator, ForkSource = forkSource };
         foreach (var l in layers) plan.Add(l, policy, batchIndices);
         return plan;
     }

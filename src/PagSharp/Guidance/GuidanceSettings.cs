@@ -31,6 +31,11 @@ public sealed record GuidanceSettings
     public PagFormula Formula { get; init; } = PagFormula.Paper;
     /// <summary>Run the branches as separate forward calls instead of one batched call (less memory).</summary>
     public bool SplitBatch { get; init; }
+    /// <summary>
+    /// In the batched call, compute the part of the network before the first perturbed layer once and fork the
+    /// conditional entries there (default). False runs the perturbed branch as a full extra pass ("naive").
+    /// </summary>
+    public bool SharedPrefix { get; init; } = true;
 
     public bool UsesCfg => GuidanceScale > 1;
     public bool UsesPag => PagScale is not null && PagLayers.Count > 0;

@@ -88,14 +88,18 @@ public sealed class GuidedDenoiser : IDenoiser
         }
         else
         {
-            var xb = cat(xs.ToArray(), 0);
-            var tb = t.repeat(nb);
-            Tensor? yb = _labels is null && !cfg ? null : cat(ys.Select(y => y!).ToArray(), 0);
+            // Shared prefix: the perturbed branch equals the conditional one up to the first perturbed layer, so
+            // it is not fed in; the network forks the conditional entries there (see PerturbationPlan.ForkSource).
+            int fed = pag && _g.SharedPrefix ? nb - 1 : nb;
+            var xb = cat(xs.Take(fed).ToArray(), 0);
+            var tb = t.repeat(fed);
+            Tensor? yb = _labels is null ? null : cat(ys.Take(fed).Select(y => y!).ToArray(), 0);
             PerturbationPlan? plan = null;
             if (pag)
             {
                 var idx = Enumerable.Range((int)(b * (nb - 1)), (int)b).Select(i => (long)i).ToArray();
-                plan = PerturbationPlan.Perturb(_g.PagLayers, _g.Perturbation, idx, _policyGenerator);
+                var fork = _g.SharedPrefix ? Enumerable.Range((int)(b * condIdx), (int)b).Select(i => (long)i).ToArray() : null;
+                plan = PerturbationPlan.Perturb(_g.PagLayers, _g.Perturbation, idx, _policyGenerator, fork);
             }
             var o = _model.Forward(xb, tb, yb, plan);
             var chunks = o.Eps.chunk(nb, 0);

@@ -106,7 +106,8 @@ public sealed class AdmUNet : Module
 
     /// <summary>
     /// ε-model output for x [B,C,H,W] at integer timesteps [B] (and class labels [B] for class-conditional models).
-    /// The plan, if any, perturbs or observes attention layers for this call only.
+    /// The plan, if any, perturbs or observes attention layers for this call only; with a fork
+    /// (<see cref="PerturbationPlan.ForkSource"/>) the output has B + ForkSource.Length entries.
     /// </summary>
     public Tensor Forward(Tensor x, Tensor timesteps, Tensor? y = null, PerturbationPlan? plan = null)
     {
@@ -114,24 +115,71 @@ public sealed class AdmUNet : Module
             throw new PagSharpException(IsClassConditional
                 ? $"this model is class-conditional ({Config.ResolvedNumClasses} classes): labels are required"
                 : "this model is unconditional: it takes no class labels");
-        var emb = time_embed.forward(TimestepEmbedding.Sinusoidal(timesteps, Config.ModelChannels));
-        if (label_emb is not null) emb = emb + label_emb.forward(y!);
+        var state = new ForwardState(TimeEmbedding(timesteps, y), plan, ForkLayer(plan));
 
         var hs = new List<Tensor>(input_blocks.Count);
         var h = x;
         foreach (var block in input_blocks)
         {
-            h = block.Forward(h, emb, plan);
+            h = block.Forward(h, state);
             hs.Add(h);
         }
-        h = middle_block.Forward(h, emb, plan);
+        h = middle_block.Forward(h, state);
         foreach (var block in output_blocks)
         {
-            h = block.Forward(cat(new[] { h, hs[^1] }, 1), emb, plan);
+            h = block.Forward(cat(new[] { h, state.Widen(hs[^1]) }, 1), state);
             hs.RemoveAt(hs.Count - 1);
         }
         return @out.forward(h);
     }
+
+    /// <summary>The embedding the ResBlocks receive: time_embed(timestep_embedding(t)) (+ label_emb(y)).</summary>
+    public Tensor TimeEmbedding(Tensor timesteps, Tensor? y = null)
+    {
+        var emb = time_embed.forward(TimestepEmbedding.Sinusoidal(timesteps, Config.ModelChannels));
+        return label_emb is null || y is null ? emb : emb + label_emb.forward(y);
+    }
+
+    /// <summary>The first perturbed layer in forward order, where a shared-prefix fork happens.</summary>
+    private string? ForkLayer(PerturbationPlan? plan)
+    {
+        if (plan?.ForkSource is null) return null;
+        foreach (var l in AttentionLayers)
+            if (plan.TryGet(l.Name, out _)) return l.Name;
+        throw new PagSharpException("a shared-prefix fork needs at least one perturbed layer");
+    }
+}
+
+/// <summary>Per-call state of a U-Net forward: the embedding, the plan, and the shared-prefix fork.</summary>
+public sealed class ForwardState
+{
+    private readonly string? _forkLayer;
+    private Tensor? _forkIndex;
+    private long _batchBeforeFork;
+
+    public ForwardState(Tensor emb, PerturbationPlan? plan, string? forkLayer)
+    {
+        Emb = emb;
+        Plan = plan;
+        _forkLayer = forkLayer;
+    }
+
+    public Tensor Emb { get; private set; }
+    public PerturbationPlan? Plan { get; }
+
+    /// <summary>Called before each attention block: at the fork layer, appends the copies to h and to the embedding.</summary>
+    public Tensor BeforeAttention(string layer, Tensor h)
+    {
+        if (_forkIndex is not null || layer != _forkLayer) return h;
+        _batchBeforeFork = h.shape[0];
+        _forkIndex = tensor(Plan!.ForkSource!, device: h.device);
+        Emb = cat(new[] { Emb, Emb.index_select(0, _forkIndex) }, 0);
+        return cat(new[] { h, h.index_select(0, _forkIndex) }, 0);
+    }
+
+    /// <summary>A skip connection stored before the fork, widened to the forked batch.</summary>
+    public Tensor Widen(Tensor skip) =>
+        _forkIndex is null || skip.shape[0] != _batchBeforeFork ? skip : cat(new[] { skip, skip.index_select(0, _forkIndex) }, 0);
 }
 
 /// <summary>guided-diffusion's TimestepEmbedSequential: children named 0, 1, …; ResBlocks get the embedding.</summary>
@@ -145,13 +193,13 @@ public sealed class TimestepBlock : Module
         for (int i = 0; i < layers.Length; i++) register_module(i.ToString(System.Globalization.CultureInfo.InvariantCulture), layers[i]);
     }
 
-    public Tensor Forward(Tensor x, Tensor emb, PerturbationPlan? plan)
+    public Tensor Forward(Tensor x, ForwardState state)
     {
         foreach (var layer in _layers)
             x = layer switch
             {
-                ResBlock r => r.Forward(x, emb),
-                AttentionBlock a => a.Forward(x, plan),
+                ResBlock r => r.Forward(x, state.Emb),
+                AttentionBlock a => a.Forward(state.BeforeAttention(a.Path, x), state.Plan),
                 Module<Tensor, Tensor> m => m.call(x),
                 _ => throw new InvalidOperationException($"unexpected layer {layer.GetType().Name}"),
             };
