@@ -32,6 +32,17 @@ public static class PerturbableAttention
             return entry.Policy.Attend(q, k, v, ctx);
 
         // Mixed batch: the unperturbed entries get exactly the normal attention, the perturbed ones the policy.
+        long n = pert.Length, start = batch - n;
+        bool isTail = true;
+        for (int i = 0; i < n && isTail; i++) isTail = pert[i] == start + i;
+        if (isTail)
+        {
+            // The layout the guidance wrappers use: perturbed entries last. Views, no gathers.
+            var an = normal(q.narrow(0, 0, start), k.narrow(0, 0, start), v.narrow(0, 0, start), capture, out var tailMap);
+            var ap = entry.Policy.Attend(q.narrow(0, start, n), k.narrow(0, start, n), v.narrow(0, start, n), ctx);
+            if (capture) plan.Store(layer, tailMap!);
+            return cat(new[] { an, ap }, 0);
+        }
         var pertSet = new HashSet<long>(pert);
         foreach (var i in pert)
             if (i < 0 || i >= batch) throw new PagSharpException($"perturbation batch index {i} is outside the batch of {batch} at layer '{layer}'");
