@@ -22,6 +22,7 @@ public static class App
             c.AddCommand<CompareCommand>("compare").WithDescription("One labelled grid: rows = seeds, columns = guidance methods, all from the same noise.");
             c.AddCommand<LayersCommand>("layers").WithDescription("List the perturbable self-attention layers of a model.");
             c.AddCommand<ForwardCommand>("forward").WithDescription("Run the network once and save its raw output (for checks against PyTorch).");
+            c.AddCommand<BenchCommand>("bench").WithDescription("Benchmark seconds per step and peak memory of each guidance method; writes docs/performance.md.");
             c.AddCommand<TrainCommand>("train").WithDescription("Train an ADM U-Net (improved-DDPM hybrid loss, EMA, checkpoints, resume).");
             c.SetExceptionHandler((ex, _) =>
             {

@@ -1,0 +1,156 @@
+using System.ComponentModel;
+using System.Diagnostics;
+using System.Globalization;
+using System.Text;
+using System.Text.Json;
+using PagSharp.Diffusion;
+using PagSharp.Guidance;
+using PagSharp.IO;
+using PagSharp.Models;
+using PagSharp.Models.Adm;
+using PagSharp.Sampling;
+using Spectre.Console;
+using Spectre.Console.Cli;
+using static TorchSharp.torch;
+
+namespace PagSharp.Cli.Commands;
+
+/// <summary>
+/// <c>pag bench</c>: seconds per sampling step and peak memory for each guidance method, each measured in its own
+/// child process (so peak RSS belongs to that configuration alone); writes a markdown report.
+/// </summary>
+public sealed class BenchCommand : Command<BenchCommand.Settings>
+{
+    public sealed class Settings : CommandSettings
+    {
+        [CommandOption("--output <FILE>")][Description("Markdown report (default docs/performance.md).")]
+        public string Output { get; init; } = Path.Combine("docs", "performance.md");
+        [CommandOption("--runs <N>")][Description("Timed runs per configuration (median reported).")]
+        public int Runs { get; init; } = 5;
+        [CommandOption("--quick")][Description("Skip the 256×256 ADM configurations.")]
+        public bool Quick { get; init; }
+        [CommandOption("--child <SPEC>")][Description("Internal: measure one configuration and print JSON.")]
+        public string? Child { get; init; }
+    }
+
+    /// <summary>One benchmark configuration: model, batch, steps per run, guidance.</summary>
+    public sealed record Case(string Model, int Batch, int Steps, string Method);
+
+    private static readonly string[] Methods = { "none", "pag-mid", "pag-deep", "naive-pag-mid", "cfg", "cfg+pag-mid", "naive-cfg+pag-mid" };
+
+    public override int Execute(CommandContext context, Settings s, CancellationToken cancellationToken)
+    {
+        if (s.Child is not null) return RunChild(JsonSerializer.Deserialize<Case>(s.Child)!, s.Runs);
+        var cases = new List<Case>();
+        foreach (var m in Methods) cases.Add(new Case("mnist", 16, 5, m));
+        cases.Add(new Case("mnist", 64, 2, "cfg+pag-mid"));
+        if (!s.Quick)
+            foreach (var m in Methods) cases.Add(new Case("adm-256", 1, 2, m));
+        var results = new List<(Case Case, double SecPerStep, double PeakMb)>();
+        foreach (var c in cases)
+        {
+            AnsiConsole.MarkupLine($"measuring {c.Model} batch {c.Batch} {c.Method} …");
+            var (sec, mb) = Spawn(c, c.Model == "adm-256" ? Math.Min(s.Runs, 3) : s.Runs);
+            results.Add((c, sec, mb));
+            AnsiConsole.MarkupLine($"  {sec:F3} s/step, peak RSS {mb:F0} MB");
+        }
+        AtomicFile.WriteAllText(s.Output, Report(results, s.Runs));
+        AnsiConsole.MarkupLine($"wrote {Markup.Escape(s.Output)}");
+        return 0;
+    }
+
+    private static (double Sec, double PeakMb) Spawn(Case c, int runs)
+    {
+        var self = Environment.ProcessPath!;
+        var psi = new ProcessStartInfo(self) { RedirectStandardOutput = true, UseShellExecute = false };
+        if (Path.GetFileNameWithoutExtension(self) == "dotnet") psi.ArgumentList.Add(Environment.GetCommandLineArgs()[0]);
+        foreach (var a in new[] { "bench", "--child", JsonSerializer.Serialize(c), "--runs", runs.ToString(CultureInfo.InvariantCulture) })
+            psi.ArgumentList.Add(a);
+        using var p = Process.Start(psi)!;
+        string output = p.StandardOutput.ReadToEnd();
+        p.WaitForExit();
+        var line = output.Split('\n').LastOrDefault(l => l.StartsWith("{", StringComparison.Ordinal))
+            ?? throw new PagSharpException($"benchmark child failed for {c}: {output}");
+        var doc = JsonDocument.Parse(line).RootElement;
+        return (doc.GetProperty("sec_per_step").GetDouble(), doc.GetProperty("peak_mb").GetDouble());
+    }
+
+    private static int RunChild(Case c, int runs)
+    {
+        var cfg = c.Model == "mnist"
+            ? ModelStore.ResolveConfig(null, null)
+            : AdmPresets.Get("adm-256-cond") with { NullClass = 0 };  // class-conditional so CFG can be timed
+        using var net = new AdmUNet(cfg);
+        net.eval();
+        var model = new AdmDiffusionModel(net);
+        var layers = net.AttentionLayers;
+        string[] mid = { "middle_block.1" };
+        // "deep": the official ImageNet-256 default (input_blocks.14.1, 16.1, 17.1, middle_block.1) where present,
+        // else the input-side attention layers plus the middle block.
+        string[] official = { "input_blocks.14.1", "input_blocks.16.1", "input_blocks.17.1", "middle_block.1" };
+        string[] deep = official.All(n => layers.Any(l => l.Name == n)) ? official
+            : layers.Where(l => l.Group is "input" or "middle").Select(l => l.Name).ToArray();
+        var g = c.Method switch
+        {
+            "none" => new GuidanceSettings(),
+            "pag-mid" => new GuidanceSettings { PagScale = new ScaleSchedule.Constant(2), PagLayers = mid },
+            "pag-deep" => new GuidanceSettings { PagScale = new ScaleSchedule.Constant(2), PagLayers = deep },
+            "naive-pag-mid" => new GuidanceSettings { PagScale = new ScaleSchedule.Constant(2), PagLayers = mid, SharedPrefix = false },
+            "cfg" => new GuidanceSettings { GuidanceScale = 3 },
+            "cfg+pag-mid" => new GuidanceSettings { GuidanceScale = 3, PagScale = new ScaleSchedule.Constant(2), PagLayers = mid },
+            "naive-cfg+pag-mid" => new GuidanceSettings { GuidanceScale = 3, PagScale = new ScaleSchedule.Constant(2), PagLayers = mid, SharedPrefix = false },
+            _ => throw new PagSharpException($"unknown benchmark method {c.Method}"),
+        };
+        var labels = cfg.ResolvedNumClasses is null ? null : zeros(c.Batch, dtype: ScalarType.Int64);
+        var denoiser = new GuidedDenoiser(model, g, labels, cfg.DiffusionSteps);
+        var diffusion = GaussianDiffusion.Create(cfg.NoiseSchedule, cfg.DiffusionSteps, c.Steps.ToString(CultureInfo.InvariantCulture), VarianceType.LearnedRange);
+        using var noise = new NoiseSource(Enumerable.Range(0, c.Batch).Select(i => (long)i));
+        var x = noise.Randn(cfg.InChannels, cfg.ImageSize, cfg.ImageSize);
+        var times = new List<double>();
+        using var _ = inference_mode();
+        for (int r = 0; r <= runs; r++)
+        {
+            var sw = Stopwatch.StartNew();
+            Samplers.Ddim(denoiser, x, diffusion, 0, true, null).Dispose();
+            times.Add(sw.Elapsed.TotalSeconds / c.Steps);
+        }
+        var timed = times.Skip(1).OrderBy(v => v).ToArray(); // first run is warm-up
+        double median = timed[timed.Length / 2];
+        Console.WriteLine(JsonSerializer.Serialize(new { sec_per_step = median, peak_mb = PeakRssMb() }));
+        return 0;
+    }
+
+    private static double PeakRssMb()
+    {
+        foreach (var line in File.ReadLines("/proc/self/status"))
+            if (line.StartsWith("VmHWM:", StringComparison.Ordinal))
+                return double.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1], CultureInfo.InvariantCulture) / 1024;
+        return double.NaN;
+    }
+
+    private static string Report(List<(Case Case, double Sec, double PeakMb)> results, int runs)
+    {
+        var sb = new StringBuilder();
+        string cpu = File.Exists("/proc/cpuinfo")
+            ? File.ReadLines("/proc/cpuinfo").FirstOrDefault(l => l.StartsWith("model name", StringComparison.Ordinal))?.Split(':')[1].Trim() ?? "?" : "?";
+        sb.AppendLine("# Performance");
+        sb.AppendLine();
+        sb.AppendLine($"Generated by `pag bench` on {DateTime.UtcNow:yyyy-MM-dd}: {cpu}, {Environment.ProcessorCount} cores, torch threads = {Environment.ProcessorCount}, TorchSharp-cpu 0.107.0 (libtorch 2.10). " +
+                      $"Seconds per DDIM step (median of {runs} runs after one warm-up; 3 runs for 256×256), each configuration in its own process; peak RSS is that process's VmHWM.");
+        sb.AppendLine();
+        foreach (var group in results.GroupBy(r => (r.Case.Model, r.Case.Batch)))
+        {
+            double none = group.FirstOrDefault(r => r.Case.Method == "none").Sec;
+            double cfg = group.FirstOrDefault(r => r.Case.Method == "cfg").Sec;
+            sb.AppendLine($"## {(group.Key.Model == "mnist" ? "Built-in MNIST model" : "ADM 256×256 (OpenAI 256 configuration, random weights)")}, batch {group.Key.Batch}");
+            sb.AppendLine();
+            sb.AppendLine("| method | s/step | ÷ none | ÷ CFG | peak RSS (MB) |");
+            sb.AppendLine("|---|---:|---:|---:|---:|");
+            foreach (var r in group)
+                sb.AppendLine($"| {r.Case.Method} | {r.Sec:F4} | {(none > 0 ? (r.Sec / none).ToString("F2", CultureInfo.InvariantCulture) : "–")} | " +
+                              $"{(cfg > 0 && r.Case.Method.Contains("cfg") ? (r.Sec / cfg).ToString("F2", CultureInfo.InvariantCulture) : "–")} | {r.PeakMb:F0} |");
+            sb.AppendLine();
+        }
+        return sb.ToString();
+    }
+}
