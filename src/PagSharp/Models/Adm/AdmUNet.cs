@@ -105,6 +105,12 @@ public sealed class AdmUNet : Module
     public bool IsClassConditional => label_emb is not null;
 
     /// <summary>
+    /// The timestep embedding time_embed(timestep_embedding(t, model_channels)), [B, 4·model_channels], before any
+    /// class embedding is added.
+    /// </summary>
+    public Tensor TimeEmbedding(Tensor timesteps) => time_embed.forward(TimestepEmbedding.Sinusoidal(timesteps, Config.ModelChannels));
+
+    /// <summary>
     /// ε-model output for x [B,C,H,W] at integer timesteps [B] (and class labels [B] for class-conditional models).
     /// The plan, if any, perturbs or observes attention layers for this call only.
     /// </summary>
@@ -114,7 +120,7 @@ public sealed class AdmUNet : Module
             throw new PagSharpException(IsClassConditional
                 ? $"this model is class-conditional ({Config.ResolvedNumClasses} classes): labels are required"
                 : "this model is unconditional: it takes no class labels");
-        var emb = time_embed.forward(TimestepEmbedding.Sinusoidal(timesteps, Config.ModelChannels));
+        var emb = TimeEmbedding(timesteps);
         if (label_emb is not null) emb = emb + label_emb.forward(y!);
 
         var hs = new List<Tensor>(input_blocks.Count);
