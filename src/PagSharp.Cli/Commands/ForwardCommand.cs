@@ -43,7 +43,7 @@ public sealed class ForwardCommand : Command<ForwardCommand.Settings>
         if (s.Output.EndsWith(".safetensors", StringComparison.OrdinalIgnoreCase))
             SafeTensors.Save(s.Output, new[] { new KeyValuePair<string, Tensor>("out", output) });
         else Npy.Save(s.Output, output);
-        AnsiConsole.MarkupLine($"wrote {Markup.Escape(s.Output)} [{string.Join(",", output.shape)}]");
+        AnsiConsole.MarkupLine($"wrote {Markup.Escape(s.Output)} [[{string.Join(",", output.shape)}]]");
         return 0;
     }
 

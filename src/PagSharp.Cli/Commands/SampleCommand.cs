@@ -45,6 +45,8 @@ public sealed class SampleCommand : Command<SampleCommand.Settings>
         if (count < 1) throw new PagSharpException($"--count must be ≥ 1 (got {count})");
         if (init is not null && init.shape[0] != count)
             throw new PagSharpException($"--init-noise holds {init.shape[0]} samples but --count is {count}");
+        if (init is not null && (init.dim() != 4 || !init.shape[1..].SequenceEqual(loaded.SampleShape)))
+            throw new PagSharpException($"--init-noise has shape [{string.Join(",", init.shape)}]; this model expects [N,{string.Join(",", loaded.SampleShape)}]");
         var (shardK, shardN) = ParseShard(s.Shard);
         if (s.SaveTensor is not null && !s.SaveTensor.EndsWith(".npy", StringComparison.OrdinalIgnoreCase))
             throw new PagSharpException($"--save-tensor '{s.SaveTensor}' must be a .npy file");
@@ -149,7 +151,7 @@ public sealed class SampleCommand : Command<SampleCommand.Settings>
         {
             using var all = cat(myBatches.Select(b => Npy.Load(Path.Combine(partialDir, $"batch_{b:D5}.npy"))).ToArray(), 0);
             Npy.Save(s.SaveTensor, all);
-            Directory.Delete(partialDir, recursive: true);
+            // The per-batch tensors stay: a rerun skips finished batches only when their tensors are still there.
         }
         AnsiConsole.MarkupLine($"{written} samples written, {skipped} already present → {Markup.Escape(s.Output)} (grid.png, {RunFile})");
         return 0;

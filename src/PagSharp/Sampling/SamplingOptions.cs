@@ -30,7 +30,7 @@ public sealed record SamplingOptions
         if (Steps < 1) throw new PagSharpException($"steps must be ≥ 1 (got {Steps})");
         if (Steps > diffusionSteps) throw new PagSharpException($"steps {Steps} exceeds the model's {diffusionSteps} diffusion steps");
         if (Sampler == SamplerKind.Ddim)
-            for (int stride = 1; stride <= diffusionSteps; stride++)
+            for (int stride = 1; stride < diffusionSteps; stride++) // the strides space_timesteps tries for ddimN
                 if ((diffusionSteps + stride - 1) / stride == Steps) return "ddim" + Steps;
         return Steps.ToString(System.Globalization.CultureInfo.InvariantCulture);
     }

@@ -1,0 +1,85 @@
+using PagSharp.IO;
+using PagSharp.Tests.Models;
+
+namespace PagSharp.Tests.Cli;
+
+[Collection(CliCollection.Name)]
+public sealed class LayersAndForwardTests : IDisposable
+{
+    private readonly AdmACli _adm = new();
+
+    public void Dispose() => _adm.Dispose();
+
+    [Fact]
+    public void Layers_ListsEveryAttentionBlock()
+    {
+        var (exit, output) = Pag.Run("layers", "--config", _adm.Config);
+        Assert.True(exit == 0, output);
+        foreach (var name in AdmA.StringArray("attention_blocks")) Assert.Contains(name, output);
+        Assert.Contains("7 layers", output);
+        Assert.Contains("16×16", output);
+        Assert.Contains("8×8", output);
+    }
+
+    [Fact]
+    public void Layers_BadConfig_Exits2()
+    {
+        string bad = _adm.Dir.File("bad.json");
+        File.WriteAllText(bad, "{\"image_size\": 32, \"num_chanels\": 32}");
+        var (exit, output) = Pag.Run("layers", "--config", bad);
+        Assert.True(exit == 2, output);
+        Assert.Contains("num_chanels", output);
+    }
+
+    [Theory]
+    [InlineData("middle_block.1", "out_pag_mid")]
+    [InlineData("input_blocks.3.1", "out_pag_in")]
+    [InlineData(null, "out_none")]
+    public void Forward_MatchesCase(string? perturb, string key)
+    {
+        string output = _adm.Dir.File(key + ".npy");
+        var args = new List<string>
+        {
+            "forward", "--config", _adm.Config, "--checkpoint", _adm.Weights, "--input", _adm.Cases + ":x",
+            "--timesteps", "0,250,500,999", "--output", output,
+        };
+        if (perturb is not null) args.AddRange(new[] { "--perturb", perturb });
+        var (exit, log) = Pag.Run(args.ToArray());
+        Assert.True(exit == 0, log);
+        using var actual = Npy.Load(output);
+        using var expected = SafeTensors.LoadTensor(_adm.Cases, key);
+        Close.Assert(expected, actual, 1e-4, $"pag forward --perturb {perturb} vs {key}");
+    }
+
+    [Fact]
+    public void Forward_WithPtCheckpointAndTensorTimesteps_MatchesCase()
+    {
+        string output = _adm.Dir.File("pt.npy");
+        var (exit, log) = Pag.Run("forward", "--config", _adm.Config, "--checkpoint", AdmA.File("weights.pt"), "--input", _adm.Cases + ":x",
+            "--timesteps", _adm.Cases + ":t", "--perturb", "all", "--output", output);
+        Assert.True(exit == 0, log);
+        using var actual = Npy.Load(output);
+        using var expected = SafeTensors.LoadTensor(_adm.Cases, "out_pag_all");
+        Close.Assert(expected, actual, 1e-4, "pag forward --perturb all (weights.pt)");
+    }
+
+    [Theory]
+    [InlineData("--perturb", "nope", "nope")]
+    [InlineData("--perturb", "middle_block", "middle_block.1")]
+    [InlineData("--timesteps", "0,250", "--timesteps")]
+    [InlineData("--labels", "1,2,3,4", "unconditional")]
+    public void Forward_BadInput_Exits2_AndWritesNothing(string option, string value, string messagePart)
+    {
+        string output = _adm.Dir.File("bad.npy");
+        var args = new Dictionary<string, string>
+        {
+            ["--config"] = _adm.Config, ["--checkpoint"] = _adm.Weights, ["--input"] = _adm.Cases + ":x",
+            ["--timesteps"] = "0,250,500,999", ["--output"] = output,
+        };
+        args[option] = value;
+        var (exit, log) = Pag.Run(args.SelectMany(kv => new[] { kv.Key, kv.Value }).Prepend("forward").ToArray());
+        Assert.True(exit == 2, log);
+        Assert.Contains(messagePart, log);
+        Assert.False(File.Exists(output));
+    }
+}
