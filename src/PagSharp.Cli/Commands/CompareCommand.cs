@@ -19,7 +19,7 @@ public sealed class CompareCommand : Command<CompareCommand.Settings>
     {
         [CommandOption("--rows <N>")][Description("Number of seeds (rows): seed, seed+1, …")]
         public int Rows { get; init; } = 4;
-        [CommandOption("--methods <LIST>")][Description("Columns, comma-separated: none, pag:S, cfg:W, cfg:W+pag:S (paper convention). Default: none,pag:1,pag:2,pag:3 plus cfg:3,cfg:3+pag:2 when the model has a null class and labels are given.")]
+        [CommandOption("--methods <LIST>")][Description("Columns, comma-separated: none, pag:S, sag:S, cfg:W, cfg:W+pag:S, cfg:W+sag:S (paper convention; PAG uses --perturbation/--pag-layers, SAG the --sag-layer/--sag-blur-sigma/--sag-kernel options). Default: none,pag:1,pag:2,pag:3 plus cfg:3,cfg:3+pag:2 when the model has a null class and labels are given.")]
         public string? Methods { get; init; }
         [CommandOption("--output <FILE>")][Description("Output PNG (default out/compare.png).")]
         public string Output { get; init; } = Path.Combine("out", "compare.png");
@@ -27,26 +27,29 @@ public sealed class CompareCommand : Command<CompareCommand.Settings>
         public int Scale { get; init; } = 2;
     }
 
-    public sealed record Method(string Label, double Cfg, double Pag);
+    public sealed record Method(string Label, double Cfg, double Pag, double Sag = 0);
 
     public static IReadOnlyList<Method> ParseMethods(string spec) =>
         spec.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries).Select(item =>
         {
-            double cfg = 1, pag = 0;
+            double cfg = 1, pag = 0, sag = 0;
             foreach (var part in item.Split('+', StringSplitOptions.TrimEntries))
             {
                 if (part == "none") continue;
                 var kv = part.Split(':', '=');
                 if (kv.Length != 2 || !double.TryParse(kv[1], NumberStyles.Float, CultureInfo.InvariantCulture, out double v) || double.IsNaN(v) || v < 0)
-                    throw new PagSharpException($"--methods item '{item}': expected none, pag:S, cfg:W or cfg:W+pag:S with numbers ≥ 0");
+                    throw new PagSharpException($"--methods item '{item}': expected none, pag:S, sag:S, cfg:W, cfg:W+pag:S or cfg:W+sag:S with numbers ≥ 0");
                 switch (kv[0])
                 {
                     case "pag": pag = v; break;
+                    case "sag": sag = v; break;
                     case "cfg": cfg = v; break;
-                    default: throw new PagSharpException($"--methods item '{item}': unknown method '{kv[0]}'; valid: none, pag, cfg");
+                    default: throw new PagSharpException($"--methods item '{item}': unknown method '{kv[0]}'; valid: none, pag, sag, cfg");
                 }
             }
-            return new Method(item, cfg, pag);
+            if (pag > 0 && sag > 0)
+                throw new PagSharpException($"--methods item '{item}': PAG and SAG cannot be combined in one column");
+            return new Method(item, cfg, pag, sag);
         }).ToArray();
 
     public override int Execute(CommandContext context, Settings s, CancellationToken cancellationToken)
@@ -62,9 +65,10 @@ public sealed class CompareCommand : Command<CompareCommand.Settings>
             throw new PagSharpException("CFG columns need class labels: give --label N or --labels A,B,…");
         var indices = Enumerable.Range(0, s.Rows).Select(i => (long)i).ToArray();
         // Build (and so validate) every column's options before sampling anything.
-        var columns = methods.Select(m => s.BuildSampling(s.BuildGuidance(loaded.Net.AttentionLayers, m.Pag, m.Cfg))).ToArray();
-        foreach (var c in columns)
-            _ = new Guidance.GuidedDenoiser(loaded.Model, c.Guidance, loaded.Net.IsClassConditional ? zeros(1, dtype: ScalarType.Int64) : null, loaded.Config.DiffusionSteps);
+        var columns = methods.Select(m => s.BuildSampling(s.BuildGuidance(loaded.Net.AttentionLayers, m.Pag, m.Cfg, m.Sag))).ToArray();
+        using (var probe = loaded.Net.IsClassConditional ? zeros(1, dtype: ScalarType.Int64) : null)
+            foreach (var c in columns)
+                Sampler.CreateDenoiser(loaded.Model, loaded.Spec, c, probe, null, loaded.SampleShape);
 
         var ct = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, App.CtrlC()).Token;
         var results = new Tensor[columns.Length];

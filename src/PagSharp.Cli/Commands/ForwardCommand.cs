@@ -13,7 +13,7 @@ public sealed class ForwardCommand : Command<ForwardCommand.Settings>
 {
     public sealed class Settings : ModelSettings
     {
-        [CommandOption("--input <TENSOR>")][Description("x_t as FILE.npy or FILE.safetensors:KEY, [B,C,H,W].")]
+        [CommandOption("--input <TENSOR>")][Description("x_t as FILE.npy or FILE.safetensors:KEY, [[B,C,H,W]].")]
         public string? Input { get; init; }
         [CommandOption("--timesteps <T>")][Description("Comma-separated integers (one, or one per batch entry), or a tensor spec.")]
         public string? Timesteps { get; init; }

@@ -19,7 +19,7 @@ public class GuidanceOptionSettings : ModelSettings
     public string? TimestepRespacing { get; init; }
     [CommandOption("--eta <ETA>")][Description("DDIM eta (0 = deterministic).")]
     public double Eta { get; init; }
-    [CommandOption("--no-clip")][Description("Do not clip the predicted x0 to [-1, 1].")]
+    [CommandOption("--no-clip")][Description("Do not clip the predicted x0 to [[-1, 1]].")]
     public bool NoClip { get; init; }
     [CommandOption("--guidance-scale <W>")][Description("Classifier-free guidance scale w (active when > 1; needs a model with a null class).")]
     public double GuidanceScale { get; init; } = 1;
@@ -35,8 +35,28 @@ public class GuidanceOptionSettings : ModelSettings
     public string PagLayers { get; init; } = "middle";
     [CommandOption("--pag-interval <HI:LO>")][Description("Apply PAG only for model timesteps LO <= t <= HI, e.g. 999:500.")]
     public string? PagInterval { get; init; }
-    [CommandOption("--perturbation <POLICY>")][Description("Attention perturbation: identity (PAG).")]
+    [CommandOption("--perturbation <POLICY>")][Description("Attention perturbation for PAG: identity (PAG), mask:R, mask-nodiag:R, noise:S, noise-logits:S, blur:S, soft:L.")]
     public string Perturbation { get; init; } = "identity";
+    [CommandOption("--guidance-scale-end <W>")][Description("Linear ramp of the CFG scale from --guidance-scale at the first step to this value at the last.")]
+    public double? GuidanceScaleEnd { get; init; }
+    [CommandOption("--guidance-interval <HI:LO>")][Description("Apply CFG only for model timesteps LO <= t <= HI, e.g. 999:500.")]
+    public string? GuidanceInterval { get; init; }
+    [CommandOption("--method <NAME>")][Description("Attention-based guidance: pag (default; --pag-* options) or sag (Self-Attention Guidance; --sag-* options). Either combines with CFG.")]
+    public string Method { get; init; } = "pag";
+    [CommandOption("--sag-scale <S>")][Description("SAG scale s, paper/diffusers convention: eps + s*(eps - eps_degraded). Needs --method sag.")]
+    public double? SagScale { get; init; }
+    [CommandOption("--sag-scale-official <G>")][Description("SAG scale in the official ADM scripts' convention (--guide_scale g): eps_degraded + g*(eps - eps_degraded), i.e. s = g - 1.")]
+    public double? SagScaleOfficial { get; init; }
+    [CommandOption("--sag-scale-end <S>")][Description("Linear ramp of the SAG scale from --sag-scale at the first step to this value at the last.")]
+    public double? SagScaleEnd { get; init; }
+    [CommandOption("--sag-interval <HI:LO>")][Description("Apply SAG only for model timesteps LO <= t <= HI.")]
+    public string? SagInterval { get; init; }
+    [CommandOption("--sag-layer <NAME>")][Description("Attention layer whose map gives SAG's mask (one layer). Default: output_blocks.2.1 if at the lowest resolution (official ADM), else the first output layer there.")]
+    public string? SagLayer { get; init; }
+    [CommandOption("--sag-blur-sigma <SIGMA>")][Description("Sigma of SAG's Gaussian blur of the predicted x0, in pixels. Default 9 (official ADM).")]
+    public double? SagBlurSigma { get; init; }
+    [CommandOption("--sag-kernel <K>")][Description("Odd kernel size of SAG's Gaussian blur. Default 31 (official ADM); must be < 2 x image size.")]
+    public int? SagKernel { get; init; }
     [CommandOption("--split-batch")][Description("Run guidance branches as separate forward calls (less memory) instead of one batched call.")]
     public bool SplitBatch { get; init; }
     [CommandOption("--label <N>")][Description("Class label for every sample.")]
@@ -57,15 +77,24 @@ public class GuidanceOptionSettings : ModelSettings
                 : throw new PagSharpException($"--labels '{Labels}': '{x}' is not an integer label")).ToArray();
     }
 
-    public static IAttentionPerturbation ParsePerturbation(string spec) => spec switch
+    /// <summary>
+    /// The guidance settings these options mean for a model with the given attention layers. The overrides (used by
+    /// <c>pag compare</c> per column) replace --pag-scale, --guidance-scale and --sag-scale (paper convention; 0 = off).
+    /// </summary>
+    public GuidanceSettings BuildGuidance(IReadOnlyList<AttentionLayerInfo> layers, double? pagScaleOverride = null, double? cfgOverride = null,
+                                          double? sagScaleOverride = null)
     {
-        "identity" => IdentityPerturbation.Instance,
-        _ => throw new PagSharpException($"unknown perturbation '{spec}'; valid: identity"),
-    };
+        string method = Method.Trim().ToLowerInvariant();
+        if (method is not ("pag" or "sag"))
+            throw new PagSharpException($"unknown --method '{Method}'; valid: pag, sag");
+        bool sagOptionsGiven = SagScale is not null || SagScaleOfficial is not null || SagScaleEnd is not null || SagInterval is not null
+                               || SagLayer is not null || SagBlurSigma is not null || SagKernel is not null;
+        if (sagScaleOverride is null && method == "pag" && sagOptionsGiven)
+            throw new PagSharpException("--sag-* options need --method sag");
+        bool pagOptionsGiven = PagScale is not null || PagScaleOfficial is not null;
+        if (pagScaleOverride is null && method == "sag" && pagOptionsGiven)
+            throw new PagSharpException("--method sag cannot be combined with --pag-scale/--pag-scale-official: SAG and PAG are alternatives");
 
-    /// <summary>The guidance settings these options mean for a model with the given attention layers.</summary>
-    public GuidanceSettings BuildGuidance(IReadOnlyList<AttentionLayerInfo> layers, double? pagScaleOverride = null, double? cfgOverride = null)
-    {
         if (PagScale is not null && PagScaleOfficial is not null) throw new PagSharpException("give --pag-scale or --pag-scale-official, not both");
         double? s = pagScaleOverride ?? PagScale;
         var formula = PagFormula.Paper;
@@ -80,24 +109,73 @@ public class GuidanceOptionSettings : ModelSettings
                 : new ScaleSchedule.Constant(sv);
         }
         else if (s is double neg && (double.IsNaN(neg) || neg < 0)) throw new PagSharpException($"PAG scale must be ≥ 0 (got {neg})");
-        (int, int)? interval = null;
-        if (PagInterval is not null)
-        {
-            var parts = PagInterval.Split(':');
-            if (parts.Length != 2 || !int.TryParse(parts[0], out int hi) || !int.TryParse(parts[1], out int lo))
-                throw new PagSharpException($"--pag-interval '{PagInterval}' must be HI:LO model timesteps, e.g. 999:500");
-            interval = (hi, lo);
-        }
+
+        double w = cfgOverride ?? GuidanceScale;
+        ScaleSchedule? cfgSchedule = GuidanceScaleEnd is double we ? new ScaleSchedule.Linear(w, we) : null;
+
         return new GuidanceSettings
         {
-            GuidanceScale = cfgOverride ?? GuidanceScale,
+            GuidanceScale = w,
+            GuidanceSchedule = cfgSchedule,
+            GuidanceInterval = ParseInterval(GuidanceInterval, "--guidance-interval"),
             PagScale = schedule,
             PagLayers = schedule is null ? Array.Empty<string>() : LayerSpec.Resolve(PagLayers, layers),
-            Perturbation = ParsePerturbation(Perturbation),
-            PagInterval = interval,
+            Perturbation = PerturbationSpec.Parse(Perturbation),
+            PagInterval = ParseInterval(PagInterval, "--pag-interval"),
             Formula = formula,
+            Sag = BuildSag(layers, method, sagScaleOverride),
             SplitBatch = SplitBatch,
         };
+    }
+
+    private SagSettings? BuildSag(IReadOnlyList<AttentionLayerInfo> layers, string method, double? sagScaleOverride)
+    {
+        double scale;
+        var formula = SagFormula.Paper;
+        if (sagScaleOverride is double so)
+        {
+            if (double.IsNaN(so) || so < 0) throw new PagSharpException($"SAG scale must be ≥ 0 (got {so})");
+            if (so == 0) return null;
+            scale = so;
+        }
+        else
+        {
+            if (method != "sag") return null;
+            if (SagScale is not null && SagScaleOfficial is not null) throw new PagSharpException("give --sag-scale or --sag-scale-official, not both");
+            if (SagScale is double ss) scale = ss;
+            else if (SagScaleOfficial is double sg) { scale = sg; formula = SagFormula.Official; }
+            else throw new PagSharpException("--method sag needs a scale: --sag-scale S (paper convention, e.g. 0.75) or --sag-scale-official G (official ADM --guide_scale, e.g. 1.5)");
+            if (formula == SagFormula.Official && SagScaleEnd is not null)
+                throw new PagSharpException("--sag-scale-end uses the paper convention; combine it with --sag-scale");
+        }
+        string? layer = null;
+        if (SagLayer is not null)
+        {
+            var matched = LayerSpec.Resolve(SagLayer, layers);
+            if (matched.Count != 1)
+                throw new PagSharpException($"--sag-layer '{SagLayer}' must name exactly one attention layer; it matches {matched.Count}: {string.Join(", ", matched)}");
+            layer = matched[0];
+        }
+        var defaults = new SagSettings { Scale = new ScaleSchedule.Constant(scale) };
+        return defaults with
+        {
+            Scale = SagScaleEnd is double e && sagScaleOverride is null ? new ScaleSchedule.Linear(scale, e) : new ScaleSchedule.Constant(scale),
+            Formula = formula,
+            Layer = layer,
+            BlurSigma = SagBlurSigma ?? defaults.BlurSigma,
+            KernelSize = SagKernel ?? defaults.KernelSize,
+            Interval = ParseInterval(SagInterval, "--sag-interval"),
+        };
+    }
+
+    private static (int Hi, int Lo)? ParseInterval(string? spec, string option)
+    {
+        if (spec is null) return null;
+        var parts = spec.Split(':');
+        if (parts.Length != 2 || !int.TryParse(parts[0], NumberStyles.Integer, CultureInfo.InvariantCulture, out int hi)
+            || !int.TryParse(parts[1], NumberStyles.Integer, CultureInfo.InvariantCulture, out int lo))
+            throw new PagSharpException($"{option} '{spec}' must be HI:LO model timesteps, e.g. 999:500");
+        return (hi, lo);
     }
 
     public SamplingOptions BuildSampling(GuidanceSettings guidance) => new()

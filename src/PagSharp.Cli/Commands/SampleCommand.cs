@@ -23,9 +23,9 @@ public sealed class SampleCommand : Command<SampleCommand.Settings>
         public int? Count { get; init; }
         [CommandOption("--output <DIR>")][Description("Output folder (default out/sample).")]
         public string Output { get; init; } = Path.Combine("out", "sample");
-        [CommandOption("--init-noise <TENSOR>")][Description("x_T from FILE.npy or FILE.safetensors:KEY, shape [N,C,H,W].")]
+        [CommandOption("--init-noise <TENSOR>")][Description("x_T from FILE.npy or FILE.safetensors:KEY, shape [[N,C,H,W]].")]
         public string? InitNoise { get; init; }
-        [CommandOption("--save-tensor <FILE>")][Description("Also save the final samples as float32 [N,C,H,W] .npy (model space, before conversion to pixels).")]
+        [CommandOption("--save-tensor <FILE>")][Description("Also save the final samples as float32 [[N,C,H,W]] .npy (model space, before conversion to pixels).")]
         public string? SaveTensor { get; init; }
         [CommandOption("--shard <K/N>")][Description("Produce only shard K (0-based) of N: batches b with b mod N = K.")]
         public string? Shard { get; init; }
@@ -52,7 +52,8 @@ public sealed class SampleCommand : Command<SampleCommand.Settings>
             throw new PagSharpException($"--save-tensor '{s.SaveTensor}' must be a .npy file");
 
         // Reject bad labels / guidance before anything is written.
-        _ = new Guidance.GuidedDenoiser(loaded.Model, guidance, loaded.Net.IsClassConditional ? zeros(1, dtype: ScalarType.Int64) : null, loaded.Config.DiffusionSteps);
+        using (var probe = loaded.Net.IsClassConditional ? zeros(1, dtype: ScalarType.Int64) : null)
+            Sampler.CreateDenoiser(loaded.Model, loaded.Spec, options, probe, null, loaded.SampleShape);
         ValidateLabels(options, loaded);
 
         int bs = options.BatchSize, batches = (count + bs - 1) / bs;
@@ -83,6 +84,19 @@ public sealed class SampleCommand : Command<SampleCommand.Settings>
             ["init_noise"] = s.InitNoise is null ? null : Path.GetFullPath(s.InitNoise.Split(':')[0]),
             ["shard"] = $"{shardK}/{shardN}",
         };
+        // Keys for the newer options only when they are used, so run.json files of earlier runs still match.
+        if (guidance.GuidanceSchedule is not null) settingsJson["guidance_schedule"] = guidance.GuidanceSchedule.ToString();
+        if (s.GuidanceInterval is not null) settingsJson["guidance_interval"] = s.GuidanceInterval;
+        if (guidance.Sag is { } sag)
+        {
+            settingsJson["method"] = "sag";
+            settingsJson["sag"] = new JsonObject
+            {
+                ["scale"] = sag.Scale.ToString(), ["formula"] = sag.Formula.ToString(),
+                ["layer"] = sag.Layer ?? Guidance.SagDenoiser.DefaultLayer(loaded.Net.AttentionLayers),
+                ["blur_sigma"] = sag.BlurSigma, ["kernel_size"] = sag.KernelSize, ["interval"] = s.SagInterval,
+            };
+        }
         Directory.CreateDirectory(s.Output);
         string runPath = Path.Combine(s.Output, RunFile);
         if (File.Exists(runPath))

@@ -12,14 +12,27 @@ public enum PagFormula
 }
 
 /// <summary>
-/// Guidance for one sampling run. CFG is active when <see cref="GuidanceScale"/> &gt; 1 (diffusers' convention);
-/// PAG is active at a step when its scale there is non-zero, the step lies in <see cref="PagInterval"/>, and layers
-/// are given.
+/// Guidance for one sampling run: CFG, and either PAG (with any <see cref="IAttentionPerturbation"/>) or SAG.
+/// Every scale is a <see cref="ScaleSchedule"/> of the model timestep with an optional interval:
+/// <list type="bullet">
+/// <item>CFG is active at a step when its scale w there is &gt; 1 (diffusers' convention) and the step lies in
+/// <see cref="GuidanceInterval"/>; the scale is <see cref="GuidanceSchedule"/> when set, otherwise the constant
+/// <see cref="GuidanceScale"/>.</item>
+/// <item>PAG is active at a step when its scale there is non-zero, the step lies in <see cref="PagInterval"/>, and
+/// layers are given.</item>
+/// <item>SAG is on when <see cref="Sag"/> is set, and active at a step when its scale there is non-zero and the step
+/// lies in <see cref="SagSettings.Interval"/>.</item>
+/// </list>
+/// Outside its interval a method is simply not applied (CFG: plain conditional ε; PAG/SAG: no extra term).
 /// </summary>
 public sealed record GuidanceSettings
 {
-    /// <summary>CFG scale w: ε(∅) + w·(ε(c) − ε(∅)). Values ≤ 1 disable CFG.</summary>
+    /// <summary>Constant CFG scale w: ε(∅) + w·(ε(c) − ε(∅)). Values ≤ 1 disable CFG. Ignored when <see cref="GuidanceSchedule"/> is set.</summary>
     public double GuidanceScale { get; init; } = 1;
+    /// <summary>CFG scale w per model timestep (ramp, adaptive, …); null = the constant <see cref="GuidanceScale"/>. Steps where w ≤ 1 run without CFG.</summary>
+    public ScaleSchedule? GuidanceSchedule { get; init; }
+    /// <summary>CFG only for model timesteps Lo ≤ t ≤ Hi; null = every step.</summary>
+    public (int Hi, int Lo)? GuidanceInterval { get; init; }
     /// <summary>PAG scale s (paper convention) per timestep; null disables PAG.</summary>
     public ScaleSchedule? PagScale { get; init; }
     /// <summary>Resolved attention layer names to perturb.</summary>
@@ -29,6 +42,8 @@ public sealed record GuidanceSettings
     /// <summary>PAG only for model timesteps Lo ≤ t ≤ Hi; null = every step.</summary>
     public (int Hi, int Lo)? PagInterval { get; init; }
     public PagFormula Formula { get; init; } = PagFormula.Paper;
+    /// <summary>Self-Attention Guidance instead of PAG; null = off.</summary>
+    public SagSettings? Sag { get; init; }
     /// <summary>Run the branches as separate forward calls instead of one batched call (less memory).</summary>
     public bool SplitBatch { get; init; }
     /// <summary>
@@ -37,25 +52,48 @@ public sealed record GuidanceSettings
     /// </summary>
     public bool SharedPrefix { get; init; } = true;
 
-    public bool UsesCfg => GuidanceScale > 1;
+    /// <summary>CFG may be active at some step (so the model needs a null class).</summary>
+    public bool UsesCfg => (GuidanceSchedule?.UpperBound() ?? GuidanceScale) > 1;
     public bool UsesPag => PagScale is not null && PagLayers.Count > 0;
+    public bool UsesSag => Sag is not null;
+
+    private static bool Inside((int Hi, int Lo)? interval, int t) => interval is not { } iv || (t <= iv.Hi && t >= iv.Lo);
+
+    /// <summary>The CFG scale in effect at model timestep <paramref name="t"/>; 1 when CFG is off there.</summary>
+    public double CfgScaleAt(int t, int totalSteps)
+    {
+        if (!Inside(GuidanceInterval, t)) return 1;
+        double w = GuidanceSchedule?.At(t, totalSteps) ?? GuidanceScale;
+        return w > 1 ? w : 1;
+    }
+
+    /// <summary>The PAG scale at model timestep <paramref name="t"/>, or 0 when PAG is off there.</summary>
+    public double PagScaleAt(int t, int totalSteps) =>
+        UsesPag && Inside(PagInterval, t) ? PagScale!.At(t, totalSteps) : 0;
+
+    /// <summary>The SAG scale (in <see cref="SagSettings.Formula"/>'s convention) at model timestep <paramref name="t"/>, or 0 when SAG is off there.</summary>
+    public double SagScaleAt(int t, int totalSteps) =>
+        Sag is { } sag && Inside(sag.Interval, t) ? sag.Scale.At(t, totalSteps) : 0;
 
     public void Validate()
     {
         if (double.IsNaN(GuidanceScale) || GuidanceScale < 0)
             throw new PagSharpException($"guidance scale must be a number ≥ 0 (got {GuidanceScale}); values ≤ 1 disable CFG");
-        switch (PagScale)
-        {
-            case ScaleSchedule.Constant c when double.IsNaN(c.Scale) || c.Scale < 0:
-                throw new PagSharpException($"PAG scale must be a number ≥ 0 (got {c.Scale})");
-            case ScaleSchedule.Linear l when double.IsNaN(l.AtStart) || double.IsNaN(l.AtEnd) || l.AtStart < 0 || l.AtEnd < 0:
-                throw new PagSharpException($"PAG scale ramp must have values ≥ 0 (got {l.AtStart}→{l.AtEnd})");
-            case ScaleSchedule.Adaptive a when double.IsNaN(a.Scale) || a.Scale < 0 || double.IsNaN(a.Rate) || a.Rate < 0:
-                throw new PagSharpException($"PAG scale and adaptive scale must be ≥ 0 (got {a.Scale}, {a.Rate})");
-        }
+        GuidanceSchedule?.Validate("guidance scale");
+        if (GuidanceInterval is { } gi && gi.Hi < gi.Lo)
+            throw new PagSharpException($"guidance interval {gi.Hi}:{gi.Lo} must be written t_hi:t_lo with t_hi ≥ t_lo");
+        PagScale?.Validate("PAG scale");
         if (PagInterval is { } iv && iv.Hi < iv.Lo)
             throw new PagSharpException($"PAG interval {iv.Hi}:{iv.Lo} must be written t_hi:t_lo with t_hi ≥ t_lo");
         if (UsesCfg && Formula == PagFormula.Official && UsesPag)
             throw new PagSharpException("the official-ADM PAG formula is defined for PAG without CFG; use the paper formula (--pag-scale) with CFG");
+        if (Sag is { } sag)
+        {
+            sag.Validate();
+            if (UsesPag)
+                throw new PagSharpException("SAG and PAG cannot be combined in one run; use --method pag (with --pag-scale) or --method sag (with --sag-scale)");
+            if (UsesCfg && sag.Formula == SagFormula.Official)
+                throw new PagSharpException("the official-ADM SAG formula is defined for SAG without CFG; use the paper formula (--sag-scale) with CFG");
+        }
     }
 }

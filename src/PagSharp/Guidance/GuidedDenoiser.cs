@@ -13,7 +13,9 @@ namespace PagSharp.Guidance;
 /// <item>PAG: ε + s·(ε − ε̂) (paper/diffusers), or ε̂ + g·(ε − ε̂) (official ADM code)</item>
 /// <item>CFG+PAG: ε(∅) + w·(ε(c) − ε(∅)) + s·(ε(c) − ε̂(c))</item>
 /// </list>
-/// Learned variance always comes from the unperturbed conditional branch.
+/// Learned variance always comes from the unperturbed conditional branch. w and s are evaluated per step from
+/// their schedules and intervals (<see cref="GuidanceSettings.CfgScaleAt"/>, <see cref="GuidanceSettings.PagScaleAt"/>);
+/// a step where CFG is off skips the unconditional branch. Settings with SAG belong to <see cref="SagDenoiser"/>.
 /// </summary>
 public sealed class GuidedDenoiser : IDenoiser
 {
@@ -31,6 +33,8 @@ public sealed class GuidedDenoiser : IDenoiser
     public GuidedDenoiser(IDiffusionModel model, GuidanceSettings settings, Tensor? labels, int totalSteps, Generator? policyGenerator = null)
     {
         settings.Validate();
+        if (settings.UsesSag)
+            throw new PagSharpException("these guidance settings use SAG: sample with a SagDenoiser (Sampler.CreateDenoiser chooses the right denoiser)");
         if (settings.UsesCfg && model.NullClass is null)
             throw new PagSharpException("CFG (guidance scale > 1) needs a model with a null condition (a class-conditional model trained with label dropout); this model has none. Use --pag-scale alone, or a guidance scale ≤ 1.");
         if (model.IsClassConditional && labels is null)
@@ -49,18 +53,16 @@ public sealed class GuidedDenoiser : IDenoiser
     }
 
     /// <summary>PAG scale at model timestep <paramref name="t"/>, or 0 when PAG is off there.</summary>
-    public double PagScaleAt(int t)
-    {
-        if (!_g.UsesPag) return 0;
-        if (_g.PagInterval is { } iv && (t > iv.Hi || t < iv.Lo)) return 0;
-        return _g.PagScale!.At(t, _totalSteps);
-    }
+    public double PagScaleAt(int t) => _g.PagScaleAt(t, _totalSteps);
+
+    /// <summary>CFG scale at model timestep <paramref name="t"/>, or 1 when CFG is off there.</summary>
+    public double CfgScaleAt(int t) => _g.CfgScaleAt(t, _totalSteps);
 
     public EpsOutput Predict(Tensor x, Tensor t)
     {
         int tv = (int)t[0].item<long>();
-        double s = PagScaleAt(tv);
-        bool pag = s != 0, cfg = _g.UsesCfg;
+        double s = PagScaleAt(tv), w = CfgScaleAt(tv);
+        bool pag = s != 0, cfg = w > 1;
         if (!pag && !cfg) return _model.Forward(x, t, _labels, null);
 
         long b = x.shape[0];
@@ -111,7 +113,7 @@ public sealed class GuidedDenoiser : IDenoiser
         var epsC = eps[condIdx];
         if (cfg)
         {
-            guided = eps[0] + _g.GuidanceScale * (epsC - eps[0]);
+            guided = eps[0] + w * (epsC - eps[0]);
             if (pag) guided = guided + s * (epsC - eps[nb - 1]);
         }
         else if (_g.Formula == PagFormula.Official)

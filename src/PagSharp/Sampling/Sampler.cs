@@ -41,6 +41,12 @@ public static class Sampler
         if (model.IsClassConditional && options.Labels is null && model.NullClass is null)
             throw new PagSharpException($"this model is class-conditional without a null class: give labels 0..{model.NumClasses - 1}");
 
+        if (options.Guidance.UsesSag)
+        {
+            using var probeLabels = model.IsClassConditional ? zeros(1, dtype: ScalarType.Int64) : null;
+            CreateDenoiser(model, spec, options, probeLabels, null, sampleShape); // fail before any sampling
+        }
+
         using var _ = no_grad();
         var results = new List<Tensor>();
         int batches = (indices.Count + options.BatchSize - 1) / options.BatchSize;
@@ -56,7 +62,7 @@ public static class Sampler
             if (model.IsClassConditional)
                 labels = tensor(batch.Select(i => (long)(options.Labels is { } l ? l[(int)(i % l.Count)] : model.NullClass!.Value)).ToArray());
             using var policyGen = new Generator((ulong)options.SampleSeed(batch[0]) ^ 0x5bd1e995UL);
-            var denoiser = new GuidedDenoiser(model, options.Guidance, labels, spec.DiffusionSteps, policyGen);
+            var denoiser = CreateDenoiser(model, spec, options, labels, policyGen);
             var sw = Stopwatch.StartNew();
             void Report(StepInfo s) => progress?.Report(new SamplingProgress(s.Step, s.Total, bi, batches, s.Step / Math.Max(sw.Elapsed.TotalSeconds, 1e-9)));
             var x = options.Sampler == SamplerKind.Ddim
@@ -67,5 +73,24 @@ public static class Sampler
         var all = cat(results.ToArray(), 0);
         foreach (var r in results) r.Dispose();
         return all;
+    }
+
+    /// <summary>
+    /// The denoiser for <paramref name="options"/>' guidance: a <see cref="SagDenoiser"/> when SAG is on (on the
+    /// model's original, non-respaced process, clipping x̂0 as the sampler does), otherwise a
+    /// <see cref="GuidedDenoiser"/> (none / CFG / PAG / CFG+PAG with any perturbation policy). Constructing it
+    /// validates the settings against the model; <paramref name="sampleShape"/> [C,H,W], when given, is checked too.
+    /// </summary>
+    public static IDenoiser CreateDenoiser(IDiffusionModel model, DiffusionSpec spec, SamplingOptions options, Tensor? labels,
+                                           Generator? policyGenerator = null, long[]? sampleShape = null)
+    {
+        if (options.Guidance.UsesSag)
+        {
+            var original = GaussianDiffusion.Create(spec.NoiseSchedule, spec.DiffusionSteps, "", spec.Variance);
+            var sag = new SagDenoiser(model, options.Guidance, labels, original, options.ClipDenoised);
+            if (sampleShape is { Length: >= 2 }) sag.CheckImageSize(sampleShape[^2], sampleShape[^1]);
+            return sag;
+        }
+        return new GuidedDenoiser(model, options.Guidance, labels, spec.DiffusionSteps, policyGenerator);
     }
 }
