@@ -104,6 +104,7 @@ public class ScheduleTests
         var tIn = full(2, 400L);
         var cond = model.Forward(x, tIn, y, null).Eps;
         var uncond = model.Forward(x, tIn, full(2, 2L), null).Eps;
-        TestModels.AssertClose(uncond + 3 * (cond - uncond), d.Predict(x, tIn).Eps, 1e-5, "inside: CFG");
+        // One batched [uncond, cond] call vs two separate calls: float32 rounding differs slightly.
+        TestModels.AssertClose(uncond + 3 * (cond - uncond), d.Predict(x, tIn).Eps, 1e-4, "inside: CFG");
     }
 }

@@ -12,17 +12,7 @@ namespace PagSharp.Tests.Guidance;
 internal static class TestModels
 {
     /// <summary>The fixture's model A (unconditional, 32×32, learned variance) with its reference weights.</summary>
-    public static AdmUNet FixtureA()
-    {
-        using var config = JsonDocument.Parse(File.ReadAllText(Fixtures.Path("adm_a_uncond", "config.json")));
-        var cfg = AdmConfig.FromJson(config.RootElement.GetProperty("guided_diffusion_args").GetRawText(), "adm_a_uncond/config.json");
-        var net = new AdmUNet(cfg);
-        var weights = SafeTensors.Load(Fixtures.Path("adm_a_uncond", "weights.safetensors"));
-        try { StateDictLoader.LoadStrict(net, weights, "adm_a_uncond/weights.safetensors"); }
-        finally { foreach (var w in weights.Values) w.Dispose(); }
-        net.eval();
-        return net;
-    }
+    public static AdmUNet FixtureA() => PagSharp.Tests.Models.AdmA.Load();
 
     /// <summary>A 16×16 RGB model, 32/64 channels, attention at 8×8 (4 heads of 16), learned variance.</summary>
     public static AdmConfig TinyConfig(bool classConditional) => new()

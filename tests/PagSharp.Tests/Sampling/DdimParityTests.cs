@@ -278,8 +278,9 @@ public class DdimParityTests(AdmSamplingFixture fx) : IClassFixture<AdmSamplingF
             long tv = t[0].item<long>();
             if (_lastT < 0 || tv > _lastT)
             {
-                // A new batch starts at the largest timestep. Batched PAG calls hold [x; x]: keep the first half.
-                var first = plan is null ? x : x[..(int)(x.shape[0] / 2)];
+                // A new batch starts at the largest timestep. Batched PAG calls without a shared-prefix fork hold
+                // [x; x]: keep the first half. With a fork the network is fed x alone.
+                var first = plan is null || plan.ForkSource is not null ? x : x[..(int)(x.shape[0] / 2)];
                 var copy = first.detach().clone().DetachFromDisposeScope();
                 FirstInputs.Add(copy);
                 _all.Add(copy);
