@@ -59,6 +59,8 @@ public class GuidanceOptionSettings : ModelSettings
     public int? SagKernel { get; init; }
     [CommandOption("--split-batch")][Description("Run guidance branches as separate forward calls (less memory) instead of one batched call.")]
     public bool SplitBatch { get; init; }
+    [CommandOption("--no-shared-prefix")][Description("Run the PAG branch as a full extra pass instead of forking it from the conditional branch at the first perturbed layer (slower; same result within float rounding).")]
+    public bool NoSharedPrefix { get; init; }
     [CommandOption("--label <N>")][Description("Class label for every sample.")]
     public int? Label { get; init; }
     [CommandOption("--labels <LIST>")][Description("Comma-separated class labels, cycled over samples (e.g. 0,1,2).")]
@@ -125,6 +127,7 @@ public class GuidanceOptionSettings : ModelSettings
             Formula = formula,
             Sag = BuildSag(layers, method, sagScaleOverride),
             SplitBatch = SplitBatch,
+            SharedPrefix = !NoSharedPrefix,
         };
     }
 
