@@ -19,23 +19,14 @@ public static class Samplers
     /// x_{t−1} = μ_θ(x_t, x̂0) + 1[t&gt;0]·exp(½·log σ²_t)·z.
     /// </summary>
     public static Tensor Ddpm(IDenoiser model, Tensor xT, GaussianDiffusion diffusion, bool clip, NoiseSource noise,
-                              Action<StepInfo>? callback = null, CancellationToken cancellation = default)
-    {
-        var x = xT.alias();
-        for (int i = diffusion.NumSteps - 1; i >= 0; i--)
+                              Action<StepInfo>? callback = null, CancellationToken cancellation = default) =>
+        Loop(xT, diffusion, callback, cancellation, (x, t, i) =>
         {
-            cancellation.ThrowIfCancellationRequested();
-            using var scope = NewDisposeScope();
-            var t = GaussianDiffusion.Steps(i, x.shape[0], x.device);
             var o = model.Predict(x, diffusion.ModelTimesteps(t));
             var (mean, logVar, x0) = diffusion.PMeanVariance(x, t, o.Eps, o.VarValues, clip);
             var next = i > 0 ? mean + (0.5 * logVar).exp() * noise.Randn(x.shape[1..]) : mean;
-            callback?.Invoke(new StepInfo(diffusion.NumSteps - i, diffusion.NumSteps, diffusion.TimestepMap[i], next, x0));
-            x.Dispose();
-            x = next.MoveToOuterDisposeScope();
-        }
-        return x;
-    }
+            return (next, x0);
+        });
 
     /// <summary>
     /// DDIM (Song et al. 2021, eq. 12): x̂0 from ε (clipped when asked), ε re-derived from the clipped x̂0 as
@@ -46,12 +37,8 @@ public static class Samplers
                               Action<StepInfo>? callback = null, CancellationToken cancellation = default)
     {
         if (eta > 0 && noise is null) throw new ArgumentException("DDIM with eta > 0 needs a noise source", nameof(noise));
-        var x = xT.alias();
-        for (int i = diffusion.NumSteps - 1; i >= 0; i--)
+        return Loop(xT, diffusion, callback, cancellation, (x, t, i) =>
         {
-            cancellation.ThrowIfCancellationRequested();
-            using var scope = NewDisposeScope();
-            var t = GaussianDiffusion.Steps(i, x.shape[0], x.device);
             var o = model.Predict(x, diffusion.ModelTimesteps(t));
             var x0 = diffusion.PredictXstartFromEps(x, t, o.Eps);
             if (clip) x0 = x0.clamp(-1, 1);
@@ -61,6 +48,24 @@ public static class Samplers
             var sigma = eta * ((1 - abPrev) / (1 - ab)).sqrt() * (1 - ab / abPrev).sqrt();
             var next = x0 * abPrev.sqrt() + (1 - abPrev - sigma.square()).sqrt() * eps;
             if (eta > 0 && i > 0) next = next + sigma * noise!.Randn(x.shape[1..]);
+            return (next, x0);
+        });
+    }
+
+    /// <summary>
+    /// The chain i = N−1 … 0 shared by the samplers: one dispose scope per step (only the new x survives it),
+    /// cancellation between steps, progress after each step.
+    /// </summary>
+    private static Tensor Loop(Tensor xT, GaussianDiffusion diffusion, Action<StepInfo>? callback, CancellationToken cancellation,
+                               Func<Tensor, Tensor, int, (Tensor Next, Tensor PredXstart)> step)
+    {
+        var x = xT.alias();
+        for (int i = diffusion.NumSteps - 1; i >= 0; i--)
+        {
+            cancellation.ThrowIfCancellationRequested();
+            using var scope = NewDisposeScope();
+            var t = GaussianDiffusion.Steps(i, x.shape[0], x.device);
+            var (next, x0) = step(x, t, i);
             callback?.Invoke(new StepInfo(diffusion.NumSteps - i, diffusion.NumSteps, diffusion.TimestepMap[i], next, x0));
             x.Dispose();
             x = next.MoveToOuterDisposeScope();
