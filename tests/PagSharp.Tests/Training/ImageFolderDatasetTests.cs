@@ -1,4 +1,3 @@
-using PagSharp.Tests.Imaging;
 using PagSharp.Imaging;
 using PagSharp.Training.Datasets;
 using TorchSharp;

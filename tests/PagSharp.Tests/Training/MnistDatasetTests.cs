@@ -1,4 +1,3 @@
-using PagSharp.Tests.Imaging;
 using System.Formats.Tar;
 using System.IO.Compression;
 using System.Text;

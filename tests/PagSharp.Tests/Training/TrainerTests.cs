@@ -1,5 +1,4 @@
 using PagSharp.Models.Adm;
-using PagSharp.Tests.Imaging;
 using PagSharp.Training;
 using TorchSharp;
 using static TorchSharp.torch;

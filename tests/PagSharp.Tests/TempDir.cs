@@ -1,6 +1,6 @@
-namespace PagSharp.Tests.Imaging;
+namespace PagSharp.Tests;
 
-/// <summary>A fresh folder under the system temp folder, deleted on dispose.</summary>
+/// <summary>A fresh temporary folder, deleted with its contents on dispose.</summary>
 internal sealed class TempDir : IDisposable
 {
     public string Path { get; } = System.IO.Path.Combine(System.IO.Path.GetTempPath(), "pagsharp-tests-" + Guid.NewGuid().ToString("N"));
