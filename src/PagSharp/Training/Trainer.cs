@@ -29,6 +29,8 @@ public sealed class Trainer : IDisposable
     public AdamW Optimizer { get; }
     public Ema Ema { get; }
     public long Step { get; private set; }
+    /// <summary>Wall-clock seconds spent in <see cref="Run"/> over the whole run, across resumes.</summary>
+    public double TrainSeconds { get; private set; }
     /// <summary>(step, mean loss) every <see cref="LossLogEvery"/> steps.</summary>
     public List<(long Step, double Loss, double Mse, double Vb)> LossHistory { get; } = new();
     public const int LossLogEvery = 50;
@@ -120,9 +122,11 @@ public sealed class Trainer : IDisposable
     {
         var sw = Stopwatch.StartNew();
         long startStep = Step;
+        double before = TrainSeconds;
         while (Step < _o.Steps && !cancellation.IsCancellationRequested)
         {
             var (l, m, v) = TrainStep();
+            TrainSeconds = before + sw.Elapsed.TotalSeconds;
             double rate = (Step - startStep) / Math.Max(sw.Elapsed.TotalSeconds, 1e-9);
             progress?.Report(new TrainProgress(Step, _o.Steps, l, m, v, rate));
             if (Step % _o.CheckpointEvery == 0) SaveCheckpoint(outputDir);
@@ -143,6 +147,7 @@ public sealed class Trainer : IDisposable
         {
             ["step"] = Step.ToString(CultureInfo.InvariantCulture),
             ["adam_step"] = Optimizer.Step.ToString(CultureInfo.InvariantCulture),
+            ["train_seconds"] = TrainSeconds.ToString("R", CultureInfo.InvariantCulture),
             ["config"] = _o.Model.ToJson(),
             ["options"] = JsonSerializer.Serialize(_o),
             ["loss_history"] = JsonSerializer.Serialize(LossHistory.Select(h => new[] { h.Step, h.Loss, h.Mse, h.Vb })),
@@ -175,6 +180,7 @@ public sealed class Trainer : IDisposable
         }
         Step = long.Parse(meta["step"], CultureInfo.InvariantCulture);
         Optimizer.Step = long.Parse(meta["adam_step"], CultureInfo.InvariantCulture);
+        TrainSeconds = meta.TryGetValue("train_seconds", out var secs) ? double.Parse(secs, CultureInfo.InvariantCulture) : 0;
         LossHistory.Clear();
         foreach (var h in JsonSerializer.Deserialize<double[][]>(meta["loss_history"])!)
             LossHistory.Add(((long)h[0], h[1], h[2], h[3]));
