@@ -23,6 +23,7 @@ public static class App
             c.AddCommand<LayersCommand>("layers").WithDescription("List the perturbable self-attention layers of a model.");
             c.AddCommand<ForwardCommand>("forward").WithDescription("Run the network once and save its raw output (for checks against PyTorch).");
             c.AddCommand<BenchCommand>("bench").WithDescription("Benchmark seconds per step and peak memory of each guidance method; writes docs/performance.md.");
+            c.AddCommand<RestoreCommand>("restore").WithDescription("Inpainting, super-resolution and deblurring with DPS, with or without PAG.");
             c.AddCommand<TrainCommand>("train").WithDescription("Train an ADM U-Net (improved-DDPM hybrid loss, EMA, checkpoints, resume).");
             c.SetExceptionHandler((ex, _) =>
             {

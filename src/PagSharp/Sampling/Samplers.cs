@@ -56,7 +56,7 @@ public static class Samplers
     /// The chain i = N−1 … 0 shared by the samplers: one dispose scope per step (only the new x survives it),
     /// cancellation between steps, progress after each step.
     /// </summary>
-    private static Tensor Loop(Tensor xT, GaussianDiffusion diffusion, Action<StepInfo>? callback, CancellationToken cancellation,
+    internal static Tensor Loop(Tensor xT, GaussianDiffusion diffusion, Action<StepInfo>? callback, CancellationToken cancellation,
                                Func<Tensor, Tensor, int, (Tensor Next, Tensor PredXstart)> step)
     {
         var x = xT.alias();
