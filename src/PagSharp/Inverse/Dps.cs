@@ -42,42 +42,35 @@ public static class Dps
         return Samplers.Loop(xT, diffusion, callback, cancellation, (x, t, i) =>
         {
             var tm = diffusion.ModelTimesteps(t);
-            Tensor grad, epsUpdate, x0;
-            Tensor? varValues;
-            using (enable_grad())
-            {
-                var xg = x.detach().requires_grad_(true);
-                Tensor epsGrad;
-                if (options.GradientFrom == DpsGradientSource.Guided)
-                {
-                    var o = guided.Predict(xg, tm);
-                    epsGrad = o.Eps;
-                    epsUpdate = o.Eps.detach();
-                    varValues = o.VarValues?.detach();
-                }
-                else
-                {
-                    epsGrad = model.Forward(xg, tm, labels, null).Eps;
-                    using (no_grad())
-                    {
-                        var o = guided.Predict(x.detach(), tm);
-                        epsUpdate = o.Eps;
-                        varValues = o.VarValues;
-                    }
-                }
-                var x0Grad = diffusion.PredictXstartFromEps(xg, t, epsGrad);
-                if (options.Clip) x0Grad = x0Grad.clamp(-1, 1);
-                var residual = (y - op.Forward(x0Grad)).flatten(1);
-                var norm = residual.square().sum(1).sqrt().sum();
-                grad = autograd.grad(new[] { norm }, new[] { xg })[0];
-            }
-            using (no_grad())
-            {
-                var (mean, logVar, px0) = diffusion.PMeanVariance(x, t, epsUpdate, varValues, options.Clip);
-                var next = i > 0 ? mean + (0.5 * logVar).exp() * noise.Randn(x.shape[1..]) : mean;
-                x0 = px0;
-                return (next - options.StepSize * grad, x0);
-            }
+            EpsOutput? update = null;
+            Func<Tensor, Tensor> epsForGradient = options.GradientFrom == DpsGradientSource.Guided
+                ? xg => (update = guided.Predict(xg, tm)).Eps
+                : xg => model.Forward(xg, tm, labels, null).Eps;
+            var (grad, _) = MeasurementGradient(x, t, epsForGradient, diffusion, op, y, options.Clip);
+            using var _ = no_grad();
+            // The guided ε drives the diffusion update (the perturbed branch never needs autograd here).
+            var (eps, varValues) = update is { } u ? (u.Eps.detach(), u.VarValues?.detach()) : Unpack(guided.Predict(x.detach(), tm));
+            var (mean, logVar, x0) = diffusion.PMeanVariance(x, t, eps, varValues, options.Clip);
+            var next = i > 0 ? mean + (0.5 * logVar).exp() * noise.Randn(x.shape[1..]) : mean;
+            return (next - options.StepSize * grad, x0);
         });
+    }
+
+    private static (Tensor, Tensor?) Unpack(EpsOutput o) => (o.Eps, o.VarValues);
+
+    /// <summary>
+    /// ∇_{x_t} Σ_n ‖y_n − A(x̂0_n(x_t))‖ and the residual norms [N], with x̂0 = √(1/ᾱ_t)·x_t − √(1/ᾱ_t − 1)·ε(x_t)
+    /// (clipped when asked) and ε from <paramref name="eps"/> (autograd through it).
+    /// </summary>
+    public static (Tensor Gradient, Tensor ResidualNorm) MeasurementGradient(Tensor x, Tensor t, Func<Tensor, Tensor> eps,
+        GaussianDiffusion diffusion, IMeasurementOperator op, Tensor y, bool clip)
+    {
+        using var _ = enable_grad();
+        var xg = x.detach().requires_grad_(true);
+        var x0 = diffusion.PredictXstartFromEps(xg, t, eps(xg));
+        if (clip) x0 = x0.clamp(-1, 1);
+        var norms = (y - op.Forward(x0)).flatten(1).square().sum(1).sqrt();
+        var grad = autograd.grad(new[] { norms.sum() }, new[] { xg })[0];
+        return (grad.detach(), norms.detach());
     }
 }

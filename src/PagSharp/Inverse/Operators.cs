@@ -89,7 +89,7 @@ public sealed class BlurOperator : IMeasurementOperator
     {
         Check(imageSize, kernelSize, spec);
         if (!(sigma > 0)) throw new PagSharpException($"{spec}: σ must be > 0 (got {sigma})");
-        var k1 = tensor(GaussianBlur.Kernel(kernelSize, sigma), dtype: ScalarType.Float32);
+        var k1 = tensor(GaussianBlur.Kernel(kernelSize, sigma), dtype: ScalarType.Float64);
         return new BlurOperator(outer(k1, k1), spec, noiseSigma);
     }
 

@@ -136,7 +136,9 @@ public sealed class AdmUNet : Module
     /// <summary>The embedding the ResBlocks receive: time_embed(timestep_embedding(t)) (+ label_emb(y)).</summary>
     public Tensor TimeEmbedding(Tensor timesteps, Tensor? y = null)
     {
-        var emb = time_embed.forward(TimestepEmbedding.Sinusoidal(timesteps, Config.ModelChannels));
+        using var sinusoid = TimestepEmbedding.Sinusoidal(timesteps, Config.ModelChannels);
+        // The sinusoid is computed in float32 as the reference; a float64 model takes it in its own precision.
+        var emb = time_embed.forward(sinusoid.to_type(time_embed.parameters().First().dtype));
         return label_emb is null || y is null ? emb : emb + label_emb.forward(y);
     }
 
