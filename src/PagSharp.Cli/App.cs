@@ -25,6 +25,8 @@ public static class App
             c.AddCommand<BenchCommand>("bench").WithDescription("Benchmark seconds per step and peak memory of each guidance method; writes docs/performance.md.");
             c.AddCommand<RestoreCommand>("restore").WithDescription("Inpainting, super-resolution and deblurring with DPS, with or without PAG.");
             c.AddCommand<TrainCommand>("train").WithDescription("Train an ADM U-Net (improved-DDPM hybrid loss, EMA, checkpoints, resume).");
+            c.AddCommand<EvalCommand>("eval").WithDescription("FID, Inception Score, precision and recall of generated images against a reference set or saved statistics.");
+            c.AddCommand<TrainClassifierCommand>("train-classifier").WithDescription("Train the MNIST classifier that pag eval uses as its feature network.");
             c.SetExceptionHandler((ex, _) =>
             {
                 var e = ex is CommandRuntimeException { InnerException: { } inner } ? inner : ex;

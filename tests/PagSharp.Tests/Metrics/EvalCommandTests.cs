@@ -1,0 +1,128 @@
+using System.Text.Json;
+using PagSharp.Imaging;
+using PagSharp.IO;
+using PagSharp.Metrics;
+using PagSharp.Tests.Cli;
+using PagSharp.Tests.Imaging;
+using PagSharp.Training.Datasets;
+using static TorchSharp.torch;
+
+namespace PagSharp.Tests.Metrics;
+
+[Collection(CliCollection.Name)]
+public sealed class EvalCommandTests : IDisposable
+{
+    private readonly TempDir _dir = new();
+    private readonly MnistDataset _mnist = MnistDataset.Load();
+
+    public void Dispose()
+    {
+        _dir.Dispose();
+        _mnist.Dispose();
+    }
+
+    private string Npy(string name, long start, long count)
+    {
+        string path = _dir.File(name);
+        using var x = _mnist.TestImages.narrow(0, start, count);
+        PagSharp.IO.Npy.Save(path, x);
+        return path;
+    }
+
+    private static JsonElement Json(string path) => JsonDocument.Parse(File.ReadAllText(path)).RootElement;
+
+    [Fact]
+    public void FolderAgainstArrayPrintsTheTableAndJson_StatisticsReproduceFid()
+    {
+        // 40 digits (4 of each class, every 25th test digit) as PNGs, plus a grid.png that must be skipped.
+        string folder = Directory.CreateDirectory(_dir.File("gen")).FullName;
+        for (int i = 0; i < 40; i++)
+        {
+            using var img = _mnist.TestImages[i * 25];
+            Png.Save(Path.Combine(folder, $"{i:D5}.png"), img);
+        }
+        using (var grid = Grid.Make(_mnist.TestImages.narrow(0, 0, 4), 2)) Png.Save(Path.Combine(folder, ImageSets.GridFileName), grid);
+        string reference = Npy("ref.npy", 1, 60);
+
+        string json = _dir.File("out.json"), stats = _dir.File("gen.safetensors"), refStats = _dir.File("ref.safetensors");
+        var (exit, output) = Pag.Run("eval", "--generated", folder, "--reference", reference, "--json", json,
+            "--save-stats", stats, "--save-reference-stats", refStats, "--splits", "1");
+        Assert.True(exit == 0, output);
+        foreach (var word in new[] { "FID", "Inception Score", "precision", "recall", "generated", "reference" }) Assert.Contains(word, output);
+        var r = Json(json);
+        Assert.Equal(40, r.GetProperty("generated_count").GetInt64());
+        Assert.Equal(60, r.GetProperty("reference_count").GetInt64());
+        double fid = r.GetProperty("fid").GetDouble();
+        Assert.InRange(fid, 0, 1e6);
+        Assert.InRange(r.GetProperty("inception_score").GetDouble(), 8, 10); // 4 digits of each class, confidently classified
+        Assert.InRange(r.GetProperty("precision").GetDouble(), 0, 1);
+        Assert.InRange(r.GetProperty("recall").GetDouble(), 0, 1);
+
+        // FID from the saved statistics equals FID from the images; precision/recall then need images.
+        string json2 = _dir.File("out2.json");
+        (exit, output) = Pag.Run("eval", "--generated", stats, "--reference", refStats, "--json", json2);
+        Assert.True(exit == 0, output);
+        var r2 = Json(json2);
+        Assert.Equal(fid, r2.GetProperty("fid").GetDouble(), 1e-9);
+        Assert.Equal(JsonValueKind.Null, r2.GetProperty("precision").ValueKind);
+        Assert.Contains("n/a", output);
+    }
+
+    [Fact]
+    public void ShardsMergeIntoTheWholeSet()
+    {
+        string whole = Npy("whole.npy", 0, 30), a = Npy("a.npy", 0, 12), b = Npy("b.npy", 12, 18), reference = Npy("ref.npy", 500, 50);
+        string j1 = _dir.File("1.json"), j2 = _dir.File("2.json"), sa = _dir.File("a.safetensors");
+        Assert.Equal(0, Pag.Run("eval", "--generated", whole, "--reference", reference, "--json", j1, "--splits", "3").Exit);
+        Assert.Equal(0, Pag.Run("eval", "--generated", a, "--reference", reference, "--save-stats", sa, "--splits", "3").Exit);
+        var (exit, output) = Pag.Run("eval", "--generated", sa, "--generated", b, "--reference", reference, "--json", j2);
+        Assert.True(exit == 0, output);
+        Assert.Equal(30, Json(j2).GetProperty("generated_count").GetInt64());
+        Assert.Equal(Json(j1).GetProperty("fid").GetDouble(), Json(j2).GetProperty("fid").GetDouble(), 1e-6);
+    }
+
+    [Fact]
+    public void InceptionFeaturesEndToEnd_RandomWeights()
+    {
+        string weights = _dir.File("inception.safetensors");
+        using (var model = new InceptionV3()) SafeTensors.Save(weights, model.state_dict());
+        string gen = Npy("gen.npy", 0, 3), reference = Npy("ref.npy", 100, 3), json = _dir.File("inception.json");
+        var (exit, output) = Pag.Run("eval", "--generated", gen, "--reference", reference, "--features", "inception",
+            "--inception-weights", weights, "--splits", "1", "-k", "1", "--json", json);
+        Assert.True(exit == 0, output);
+        var r = Json(json);
+        Assert.Equal(InceptionFeatureNetwork.Name, r.GetProperty("features").GetString());
+        Assert.True(double.IsFinite(r.GetProperty("fid").GetDouble()));
+        Assert.InRange(r.GetProperty("inception_score").GetDouble(), 1 - 1e-9, 3 + 1e-9);
+    }
+
+    [Fact]
+    public void BadInputsExitWithCode2()
+    {
+        string gen = Npy("gen.npy", 0, 20);
+        string empty = Directory.CreateDirectory(_dir.File("empty")).FullName;
+        File.WriteAllText(Path.Combine(empty, "notes.txt"), "no images here");
+        using (var s = new FeatureStats(MnistFeatureNetwork.Name, 64)) { s.Add(ones(3, 64)); s.Save(_dir.File("dim64.safetensors")); }
+        using (var s = new FeatureStats(InceptionFeatureNetwork.Name, 2048)) { s.Add(ones(3, 2048)); s.Save(_dir.File("inception.safetensors")); }
+        PagSharp.IO.Npy.Save(_dir.File("vector.npy"), ones(5));
+        var cases = new (string[] Args, string Message)[]
+        {
+            (["eval", "--generated", empty, "--reference", gen], "holds no images"),
+            (["eval", "--generated", gen, "--reference", _dir.File("dim64.safetensors")], "64-dimensional"),
+            (["eval", "--generated", gen, "--reference", _dir.File("inception.safetensors")], "inception"),
+            (["eval", "--generated", gen, "--reference", MnistClassifier.BuiltInPath()], "not a feature-statistics file"),
+            (["eval", "--generated", _dir.File("vector.npy"), "--reference", gen], "expected images"),
+            (["eval", "--generated", _dir.File("absent"), "--reference", gen], "does not exist"),
+            (["eval", "--reference", gen], "needs --generated"),
+            (["eval", "--generated", gen, "--features", "inception"], "--inception-weights"),
+            (["eval", "--generated", gen, "--features", "clip"], "unknown --features"),
+            (["eval", "--generated", gen, "--reference", gen, "--splits", "50"], "at least 50 images"),
+        };
+        foreach (var (args, message) in cases)
+        {
+            var (exit, output) = Pag.Run(args);
+            Assert.True(exit == 2, $"{string.Join(' ', args)} → exit {exit}: {output}");
+            Assert.Contains(message, output);
+        }
+    }
+}
