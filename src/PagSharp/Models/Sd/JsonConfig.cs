@@ -24,6 +24,8 @@ internal sealed class JsonConfig
     /// <summary>Parses <paramref name="json"/>; a syntax error becomes a <see cref="PagSharpException"/> naming the file.</summary>
     public static JsonConfig Parse(string json, string source)
     {
+        // Python's json module writes Infinity / -Infinity / NaN bare (e.g. lambda_min_clipped); read them as strings.
+        json = System.Text.RegularExpressions.Regex.Replace(json, @"(:\s*)(-?Infinity|NaN)(\s*[,}\]])", "$1\"$2\"$3");
         try
         {
             using var doc = JsonDocument.Parse(json, new JsonDocumentOptions { AllowTrailingCommas = true, CommentHandling = JsonCommentHandling.Skip });
@@ -52,8 +54,14 @@ internal sealed class JsonConfig
 
     public int? IntOrNull(string key) => Get(key) is { } v ? AsInt(key, v) : null;
 
-    public double Double(string key, double fallback) =>
-        Get(key) is { } v ? v.ValueKind == JsonValueKind.Number ? v.GetDouble() : throw Error(key, "a number", v) : fallback;
+    public double Double(string key, double fallback) => Get(key) is { } v ? v.ValueKind switch
+    {
+        JsonValueKind.Number => v.GetDouble(),
+        JsonValueKind.String when v.GetString() == "Infinity" => double.PositiveInfinity,
+        JsonValueKind.String when v.GetString() == "-Infinity" => double.NegativeInfinity,
+        JsonValueKind.String when v.GetString() == "NaN" => double.NaN,
+        _ => throw Error(key, "a number", v),
+    } : fallback;
 
     public double? DoubleOrNull(string key) => Has(key) ? Double(key, 0) : null;
 
