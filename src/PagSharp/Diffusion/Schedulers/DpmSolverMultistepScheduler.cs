@@ -11,7 +11,7 @@ namespace PagSharp.Diffusion.Schedulers;
 /// (first step, and the last one with a zero final σ or fewer than 15 steps) or the second-order multistep update
 /// with the previous x̂₀. Scalars in float32, as diffusers' 0-dim tensors.
 /// </summary>
-public sealed class DpmSolverMultistepScheduler : IScheduler
+public sealed class DpmSolverMultistepScheduler : IScheduler, IDisposable
 {
     private readonly SchedulerConfig _c;
     private readonly float[] _sigmas;
@@ -41,6 +41,12 @@ public sealed class DpmSolverMultistepScheduler : IScheduler
     }
 
     public string Name => "dpmpp-2m";
+
+    /// <summary>Releases the stored model outputs.</summary>
+    public void Dispose()
+    {
+        foreach (var t in _outputs) t?.Dispose();
+    }
     public IReadOnlyList<float> Timesteps { get; }
     public float InitNoiseSigma => 1f;
 
@@ -70,7 +76,7 @@ public sealed class DpmSolverMultistepScheduler : IScheduler
         };
         _outputs[0]?.Dispose();
         _outputs[0] = _outputs[1];
-        _outputs[1] = x0.detach().clone();
+        _outputs[1] = x0.detach().clone().DetachFromDisposeScope();
 
         var t = AlphaSigma(_sigmas[stepIndex + 1]);
         float lambdaT = Lambda(t), lambdaS0 = Lambda(s0);
