@@ -134,4 +134,15 @@ public sealed class Txt2ImgCliTests : IDisposable
         Assert.Contains("truncated", log);
         Assert.Contains("cat cat cat cat cat dog", log);
     }
+
+    [Fact]
+    public void Txt2Img_LatentOutput_UsesTheFolderVaeScaleFactor()
+    {
+        // The tiny VAE has two levels (factor 2), so 64×32 pixels are 32×16 latents, with or without decoding.
+        var (exit, log) = Pag.Run("txt2img", "--model", _sd.Root, "--prompt", "cat", "--steps", "1", "--count", "1", "--width", "32",
+            "--height", "64", "--output-type", "latent", "--output", _sd.Dir.File("lat"));
+        Assert.True(exit == 0, log);
+        using var t = Npy.Load(Path.Combine(_sd.Dir.File("lat"), "latents.npy"));
+        Assert.Equal(new long[] { 1, 4, 32, 16 }, t.shape);
+    }
 }

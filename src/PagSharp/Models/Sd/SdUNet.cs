@@ -36,8 +36,9 @@ public sealed class SdUNet : Module
         Config = config;
         var boc = config.BlockOutChannels;
         int n = boc.Length;
+        // resnet_out_scale_factor only reaches diffusers' ResnetDownsampleBlock2D-style blocks, not these: their resnets use 1.
         var s = new SdBlockSettings(config.TimeEmbedDim, config.NormNumGroups, config.NormEps, config.ActFn, config.Dropout,
-                                    config.ResnetTimeScaleShift, config.ResnetOutScaleFactor, config.UseLinearProjection);
+                                    config.ResnetTimeScaleShift, 1.0, config.UseLinearProjection);
         conv_in = SdNn.Conv(config.InChannels, boc[0], config.ConvInKernel);
         time_embedding = new SdTimeMlp(boc[0], config.TimeEmbedDim, config.ActFn);
 

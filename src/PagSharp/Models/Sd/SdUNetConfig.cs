@@ -38,6 +38,7 @@ public sealed record SdUNetConfig
     public bool UpcastAttention { get; init; }
     /// <summary><c>default</c> (the embedding is added) or <c>scale_shift</c>.</summary>
     public string ResnetTimeScaleShift { get; init; } = "default";
+    /// <summary>Read for completeness; diffusers passes it only to block types SD does not use, so it has no effect here.</summary>
     public double ResnetOutScaleFactor { get; init; } = 1;
     public int ConvInKernel { get; init; } = 3;
     public int ConvOutKernel { get; init; } = 3;

@@ -24,8 +24,11 @@ public sealed class StableDiffusion : IDisposable
     public ClipTokenizer? Tokenizer { get; init; }
     public required SchedulerConfig Scheduler { get; init; }
 
-    /// <summary>Pixels per latent: 2^(VAE levels − 1), or 8 without a VAE (as diffusers).</summary>
-    public int VaeScaleFactor => Vae?.Config.ScaleFactor ?? 8;
+    /// <summary>The folder's VAE config (read even when the VAE weights are not loaded), or null when it has no VAE.</summary>
+    public SdVaeConfig? VaeConfig { get; init; }
+
+    /// <summary>Pixels per latent: 2^(VAE levels − 1), or 8 for a folder without a VAE (as diffusers).</summary>
+    public int VaeScaleFactor => (Vae?.Config ?? VaeConfig)?.ScaleFactor ?? 8;
 
     /// <summary>Default image size: unet.sample_size · vae_scale_factor.</summary>
     public int DefaultSize => (Unet.Config.SampleSize ?? 64) * VaeScaleFactor;
@@ -59,7 +62,8 @@ public sealed class StableDiffusion : IDisposable
                 if (tok.MaxLength > te.Config.MaxPositionEmbeddings)
                     throw new PagSharpException($"the tokenizer's model_max_length {tok.MaxLength} exceeds the text encoder's max_position_embeddings {te.Config.MaxPositionEmbeddings}");
             }
-            return new StableDiffusion { Folder = folder, Unet = unet, Vae = vae, TextEncoder = te, Tokenizer = tok, Scheduler = scheduler };
+            var vaeConfig = vae?.Config ?? (folder.Has("vae") && File.Exists(Path.Combine(dir, "vae", "config.json")) ? folder.VaeConfig() : null);
+            return new StableDiffusion { Folder = folder, Unet = unet, Vae = vae, VaeConfig = vaeConfig, TextEncoder = te, Tokenizer = tok, Scheduler = scheduler };
         }
         catch
         {
