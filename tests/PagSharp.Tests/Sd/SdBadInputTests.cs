@@ -144,6 +144,10 @@ public sealed class SdBadInputTests : IDisposable
         var cfg = JsonNode.Parse(File.ReadAllText(_sd.Path("scheduler/scheduler_config.json")))!.AsObject();
         cfg["use_karras_sigmas"] = true;
         _sd.Write("scheduler/scheduler_config.json", cfg.ToJsonString());
-        AssertBad(Latent(), "scheduler_config.json", "use_karras_sigmas");
+        // Refused by the schedulers that would use it; DDIM ignores it, as diffusers' DDIMScheduler.from_config does.
+        AssertBad(Latent("--scheduler", "dpmpp-2m"), "scheduler_config.json", "use_karras_sigmas", "dpmpp-2m");
+        AssertBad(Latent("--scheduler", "euler"), "use_karras_sigmas");
+        var r = Latent("--scheduler", "ddim");
+        Assert.True(r.Exit == 0, r.Log);
     }
 }

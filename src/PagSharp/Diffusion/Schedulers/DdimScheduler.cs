@@ -23,6 +23,7 @@ public sealed class DdimScheduler : IScheduler
     public DdimScheduler(SchedulerConfig config, int steps, double eta = 0)
     {
         DiffusersSchedule.CheckSteps(steps, config, "ddim");
+        config.Refuse("ddim", "thresholding", "rescale_betas_zero_snr");
         if (double.IsNaN(eta) || eta < 0) throw new PagSharpException($"ddim: eta must be ≥ 0 (got {eta})");
         _c = config;
         _eta = eta;

@@ -22,6 +22,7 @@ public sealed class DpmSolverMultistepScheduler : IScheduler, IDisposable
     public DpmSolverMultistepScheduler(SchedulerConfig config, int steps)
     {
         DiffusersSchedule.CheckSteps(steps, config, "dpmpp-2m");
+        config.Refuse("dpmpp-2m", "thresholding", "use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "use_lu_lambdas", "lambda_min_clipped");
         _c = config;
         int T = config.NumTrainTimesteps;
         string spacing = config.TimestepSpacing ?? "linspace";

@@ -21,6 +21,8 @@ public sealed class EulerScheduler : IScheduler
     {
         string name = ancestral ? "euler-a" : "euler";
         DiffusersSchedule.CheckSteps(steps, config, name);
+        if (ancestral) config.Refuse(name, "rescale_betas_zero_snr");
+        else config.Refuse(name, "rescale_betas_zero_snr", "use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "interpolation_type", "timestep_type");
         if (ancestral && config.PredictionType == "sample")
             throw new PagSharpException("euler-a: prediction_type 'sample' is not implemented (as in diffusers)");
         _c = config;
@@ -28,7 +30,10 @@ public sealed class EulerScheduler : IScheduler
         string spacing = config.TimestepSpacing ?? "linspace";
         var ts = Sigmas.EulerTimesteps(config, steps, spacing);
         var train = Sigmas.Training(DiffusersSchedule.AlphasCumprod(config));
-        _sigmas = ts.Select(t => (float)Sigmas.Interp(t, train)).Append(0f).ToArray();
+        var ac = DiffusersSchedule.AlphasCumprod(config);
+        // Euler supports final_sigmas_type (zero or sigma_min); Euler ancestral always ends at 0.
+        float last = !ancestral && config.FinalSigmasType == "sigma_min" ? MathF.Sqrt((1f - ac[0]) / ac[0]) : 0f;
+        _sigmas = ts.Select(t => (float)Sigmas.Interp(t, train)).Append(last).ToArray();
         Timesteps = ts;
         float max = _sigmas.Max();
         InitNoiseSigma = spacing is "linspace" or "trailing" ? max : MathF.Sqrt(max * max + 1);

@@ -38,6 +38,19 @@ public sealed record SchedulerConfig
     /// <summary>Euler / DPM-Solver: the σ after the last step, <c>zero</c> (default) or <c>sigma_min</c>.</summary>
     public string FinalSigmasType { get; init; } = "zero";
 
+    /// <summary>Non-default values of settings PagSharp does not implement (key → JSON value); see <see cref="Refuse"/>.</summary>
+    public IReadOnlyDictionary<string, string> Unsupported { get; init; } = new Dictionary<string, string>();
+    /// <summary>Where the settings came from (for messages).</summary>
+    public string Source { get; init; } = "scheduler config";
+
+    /// <summary>Throws when a setting among <paramref name="keys"/> (those the scheduler would use) has an unsupported value.</summary>
+    public void Refuse(string scheduler, params string[] keys)
+    {
+        var bad = keys.Where(Unsupported.ContainsKey).Select(k => $"'{k}' = {Unsupported[k]}").ToList();
+        if (bad.Count > 0)
+            throw new PagSharpException($"{Source}: {string.Join(", ", bad)} is not implemented by PagSharp's {scheduler} scheduler; remove the setting or choose another --scheduler");
+    }
+
     /// <summary>diffusers' own defaults (every key absent).</summary>
     public static SchedulerConfig Default { get; } = new();
 
@@ -56,15 +69,26 @@ public sealed record SchedulerConfig
             if (tb.ValueKind != JsonValueKind.Array) throw c.Error("trained_betas", "a list of numbers or null", tb);
             trained = tb.EnumerateArray().Select(e => e.ValueKind == JsonValueKind.Number ? (float)e.GetDouble() : throw c.Error("trained_betas", "a list of numbers")).ToArray();
         }
-        const string why = "not implemented by PagSharp's schedulers";
-        c.RequireDefault("thresholding", false, why);
-        c.RequireDefault("rescale_betas_zero_snr", false, why);
-        c.RequireDefault("use_karras_sigmas", false, why);
-        c.RequireDefault("use_exponential_sigmas", false, why);
-        c.RequireDefault("use_beta_sigmas", false, why);
-        c.RequireDefault("use_lu_lambdas", false, why);
-        c.RequireDefault("interpolation_type", "linear", why);
-        c.RequireDefault("timestep_type", "discrete", why);
+        // Settings PagSharp does not implement: kept here and refused by the schedulers that would use them, so a
+        // folder whose own scheduler uses one (e.g. DPM-Solver with Karras sigmas) still runs with another scheduler.
+        var unsupported = new Dictionary<string, string>(StringComparer.Ordinal);
+        void Flag(string key, object def)
+        {
+            if (c.Get(key) is not { } v) return;
+            bool isDefault = def switch
+            {
+                bool b => v.ValueKind is JsonValueKind.True or JsonValueKind.False && v.GetBoolean() == b,
+                string str => v.ValueKind == JsonValueKind.String && v.GetString() == str,
+                _ => false,
+            };
+            if (!isDefault) unsupported[key] = v.GetRawText();
+        }
+        foreach (var key in new[] { "thresholding", "rescale_betas_zero_snr", "use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "use_lu_lambdas" })
+            Flag(key, false);
+        Flag("interpolation_type", "linear");
+        Flag("timestep_type", "discrete");
+        if (c.Has("lambda_min_clipped") && !double.IsNegativeInfinity(c.Double("lambda_min_clipped", double.NegativeInfinity)))
+            unsupported["lambda_min_clipped"] = c.Get("lambda_min_clipped")!.Value.GetRawText();
         var cfg = new SchedulerConfig
         {
             ClassName = c.StringOrNull("_class_name"),
@@ -83,9 +107,9 @@ public sealed record SchedulerConfig
             LowerOrderFinal = c.Bool("lower_order_final", true),
             EulerAtFinal = c.Bool("euler_at_final", false),
             FinalSigmasType = c.String("final_sigmas_type", "zero"),
+            Unsupported = unsupported,
+            Source = source,
         };
-        if (c.Has("lambda_min_clipped") && !double.IsNegativeInfinity(c.Double("lambda_min_clipped", double.NegativeInfinity)))
-            throw new PagSharpException($"{source}: 'lambda_min_clipped' other than -inf is {why}");
         cfg.Validate(source);
         return cfg;
     }
