@@ -59,7 +59,7 @@ public sealed class Txt2ImgCommand : Command<Txt2ImgSettings>
         using var promptEmb = s.Prompt is not null ? Encode(sd, s.Prompt, s.ClipSkip) : LoadEmbeds(s.PromptEmbeds!, "--prompt-embeds", sd, count);
         using var negEmb = !cfg ? null
             : s.NegativePromptEmbeds is not null ? LoadEmbeds(s.NegativePromptEmbeds, "--negative-prompt-embeds", sd, count)
-            : Encode(sd, s.NegativePrompt ?? "", s.ClipSkip);
+            : Encode(sd, s.NegativePrompt ?? "", 0); // diffusers applies clip_skip to the prompt only
         if (negEmb is not null && !negEmb.shape[1..].SequenceEqual(promptEmb.shape[1..]))
             throw new PagSharpException($"negative prompt embeddings have shape [{string.Join(",", negEmb.shape)}] but the prompt embeddings [{string.Join(",", promptEmb.shape)}]; they must match");
 

@@ -43,7 +43,7 @@ public sealed class Txt2ImgSettings : CommandSettings
     public int? Width { get; init; }
     [CommandOption("--height <H>")][Description("Image height (multiple of 8).")]
     public int? Height { get; init; }
-    [CommandOption("--clip-skip <K>")][Description("Use the text encoder's output K layers before the last (diffusers' clip_skip).")]
+    [CommandOption("--clip-skip <K>")][Description("Encode the prompt with the text encoder's output K layers before the last (diffusers' clip_skip; the negative prompt is encoded in full, as diffusers).")]
     public int ClipSkip { get; init; }
     [CommandOption("--seed <N>")][Description("Run seed; sample i uses seed + i (= diffusers with generator=[[Generator().manual_seed(seed + i) ...]]).")]
     public long Seed { get; init; }

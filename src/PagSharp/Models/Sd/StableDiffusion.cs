@@ -137,6 +137,28 @@ public sealed class StableDiffusion : IDisposable
         }
     }
 
+    /// <summary>
+    /// Text to image in one call, as diffusers' <c>StableDiffusionPAGPipeline(prompt, negative_prompt, …)</c> with
+    /// <c>generator=[Generator().manual_seed(s) for s in seeds]</c>: one image per seed, all in one U-Net batch.
+    /// Returns images in [0, 1] ([N, 3, H, W]), or the final latents when <paramref name="decode"/> is false.
+    /// </summary>
+    public Tensor Generate(string prompt, IReadOnlyList<long> seeds, SdGuidance guidance, string? negativePrompt = null,
+                           string scheduler = "ddim", int steps = 50, int? width = null, int? height = null, double eta = 0,
+                           int clipSkip = 0, bool decode = true, CancellationToken cancellation = default)
+    {
+        if (seeds.Count == 0) throw new PagSharpException("give at least one seed");
+        var shape = LatentShape(height ?? DefaultSize, width ?? DefaultSize);
+        using var scope = NewDisposeScope();
+        var pe = EncodePrompt(prompt, clipSkip, out _);
+        var ne = guidance.UsesCfg ? EncodePrompt(negativePrompt ?? "", 0, out _) : null;
+        int n = seeds.Count;
+        using var source = new NoiseSource(seeds);
+        var xT = source.Randn(shape);
+        var latents = Denoise(scheduler, steps, eta, xT, source, pe.expand(n, -1, -1).contiguous(), ne?.expand(n, -1, -1).contiguous(),
+            guidance, seeds[0], null, cancellation);
+        return (decode ? Decode(latents) : latents).MoveToOuterDisposeScope();
+    }
+
     public void Dispose()
     {
         Unet.Dispose();
