@@ -19,6 +19,7 @@ public static class App
         {
             c.SetApplicationName("pag");
             c.AddCommand<SampleCommand>("sample").WithDescription("Generate images (built-in MNIST model by default) with none / CFG / PAG / SAG guidance (PAG or SAG combine with CFG).");
+            c.AddCommand<Txt2ImgCommand>("txt2img").WithDescription("Stable Diffusion 1.x/2.x text-to-image from a diffusers folder with CFG and PAG, as diffusers' StableDiffusionPAGPipeline.");
             c.AddCommand<CompareCommand>("compare").WithDescription("One labelled grid: rows = seeds, columns = guidance methods, all from the same noise.");
             c.AddCommand<LayersCommand>("layers").WithDescription("List the perturbable self-attention layers of a model.");
             c.AddCommand<ForwardCommand>("forward").WithDescription("Run the network once and save its raw output (for checks against PyTorch).");

@@ -23,12 +23,18 @@ public sealed class ForwardCommand : Command<ForwardCommand.Settings>
         public string? Perturb { get; init; }
         [CommandOption("--output <FILE>")][Description("Output .npy (or .safetensors, key 'out').")]
         public string? Output { get; init; }
+        [CommandOption("--model <DIR>")][Description("A diffusers Stable Diffusion folder: run its UNet (needs --encoder-hidden-states).")]
+        public string? Model { get; init; }
+        [CommandOption("--encoder-hidden-states <TENSOR>")][Description("Text conditioning for --model, [[B or 1,S,D]].")]
+        public string? EncoderHiddenStates { get; init; }
     }
 
     public override int Execute(CommandContext context, Settings s, CancellationToken cancellationToken)
     {
         if (s.Input is null || s.Timesteps is null || s.Output is null)
             throw new PagSharpException("pag forward needs --input, --timesteps and --output");
+        if (s.Model is not null) return SdForward.Run(s.Model, s.Input, s.Timesteps, s.EncoderHiddenStates, s.Perturb, s.Output, s.Labels);
+        if (s.EncoderHiddenStates is not null) throw new PagSharpException("--encoder-hidden-states is for a Stable Diffusion UNet (--model DIR)");
         using var loaded = s.LoadModel();
         using var x = TensorSpec.Load(s.Input).to_type(ScalarType.Float32);
         var cfg = loaded.Config;
@@ -45,6 +51,15 @@ public sealed class ForwardCommand : Command<ForwardCommand.Settings>
         else Npy.Save(s.Output, output);
         AnsiConsole.MarkupLine($"wrote {Markup.Escape(s.Output)} [[{string.Join(",", output.shape)}]]");
         return 0;
+    }
+
+    /// <summary>Writes <paramref name="output"/> as .npy or .safetensors (key 'out').</summary>
+    internal static void Save(string path, Tensor output)
+    {
+        if (path.EndsWith(".safetensors", StringComparison.OrdinalIgnoreCase))
+            SafeTensors.Save(path, new[] { new KeyValuePair<string, Tensor>("out", output) });
+        else Npy.Save(path, output);
+        AnsiConsole.MarkupLine($"wrote {Markup.Escape(path)} [[{string.Join(",", output.shape)}]]");
     }
 
     private static Tensor IntegerTensor(string spec, long batch, string option)

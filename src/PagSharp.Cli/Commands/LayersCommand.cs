@@ -1,15 +1,36 @@
+using System.ComponentModel;
 using PagSharp.Models;
 using PagSharp.Models.Adm;
+using PagSharp.Models.Sd;
 using Spectre.Console;
 using Spectre.Console.Cli;
 
 namespace PagSharp.Cli.Commands;
 
 /// <summary><c>pag layers</c>: every perturbable attention layer with its resolution, channels and heads.</summary>
-public sealed class LayersCommand : Command<ModelSettings>
+public sealed class LayersCommand : Command<LayersCommand.Settings>
 {
-    public override int Execute(CommandContext context, ModelSettings settings, CancellationToken cancellationToken)
+    public sealed class Settings : ModelSettings
     {
+        [CommandOption("--model <DIR>")][Description("A diffusers Stable Diffusion folder: list its UNet's self-attention (attn1) layers.")]
+        public string? Model { get; init; }
+    }
+
+    public override int Execute(CommandContext context, Settings settings, CancellationToken cancellationToken)
+    {
+        if (settings.Model is not null)
+        {
+            if (settings.Preset is not null || settings.Config is not null || settings.Checkpoint is not null)
+                throw new PagSharpException("--model (a diffusers folder) cannot be combined with --preset, --config or --checkpoint");
+            using var unet = new SdUNet(DiffusersFolder.Open(settings.Model).UnetConfig());
+            var t = new Table().AddColumns("layer", "group", "resolution", "channels", "heads");
+            foreach (var l in unet.AttentionLayers)
+                t.AddRow(l.Name, l.Group, $"{l.Resolution}×{l.Resolution}", l.Channels.ToString(), l.Heads.ToString());
+            AnsiConsole.Write(t);
+            AnsiConsole.MarkupLine(Markup.Escape($"{unet.AttentionLayers.Count} self-attention layers (resolution in latent pixels at sample_size {unet.Config.SampleSize?.ToString() ?? "64"}). " +
+                "--pag-layers takes diffusers identifiers (mid, down_blocks.1, up_blocks.0.attentions.1, regular expressions), groups input, middle, output, all (@RES filters), globs or these names."));
+            return 0;
+        }
         var cfg = ModelStore.ResolveConfig(settings.Preset, settings.Config);
         using var net = new AdmUNet(cfg);
         var table = new Table().AddColumns("layer", "group", "resolution", "channels", "heads");

@@ -195,7 +195,7 @@ public sealed class SampleCommand : Command<SampleCommand.Settings>
         return (k, n);
     }
 
-    private static string Differences(JsonNode? a, JsonObject b)
+    internal static string Differences(JsonNode? a, JsonObject b)
     {
         if (a is not JsonObject ao) return "unreadable run.json";
         var keys = ao.Select(kv => kv.Key).Union(b.Select(kv => kv.Key));

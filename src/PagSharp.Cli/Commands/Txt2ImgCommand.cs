@@ -1,0 +1,224 @@
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using PagSharp.Diffusion.Schedulers;
+using PagSharp.Imaging;
+using PagSharp.IO;
+using PagSharp.Models.Sd;
+using PagSharp.Sampling;
+using Spectre.Console;
+using Spectre.Console.Cli;
+using static TorchSharp.torch;
+using Grid = PagSharp.Imaging.Grid;
+
+namespace PagSharp.Cli.Commands;
+
+/// <summary>
+/// <c>pag txt2img</c>: Stable Diffusion 1.x/2.x text-to-image from a diffusers folder with CFG and PAG, as diffusers'
+/// StableDiffusionPAGPipeline. Like <c>pag sample</c>: one PNG per image, grid.png, run.json with every setting and
+/// per-image seed, progress, resume into the same folder (finished batches are skipped; a folder holding a different
+/// run is refused, with the differing settings listed), shards.
+/// </summary>
+public sealed class Txt2ImgCommand : Command<Txt2ImgSettings>
+{
+    public const string RunFile = "run.json";
+    public const string LatentsFile = "latents.npy";
+
+    public override int Execute(CommandContext context, Txt2ImgSettings s, CancellationToken cancellationToken)
+    {
+        if (s.Model is null) throw new PagSharpException("pag txt2img needs --model DIR (a diffusers Stable Diffusion folder)");
+        bool latentOut = s.LatentOutput;
+        if ((s.Prompt is null) == (s.PromptEmbeds is null)) throw new PagSharpException("give either --prompt TEXT or --prompt-embeds TENSOR");
+        if (s.NegativePrompt is not null && s.NegativePromptEmbeds is not null) throw new PagSharpException("give --negative-prompt or --negative-prompt-embeds, not both");
+        if (s.SaveTensor is not null && !s.SaveTensor.EndsWith(".npy", StringComparison.OrdinalIgnoreCase))
+            throw new PagSharpException($"--save-tensor '{s.SaveTensor}' must be a .npy file");
+        if (s.BatchSize < 1) throw new PagSharpException($"--batch-size must be ≥ 1 (got {s.BatchSize})");
+        if (s.Scheduler is not null) Schedulers.Check(s.Scheduler);
+        var (shardK, shardN) = SampleCommand.ParseShard(s.Shard);
+        bool cfg = s.GuidanceScale > 1;
+        bool needText = s.Prompt is not null || (cfg && s.NegativePromptEmbeds is null);
+
+        using var sd = StableDiffusion.Load(s.Model, new SdComponents(Vae: !latentOut, TextEncoder: needText));
+        string scheduler = s.Scheduler ?? sd.Folder.NativeSchedulerName ?? "ddim";
+        var guidance = s.BuildGuidance(sd.Unet.AttentionLayers);
+        Schedulers.Create(scheduler, sd.Scheduler, s.Steps, s.Eta); // steps and settings checked before anything is written
+
+        using var init = s.InitNoise is null ? null : TensorSpec.Load(s.InitNoise).to_type(ScalarType.Float32);
+        int count = s.Count ?? (int?)init?.shape[0] ?? 4;
+        if (count < 1) throw new PagSharpException($"--count must be ≥ 1 (got {count})");
+        int f = sd.VaeScaleFactor;
+        if (init is not null && (init.dim() != 4 || init.shape[1] != sd.Unet.Config.InChannels))
+            throw new PagSharpException($"--init-noise has shape [{string.Join(",", init.shape)}]; this UNet expects [N,{sd.Unet.Config.InChannels},H/{f},W/{f}]");
+        if (init is not null && init.shape[0] != count)
+            throw new PagSharpException($"--init-noise holds {init.shape[0]} latents but --count is {count}");
+        int height = s.Height ?? (init is not null ? (int)init.shape[2] * f : sd.DefaultSize);
+        int width = s.Width ?? (init is not null ? (int)init.shape[3] * f : sd.DefaultSize);
+        var latentShape = sd.LatentShape(height, width);
+        if (init is not null && !init.shape[1..].SequenceEqual(latentShape))
+            throw new PagSharpException($"--init-noise has shape [{string.Join(",", init.shape)}]; for {width}×{height} images this model expects [{count},{string.Join(",", latentShape)}]");
+
+        using var promptEmb = s.Prompt is not null ? Encode(sd, s.Prompt, s.ClipSkip) : LoadEmbeds(s.PromptEmbeds!, "--prompt-embeds", sd, count);
+        using var negEmb = !cfg ? null
+            : s.NegativePromptEmbeds is not null ? LoadEmbeds(s.NegativePromptEmbeds, "--negative-prompt-embeds", sd, count)
+            : Encode(sd, s.NegativePrompt ?? "", 0); // diffusers applies clip_skip to the prompt only
+        if (negEmb is not null && !negEmb.shape[1..].SequenceEqual(promptEmb.shape[1..]))
+            throw new PagSharpException($"negative prompt embeddings have shape [{string.Join(",", negEmb.shape)}] but the prompt embeddings [{string.Join(",", promptEmb.shape)}]; they must match");
+
+        int bs = s.BatchSize, batches = (count + bs - 1) / bs;
+        var myBatches = Enumerable.Range(0, batches).Where(b => b % shardN == shardK).ToArray();
+        var settings = Settings(s, sd, scheduler, guidance, count, width, height);
+        var samples = new JsonArray();
+        foreach (int b in myBatches)
+            for (int i = b * bs; i < Math.Min(count, (b + 1) * bs); i++)
+                samples.Add(new JsonObject { ["index"] = i, ["seed"] = s.Seed + i, ["file"] = latentOut ? null : SampleCommand.FileName(i) });
+        PrepareOutput(s.Output, settings, samples);
+
+        var ct = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, App.CtrlC()).Token;
+        string partialDir = Path.Combine(s.Output, ".tensors");
+        int written = 0, skipped = 0;
+        try
+        {
+            AnsiConsole.Progress()
+                .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn())
+                .Start(ctx =>
+                {
+                    var task = ctx.AddTask("txt2img", maxValue: Math.Max(1, myBatches.Length * s.Steps));
+                    for (int bi = 0; bi < myBatches.Length; bi++)
+                    {
+                        int b = myBatches[bi];
+                        var idx = Enumerable.Range(b * bs, Math.Min(bs, count - b * bs)).ToArray();
+                        string partial = Path.Combine(partialDir, $"batch_{b:D5}.npy");
+                        bool done = latentOut ? File.Exists(partial)
+                            : idx.All(i => File.Exists(Path.Combine(s.Output, SampleCommand.FileName(i)))) && (s.SaveTensor is null || File.Exists(partial));
+                        if (done)
+                        {
+                            skipped += idx.Length;
+                            task.Value = (bi + 1) * s.Steps;
+                            continue;
+                        }
+                        using var scope = NewDisposeScope();
+                        var seeds = idx.Select(i => s.Seed + i).ToArray();
+                        using var source = new NoiseSource(seeds);
+                        var xT = init is not null ? init.narrow(0, idx[0], idx.Length) : source.Randn(latentShape);
+                        var sw = System.Diagnostics.Stopwatch.StartNew();
+                        int batchNo = bi;
+                        var latents = sd.Denoise(scheduler, s.Steps, s.Eta, xT, source, Rows(promptEmb, idx), negEmb is null ? null : Rows(negEmb, idx),
+                            guidance, seeds[0], st =>
+                            {
+                                task.Value = batchNo * s.Steps + st.Index + 1;
+                                task.Description = $"batch {batchNo + 1}/{myBatches.Length} step {st.Index + 1}/{st.Count} {(st.Index + 1) / Math.Max(sw.Elapsed.TotalSeconds, 1e-9):F2} it/s";
+                            }, ct);
+                        if (latentOut) Npy.Save(partial, latents);
+                        else
+                        {
+                            var images = sd.Decode(latents);
+                            if (s.SaveTensor is not null) Npy.Save(partial, images);
+                            for (int j = 0; j < idx.Length; j++)
+                                Png.Save(Path.Combine(s.Output, SampleCommand.FileName(idx[j])), images[j] * 2 - 1);
+                        }
+                        latents.Dispose();
+                        written += idx.Length;
+                        task.Value = (bi + 1) * s.Steps;
+                    }
+                });
+        }
+        catch (OperationCanceledException)
+        {
+            AnsiConsole.MarkupLine($"[yellow]stopped: {written} images written this time ({skipped} were already there); rerun the same command to resume[/]");
+            return App.ExitCancelled;
+        }
+
+        var mine = myBatches.SelectMany(b => Enumerable.Range(b * bs, Math.Min(bs, count - b * bs))).ToArray();
+        if (!latentOut)
+        {
+            using var images = stack(mine.Select(i => Png.Load(Path.Combine(s.Output, SampleCommand.FileName(i)))).ToArray());
+            using var grid = Grid.Make(images, (int)Math.Ceiling(Math.Sqrt(mine.Length)));
+            Png.Save(Path.Combine(s.Output, "grid.png"), grid);
+        }
+        string? tensorOut = s.SaveTensor ?? (latentOut ? Path.Combine(s.Output, LatentsFile) : null);
+        if (tensorOut is not null)
+        {
+            using var all = cat(myBatches.Select(b => Npy.Load(Path.Combine(partialDir, $"batch_{b:D5}.npy"))).ToArray(), 0);
+            Npy.Save(tensorOut, all);
+        }
+        AnsiConsole.MarkupLine(latentOut
+            ? $"{written} latents computed, {skipped} already present → {Markup.Escape(tensorOut!)} ({RunFile} in {Markup.Escape(s.Output)})"
+            : $"{written} images written, {skipped} already present → {Markup.Escape(s.Output)} (grid.png, {RunFile})");
+        return 0;
+    }
+
+    private static Tensor Encode(StableDiffusion sd, string prompt, int clipSkip)
+    {
+        var e = sd.EncodePrompt(prompt, clipSkip, out var warning);
+        if (warning is not null) AnsiConsole.MarkupLine($"[yellow]warning:[/] {Markup.Escape(warning)}");
+        return e;
+    }
+
+    /// <summary>Embeddings [1 or count, S, D] from a tensor spec, checked against the UNet.</summary>
+    private static Tensor LoadEmbeds(string spec, string option, StableDiffusion sd, int count)
+    {
+        var t = TensorSpec.Load(spec);
+        if (!t.is_floating_point()) throw new PagSharpException($"{option} '{spec}' holds {t.dtype} values; expected floating-point embeddings");
+        t = t.to_type(ScalarType.Float32);
+        long d = sd.Unet.Config.CrossAttentionDim[0];
+        if (t.dim() == 2) t = t.unsqueeze(0);
+        if (t.dim() != 3 || t.shape[2] != d || (t.shape[0] != 1 && t.shape[0] != count))
+            throw new PagSharpException($"{option} '{spec}' has shape [{string.Join(",", t.shape)}]; this model expects [1,S,{d}] or [{count},S,{d}] (cross_attention_dim {d}; one row, or one per image)");
+        return t;
+    }
+
+    private static Tensor Rows(Tensor emb, int[] idx) =>
+        emb.shape[0] == 1 ? emb.expand(idx.Length, -1, -1).contiguous() : emb.narrow(0, idx[0], idx.Length);
+
+    private static JsonObject Settings(Txt2ImgSettings s, StableDiffusion sd, string scheduler, SdGuidance g, int count, int width, int height) => new()
+    {
+        ["model"] = Path.GetFullPath(s.Model!),
+        ["pipeline"] = sd.Folder.PipelineClass,
+        ["prompt"] = s.Prompt,
+        ["negative_prompt"] = s.NegativePrompt,
+        ["prompt_embeds"] = s.PromptEmbeds is null ? null : FullSpec(s.PromptEmbeds),
+        ["negative_prompt_embeds"] = s.NegativePromptEmbeds is null ? null : FullSpec(s.NegativePromptEmbeds),
+        ["clip_skip"] = s.ClipSkip,
+        ["scheduler"] = scheduler,
+        ["scheduler_config"] = JsonSerializer.SerializeToNode(sd.Scheduler),
+        ["num_inference_steps"] = s.Steps,
+        ["eta"] = s.Eta,
+        ["guidance_scale"] = g.GuidanceScale,
+        ["guidance_rescale"] = g.GuidanceRescale,
+        ["pag_scale"] = g.PagScale,
+        ["pag_adaptive_scale"] = g.PagAdaptiveScale,
+        ["pag_layers"] = new JsonArray(g.PagLayers.Select(l => (JsonNode)l!).ToArray()),
+        ["perturbation"] = g.Perturbation.Spec,
+        ["width"] = width,
+        ["height"] = height,
+        ["seed"] = s.Seed,
+        ["count"] = count,
+        ["batch_size"] = s.BatchSize,
+        ["output_type"] = s.LatentOutput ? "latent" : "pil",
+        ["init_noise"] = s.InitNoise is null ? null : FullSpec(s.InitNoise),
+        ["shard"] = s.Shard ?? "0/1",
+    };
+
+    private static string FullSpec(string spec)
+    {
+        int colon = spec.LastIndexOf(':');
+        return colon > 1 && File.Exists(spec[..colon]) ? Path.GetFullPath(spec[..colon]) + spec[colon..] : Path.GetFullPath(spec);
+    }
+
+    /// <summary>Writes run.json, or checks that the folder's run.json holds the same settings (resume).</summary>
+    private static void PrepareOutput(string dir, JsonObject settings, JsonArray samples)
+    {
+        Directory.CreateDirectory(dir);
+        string runPath = Path.Combine(dir, RunFile);
+        if (File.Exists(runPath))
+        {
+            JsonNode? existing;
+            try { existing = JsonNode.Parse(File.ReadAllText(runPath))?["settings"]; }
+            catch (JsonException) { existing = null; }
+            if (existing is null || !JsonNode.DeepEquals(existing, settings))
+                throw new PagSharpException($"{dir} holds a run with different settings ({SampleCommand.Differences(existing, settings)}); choose another --output or delete it");
+            return;
+        }
+        AtomicFile.WriteAllText(runPath, new JsonObject { ["settings"] = settings, ["samples"] = samples }
+            .ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+    }
+}

@@ -1,0 +1,88 @@
+using System.ComponentModel;
+using PagSharp.Attention;
+using PagSharp.Models.Adm;
+using PagSharp.Sampling;
+using Spectre.Console.Cli;
+
+namespace PagSharp.Cli.Commands;
+
+/// <summary>Options of <c>pag txt2img</c> (diffusers' StableDiffusionPAGPipeline arguments in kebab-case).</summary>
+public sealed class Txt2ImgSettings : CommandSettings
+{
+    [CommandOption("--model <DIR>")][Description("diffusers Stable Diffusion 1.x/2.x folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/).")]
+    public string? Model { get; init; }
+    [CommandOption("--prompt <TEXT>")][Description("The prompt (truncated to 77 CLIP tokens, with a warning).")]
+    public string? Prompt { get; init; }
+    [CommandOption("--negative-prompt <TEXT>")][Description("Negative prompt for CFG (default: the empty prompt).")]
+    public string? NegativePrompt { get; init; }
+    [CommandOption("--prompt-embeds <TENSOR>")][Description("Prompt embeddings [[1 or N,S,D]] (FILE.npy or FILE.safetensors:KEY) instead of --prompt.")]
+    public string? PromptEmbeds { get; init; }
+    [CommandOption("--negative-prompt-embeds <TENSOR>")][Description("Negative prompt embeddings, the shape of --prompt-embeds.")]
+    public string? NegativePromptEmbeds { get; init; }
+    [CommandOption("--guidance-scale <W>")][Description("CFG scale (active when > 1). Default 7.5, as diffusers.")]
+    public double GuidanceScale { get; init; } = 7.5;
+    [CommandOption("--guidance-rescale <PHI>")][Description("diffusers' guidance_rescale in [[0, 1]] (with CFG).")]
+    public double GuidanceRescale { get; init; }
+    [CommandOption("--pag-scale <S>")][Description("PAG scale (0 = off). Default 3, as diffusers' StableDiffusionPAGPipeline.")]
+    public double PagScale { get; init; } = 3;
+    [CommandOption("--pag-adaptive-scale <A>")][Description("diffusers' pag_adaptive_scale: s(t) = max(0, s - A*(1000 - t)).")]
+    public double PagAdaptiveScale { get; init; }
+    [CommandOption("--pag-layers <SPEC>")][Description("Self-attention layers to perturb: diffusers identifiers (mid, down_blocks.1, up_blocks.0.attentions.1, regular expressions), groups input/middle/output/all, globs or exact names. Default mid.")]
+    public string PagLayers { get; init; } = "mid";
+    [CommandOption("--perturbation <POLICY>")][Description("What the perturbed layers compute: identity (PAG), mask:R, mask-nodiag:R, noise:S, noise-logits:S, blur:S, soft:L.")]
+    public string Perturbation { get; init; } = "identity";
+    [CommandOption("--no-shared-prefix")][Description("Run the perturbed branch as a full pass instead of forking it at the first perturbed layer.")]
+    public bool NoSharedPrefix { get; init; }
+    [CommandOption("--steps|--num-inference-steps <N>")][Description("Denoising steps. Default 50.")]
+    public int Steps { get; init; } = 50;
+    [CommandOption("--scheduler <NAME>")][Description("ddim, euler, euler-a or dpmpp-2m (diffusers semantics, settings from scheduler/scheduler_config.json). Default: the folder's own when it is one of these, else ddim.")]
+    public string? Scheduler { get; init; }
+    [CommandOption("--eta <ETA>")][Description("DDIM eta (0 = deterministic).")]
+    public double Eta { get; init; }
+    [CommandOption("--width <W>")][Description("Image width (multiple of 8). Default unet sample_size × VAE scale factor.")]
+    public int? Width { get; init; }
+    [CommandOption("--height <H>")][Description("Image height (multiple of 8).")]
+    public int? Height { get; init; }
+    [CommandOption("--clip-skip <K>")][Description("Encode the prompt with the text encoder's output K layers before the last (diffusers' clip_skip; the negative prompt is encoded in full, as diffusers).")]
+    public int ClipSkip { get; init; }
+    [CommandOption("--seed <N>")][Description("Run seed; sample i uses seed + i (= diffusers with generator=[[Generator().manual_seed(seed + i) ...]]).")]
+    public long Seed { get; init; }
+    [CommandOption("--count <N>")][Description("Number of images (default 4, or the batch of --init-noise).")]
+    public int? Count { get; init; }
+    [CommandOption("--batch-size <N>")][Description("Images per U-Net batch. Default 4.")]
+    public int BatchSize { get; init; } = 4;
+    [CommandOption("--output <DIR>")][Description("Output folder (default out/txt2img).")]
+    public string Output { get; init; } = Path.Combine("out", "txt2img");
+    [CommandOption("--output-type <TYPE>")][Description("pil (PNG images, default) or latent (final latents as .npy; the VAE is not needed).")]
+    public string OutputType { get; init; } = "pil";
+    [CommandOption("--init-noise <TENSOR>")][Description("Initial latents [[N,C,H/8,W/8]] (FILE.npy or FILE.safetensors:KEY), as diffusers' latents argument.")]
+    public string? InitNoise { get; init; }
+    [CommandOption("--save-tensor <FILE>")][Description("Also save float32 .npy: final latents, or the images in [[0, 1]] ([[N,3,H,W]]) with pixel output.")]
+    public string? SaveTensor { get; init; }
+    [CommandOption("--shard <K/N>")][Description("Produce only shard K (0-based) of N: batches b with b mod N = K.")]
+    public string? Shard { get; init; }
+
+    public bool LatentOutput => OutputType switch
+    {
+        "latent" => true,
+        "pil" or "png" => false,
+        _ => throw new PagSharpException($"unknown --output-type '{OutputType}'; valid: pil, latent"),
+    };
+
+    /// <summary>The guidance these options mean for a U-Net with the given self-attention layers.</summary>
+    public SdGuidance BuildGuidance(IReadOnlyList<AttentionLayerInfo> layers)
+    {
+        var g = new SdGuidance
+        {
+            GuidanceScale = GuidanceScale,
+            GuidanceRescale = GuidanceRescale,
+            PagScale = PagScale,
+            PagAdaptiveScale = PagAdaptiveScale,
+            Perturbation = PerturbationSpec.Parse(Perturbation),
+            PagLayers = PagScale > 0 ? DiffusersLayerSpec.Resolve(PagLayers, layers) : Array.Empty<string>(),
+            SharedPrefix = !NoSharedPrefix,
+        };
+        g.Validate();
+        return g;
+    }
+}

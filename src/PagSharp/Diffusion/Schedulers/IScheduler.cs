@@ -1,0 +1,46 @@
+using PagSharp.Sampling;
+using static TorchSharp.torch;
+
+namespace PagSharp.Diffusion.Schedulers;
+
+/// <summary>
+/// A diffusers-style sampler for one run of a fixed number of steps (instances hold per-run state, such as
+/// DPM-Solver's previous outputs): the pipeline scales x_T by <see cref="InitNoiseSigma"/>, and at step i feeds the
+/// network <see cref="ScaleModelInput"/> at timestep <see cref="Timesteps"/>[i], then calls <see cref="Step"/>.
+/// </summary>
+public interface IScheduler
+{
+    /// <summary>The CLI name (ddim, euler, euler-a, dpmpp-2m).</summary>
+    string Name { get; }
+    /// <summary>Model timesteps, first to last (float32; integers for DDIM and DPM-Solver).</summary>
+    IReadOnlyList<float> Timesteps { get; }
+    /// <summary>Standard deviation of the initial noise (1 for DDIM and DPM-Solver).</summary>
+    float InitNoiseSigma { get; }
+    /// <summary>The network input at step <paramref name="stepIndex"/> (identity for DDIM and DPM-Solver).</summary>
+    Tensor ScaleModelInput(Tensor sample, int stepIndex);
+    /// <summary>
+    /// x at the next step from the (guided) model output at step <paramref name="stepIndex"/>. Stochastic steps draw
+    /// their noise per sample from <paramref name="noise"/> (required then).
+    /// </summary>
+    Tensor Step(Tensor modelOutput, int stepIndex, Tensor sample, NoiseSource? noise);
+}
+
+/// <summary>Creates schedulers by CLI name.</summary>
+public static class Schedulers
+{
+    public static readonly string[] Names = { "ddim", "euler", "euler-a", "dpmpp-2m" };
+
+    /// <summary>A scheduler for <paramref name="steps"/> inference steps; <paramref name="eta"/> is DDIM's η.</summary>
+    public static IScheduler Create(string name, SchedulerConfig config, int steps, double eta = 0) => name switch
+    {
+        "ddim" => new DdimScheduler(config, steps, eta),
+        "euler" => new EulerScheduler(config, steps, ancestral: false),
+        "euler-a" => new EulerScheduler(config, steps, ancestral: true),
+        "dpmpp-2m" => new DpmSolverMultistepScheduler(config, steps),
+        _ => throw new PagSharpException($"unknown scheduler '{name}'; valid: {string.Join(", ", Names)}"),
+    };
+
+    /// <summary>Throws for an unknown name (before anything is loaded).</summary>
+    public static string Check(string name) => Names.Contains(name) ? name
+        : throw new PagSharpException($"unknown scheduler '{name}'; valid: {string.Join(", ", Names)}");
+}

@@ -1,0 +1,125 @@
+using System.Text.Json;
+using PagSharp.Diffusion.Schedulers;
+
+namespace PagSharp.Models.Sd;
+
+/// <summary>
+/// A diffusers pipeline folder (<c>model_index.json</c> plus <c>unet/</c>, <c>vae/</c>, <c>text_encoder/</c>,
+/// <c>tokenizer/</c>, <c>scheduler/</c>) of the Stable Diffusion 1.x / 2.x family. Components are read only when
+/// asked for, so a call that does not need one (no VAE for latent output, no text encoder with given prompt
+/// embeddings) works without it. Every error names the file and what was expected.
+/// </summary>
+public sealed class DiffusersFolder
+{
+    private static readonly Dictionary<string, string[]> ExpectedClasses = new()
+    {
+        ["unet"] = new[] { "UNet2DConditionModel" },
+        ["vae"] = new[] { "AutoencoderKL" },
+        ["text_encoder"] = new[] { "CLIPTextModel" },
+        ["tokenizer"] = new[] { "CLIPTokenizer", "CLIPTokenizerFast" },
+    };
+
+    private readonly Dictionary<string, string?> _components = new(StringComparer.Ordinal);
+
+    public string Root { get; }
+    /// <summary><c>_class_name</c> of model_index.json (e.g. StableDiffusionPipeline).</summary>
+    public string? PipelineClass { get; }
+    /// <summary>The scheduler class model_index.json names (e.g. PNDMScheduler), or null.</summary>
+    public string? SchedulerClass => _components.GetValueOrDefault("scheduler");
+
+    private DiffusersFolder(string root, string? pipelineClass)
+    {
+        Root = root;
+        PipelineClass = pipelineClass;
+    }
+
+    public static DiffusersFolder Open(string dir)
+    {
+        if (!Directory.Exists(dir)) throw new PagSharpException($"model folder '{dir}' does not exist");
+        string index = Path.Combine(dir, "model_index.json");
+        if (!File.Exists(index))
+            throw new PagSharpException($"{index} does not exist: --model must be a diffusers pipeline folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/)");
+        var c = JsonConfig.Load(index);
+        var folder = new DiffusersFolder(dir, c.StringOrNull("_class_name"));
+        if (folder.PipelineClass is { } pc && (pc.Contains("XL", StringComparison.Ordinal) || pc.Contains("StableDiffusion3", StringComparison.Ordinal) || pc.Contains("Flux", StringComparison.Ordinal)))
+            throw new PagSharpException($"{index}: pipeline '{pc}' is not supported; PagSharp runs Stable Diffusion 1.x / 2.x pipelines (StableDiffusionPipeline)");
+        foreach (var name in new[] { "unet", "vae", "text_encoder", "tokenizer", "scheduler" })
+        {
+            if (c.Get(name) is not { } v) { folder._components[name] = null; continue; }
+            if (v.ValueKind != JsonValueKind.Array || v.GetArrayLength() != 2)
+                throw c.Error(name, "a [library, class] pair such as [\"diffusers\", \"UNet2DConditionModel\"]", v);
+            var cls = v[1].ValueKind == JsonValueKind.String ? v[1].GetString() : null;
+            if (cls is not null && ExpectedClasses.TryGetValue(name, out var ok) && !ok.Contains(cls))
+                throw new PagSharpException($"{index}: component '{name}' is a {cls}; expected {string.Join(" or ", ok)}");
+            folder._components[name] = cls;
+        }
+        if (c.Has("text_encoder_2") || c.Has("tokenizer_2"))
+            throw new PagSharpException($"{index}: a second text encoder (SDXL) is not supported; PagSharp runs Stable Diffusion 1.x / 2.x pipelines");
+        if (folder._components["unet"] is null)
+            throw new PagSharpException($"{index} lists no unet; expected \"unet\": [\"diffusers\", \"UNet2DConditionModel\"]");
+        return folder;
+    }
+
+    /// <summary>The component is listed in model_index.json and its folder exists.</summary>
+    public bool Has(string component) => _components.GetValueOrDefault(component) is not null && Directory.Exists(Path.Combine(Root, component));
+
+    /// <summary>The folder of a component; an error says why it is needed and what is missing.</summary>
+    public string ComponentDir(string component, string neededFor)
+    {
+        string dir = Path.Combine(Root, component);
+        if (_components.GetValueOrDefault(component) is null)
+            throw new PagSharpException($"{Path.Combine(Root, "model_index.json")} lists no {component}, which is needed {neededFor}");
+        if (!Directory.Exists(dir))
+            throw new PagSharpException($"{dir} does not exist (model_index.json lists a {_components[component]}); it is needed {neededFor}");
+        return dir;
+    }
+
+    public SdUNetConfig UnetConfig() => SdUNetConfig.Load(Path.Combine(ComponentDir("unet", "for every call"), "config.json"));
+
+    public SdUNet LoadUnet()
+    {
+        string dir = ComponentDir("unet", "for every call");
+        string cfg = Path.Combine(dir, "config.json");
+        return SdLoader.LoadUNet(SdUNetConfig.Load(cfg), SdLoader.FindWeights(dir), cfg);
+    }
+
+    public SdVaeConfig VaeConfig() => SdVaeConfig.Load(Path.Combine(ComponentDir("vae", "to decode images (use --output-type latent to skip it)"), "config.json"));
+
+    public AutoencoderKL LoadVae()
+    {
+        string dir = ComponentDir("vae", "to decode images (use --output-type latent to skip it)");
+        string cfg = Path.Combine(dir, "config.json");
+        return SdLoader.LoadVae(SdVaeConfig.Load(cfg), SdLoader.FindWeights(dir), cfg);
+    }
+
+    public ClipTextModel LoadTextEncoder()
+    {
+        string dir = ComponentDir("text_encoder", "to encode prompts (or give --prompt-embeds and --negative-prompt-embeds)");
+        string cfg = Path.Combine(dir, "config.json");
+        return SdLoader.LoadTextEncoder(ClipTextConfig.Load(cfg), SdLoader.FindWeights(dir), cfg);
+    }
+
+    public ClipTokenizer LoadTokenizer() =>
+        ClipTokenizer.Load(ComponentDir("tokenizer", "to encode prompts (or give --prompt-embeds and --negative-prompt-embeds)"));
+
+    /// <summary>
+    /// scheduler/scheduler_config.json with the fix-ups <c>StableDiffusionPipeline.__init__</c> applies to every
+    /// scheduler it is given: steps_offset = 1 and clip_sample = false.
+    /// </summary>
+    public SchedulerConfig SchedulerConfig()
+    {
+        string dir = ComponentDir("scheduler", "for its noise schedule");
+        var cfg = Diffusion.Schedulers.SchedulerConfig.Load(Path.Combine(dir, "scheduler_config.json"));
+        return cfg with { StepsOffset = 1, ClipSample = false };
+    }
+
+    /// <summary>The CLI name of the folder's own scheduler when PagSharp implements it (DDIM, Euler, Euler ancestral, DPM-Solver multistep), else null.</summary>
+    public string? NativeSchedulerName => SchedulerClass switch
+    {
+        "DDIMScheduler" => "ddim",
+        "EulerDiscreteScheduler" => "euler",
+        "EulerAncestralDiscreteScheduler" => "euler-a",
+        "DPMSolverMultistepScheduler" => "dpmpp-2m",
+        _ => null,
+    };
+}

@@ -1,0 +1,117 @@
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+using static TorchSharp.torch.nn;
+
+namespace PagSharp.Models.Sd;
+
+/// <summary>
+/// diffusers' <c>ResnetBlock2D</c> (pre-norm): h = conv1(act(norm1(x))); h += time_emb_proj(act(temb)) (or scale/shift
+/// after norm2); h = conv2(dropout(act(norm2(h)))); out = (shortcut(x) + h) / output_scale_factor, with a 1×1
+/// <c>conv_shortcut</c> when the channel count changes. Without a time embedding (the VAE) there is no
+/// <c>time_emb_proj</c>.
+/// </summary>
+internal sealed class ResnetBlock2D : Module
+{
+#pragma warning disable IDE1006 // field names are checkpoint keys
+    private readonly GroupNorm norm1;
+    private readonly Conv2d conv1;
+    private readonly Linear? time_emb_proj;
+    private readonly GroupNorm norm2;
+    private readonly Dropout dropout;
+    private readonly Conv2d conv2;
+    private readonly Conv2d? conv_shortcut;
+#pragma warning restore IDE1006
+    private readonly string _act;
+    private readonly bool _scaleShift;
+    private readonly double _outScale;
+
+    public ResnetBlock2D(long inChannels, long outChannels, long? tembChannels, int groups, double eps, string act,
+                         double dropoutP = 0, string timeEmbeddingNorm = "default", double outputScaleFactor = 1)
+        : base(nameof(ResnetBlock2D))
+    {
+        _scaleShift = timeEmbeddingNorm == "scale_shift";
+        norm1 = SdNn.GroupNorm(groups, inChannels, eps);
+        conv1 = SdNn.Conv(inChannels, outChannels);
+        if (tembChannels is long tc) time_emb_proj = Linear(tc, _scaleShift ? 2 * outChannels : outChannels);
+        norm2 = SdNn.GroupNorm(groups, outChannels, eps);
+        dropout = Dropout(dropoutP);
+        conv2 = SdNn.Conv(outChannels, outChannels);
+        if (inChannels != outChannels) conv_shortcut = Conv2d(inChannels, outChannels, 1);
+        _act = act;
+        _outScale = outputScaleFactor;
+        RegisterComponents();
+    }
+
+    public Tensor Forward(Tensor x, Tensor? temb)
+    {
+        var h = conv1.forward(SdNn.Activation(_act, norm1.forward(x)));
+        Tensor? t = null;
+        if (time_emb_proj is not null && temb is not null)
+            t = time_emb_proj.forward(SdNn.Activation(_act, temb)).unsqueeze(-1).unsqueeze(-1);
+        if (!_scaleShift)
+        {
+            if (t is not null) h = h + t;
+            h = norm2.forward(h);
+        }
+        else
+        {
+            if (t is null) throw new PagSharpException("a scale_shift resnet needs a time embedding");
+            var ss = t.chunk(2, 1);
+            h = norm2.forward(h) * (1 + ss[0]) + ss[1];
+        }
+        h = conv2.forward(dropout.forward(SdNn.Activation(_act, h)));
+        var shortcut = conv_shortcut is null ? x : conv_shortcut.forward(x);
+        var o = shortcut + h;
+        return _outScale == 1 ? o : o / _outScale;
+    }
+}
+
+/// <summary>
+/// diffusers' <c>Downsample2D</c> with a conv (key <c>conv</c>): a 3×3 stride-2 conv with the given padding; with
+/// padding 0 the input is first zero-padded by one on the right and bottom (<c>F.pad(x, (0, 1, 0, 1))</c>, the VAE).
+/// </summary>
+internal sealed class Downsample2D : Module<Tensor, Tensor>
+{
+#pragma warning disable IDE1006
+    private readonly Conv2d conv;
+#pragma warning restore IDE1006
+    private readonly long _padding;
+
+    public Downsample2D(long channels, long outChannels, long padding) : base(nameof(Downsample2D))
+    {
+        conv = Conv2d(channels, outChannels, 3, stride: 2, padding: padding);
+        _padding = padding;
+        RegisterComponents();
+    }
+
+    public override Tensor forward(Tensor x)
+    {
+        if (_padding == 0) x = functional.pad(x, new long[] { 0, 1, 0, 1 }, mode: TorchSharp.PaddingModes.Constant, value: 0);
+        return conv.forward(x);
+    }
+}
+
+/// <summary>
+/// diffusers' <c>Upsample2D</c> with a conv (key <c>conv</c>): nearest-neighbour ×2 (or to an explicit size, as the
+/// UNet asks for when the input was not a multiple of its downsampling factor), then a 3×3 conv.
+/// </summary>
+internal sealed class Upsample2D : Module
+{
+#pragma warning disable IDE1006
+    private readonly Conv2d conv;
+#pragma warning restore IDE1006
+
+    public Upsample2D(long channels, long outChannels) : base(nameof(Upsample2D))
+    {
+        conv = SdNn.Conv(channels, outChannels);
+        RegisterComponents();
+    }
+
+    public Tensor Forward(Tensor x, long[]? size = null)
+    {
+        var h = size is null
+            ? functional.interpolate(x, scale_factor: new[] { 2.0, 2.0 }, mode: InterpolationMode.Nearest)
+            : functional.interpolate(x, size: size, mode: InterpolationMode.Nearest);
+        return conv.forward(h);
+    }
+}

@@ -1,0 +1,150 @@
+using PagSharp.Attention;
+using PagSharp.Models.Adm;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+using static TorchSharp.torch.nn;
+
+namespace PagSharp.Models.Sd;
+
+/// <summary>
+/// Port of diffusers' <c>UNet2DConditionModel</c> for the Stable Diffusion 1.x / 2.x family. Parameter names equal
+/// the diffusers state-dict keys (<c>conv_in.weight</c>, <c>time_embedding.linear_1.weight</c>,
+/// <c>down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.weight</c>, …). The self-attention layers
+/// (<c>attn1</c>) are perturbable through a <see cref="PerturbationPlan"/> keyed by their module names.
+/// </summary>
+public sealed class SdUNet : Module
+{
+#pragma warning disable IDE1006 // field names are checkpoint keys
+    private readonly Conv2d conv_in;
+    private readonly SdTimeMlp time_embedding;
+    private readonly ModuleList<SdDownBlock> down_blocks;
+    private readonly SdMidBlock mid_block;
+    private readonly ModuleList<SdUpBlock> up_blocks;
+    private readonly GroupNorm conv_norm_out;
+    private readonly Conv2d conv_out;
+#pragma warning restore IDE1006
+    private readonly Dictionary<string, string> _transformerOf = new(StringComparer.Ordinal);
+
+    public SdUNetConfig Config { get; }
+
+    /// <summary>Every self-attention layer (attn1) in forward order: down blocks, mid block, up blocks.</summary>
+    public IReadOnlyList<AttentionLayerInfo> AttentionLayers { get; }
+
+    public SdUNet(SdUNetConfig config) : base(nameof(SdUNet))
+    {
+        config.Validate("unet config");
+        Config = config;
+        var boc = config.BlockOutChannels;
+        int n = boc.Length;
+        // resnet_out_scale_factor only reaches diffusers' ResnetDownsampleBlock2D-style blocks, not these: their resnets use 1.
+        var s = new SdBlockSettings(config.TimeEmbedDim, config.NormNumGroups, config.NormEps, config.ActFn, config.Dropout,
+                                    config.ResnetTimeScaleShift, 1.0, config.UseLinearProjection);
+        conv_in = SdNn.Conv(config.InChannels, boc[0], config.ConvInKernel);
+        time_embedding = new SdTimeMlp(boc[0], config.TimeEmbedDim, config.ActFn);
+
+        var downs = new List<SdDownBlock>();
+        long outCh = boc[0];
+        for (int i = 0; i < n; i++)
+        {
+            long inCh = outCh;
+            outCh = boc[i];
+            downs.Add(new SdDownBlock($"down_blocks.{i}", inCh, outCh, config.LayersPerBlock[i], config.DownBlockTypes[i] == "CrossAttnDownBlock2D",
+                config.AttentionHeads[i], config.TransformerLayersPerBlock[i], config.CrossAttentionDim[i], i < n - 1, config.DownsamplePadding, s));
+        }
+        down_blocks = SdModuleList.Of(downs);
+        mid_block = new SdMidBlock(boc[^1], config.AttentionHeads[^1], config.TransformerLayersPerBlock[^1], config.CrossAttentionDim[^1],
+            config.MidBlockScaleFactor, s);
+
+        var ups = new List<SdUpBlock>();
+        var rBoc = boc.Reverse().ToArray();
+        var rHeads = config.AttentionHeads.Reverse().ToArray();
+        var rLayers = config.LayersPerBlock.Reverse().ToArray();
+        var rTLayers = config.TransformerLayersPerBlock.Reverse().ToArray();
+        var rCross = config.CrossAttentionDim.Reverse().ToArray();
+        outCh = rBoc[0];
+        for (int i = 0; i < n; i++)
+        {
+            long prevOut = outCh;
+            outCh = rBoc[i];
+            long inCh = rBoc[Math.Min(i + 1, n - 1)];
+            ups.Add(new SdUpBlock($"up_blocks.{i}", inCh, prevOut, outCh, rLayers[i] + 1, config.UpBlockTypes[i] == "CrossAttnUpBlock2D",
+                rHeads[i], rTLayers[i], rCross[i], i < n - 1, s));
+        }
+        up_blocks = SdModuleList.Of(ups);
+        conv_norm_out = SdNn.GroupNorm(config.NormNumGroups, boc[0], config.NormEps);
+        conv_out = SdNn.Conv(boc[0], config.OutChannels, config.ConvOutKernel);
+
+        var layers = new List<AttentionLayerInfo>();
+        int sample = config.SampleSize ?? 64;
+        void Add(IEnumerable<Transformer2D> ts, string group, int level, long ch, int heads)
+        {
+            foreach (var t in ts)
+                foreach (var p in t.SelfAttentionPaths)
+                {
+                    _transformerOf[p] = t.Path;
+                    layers.Add(new AttentionLayerInfo(p, group, Math.Max(1, sample >> level), (int)ch, heads));
+                }
+        }
+        for (int i = 0; i < n; i++) Add(downs[i].Transformers, "input", i, boc[i], config.AttentionHeads[i]);
+        Add(mid_block.Transformers, "middle", n - 1, boc[^1], config.AttentionHeads[^1]);
+        for (int i = 0; i < n; i++) Add(ups[i].Transformers, "output", n - 1 - i, rBoc[i], rHeads[i]);
+        AttentionLayers = layers;
+        RegisterComponents();
+    }
+
+    /// <summary>
+    /// The predicted noise (or v) for latents <paramref name="sample"/> [B, C, H, W] at <paramref name="timesteps"/>
+    /// (a scalar, [1] or [B]; integer or float) with text conditioning <paramref name="encoderHiddenStates"/>
+    /// [B, S, cross_attention_dim]. With a fork (<see cref="PerturbationPlan.ForkSource"/>) the output has
+    /// B + ForkSource.Length entries.
+    /// </summary>
+    public Tensor Forward(Tensor sample, Tensor timesteps, Tensor encoderHiddenStates, PerturbationPlan? plan = null)
+    {
+        long b = sample.shape[0];
+        if (sample.dim() != 4 || sample.shape[1] != Config.InChannels)
+            throw new PagSharpException($"UNet input has shape [{string.Join(",", sample.shape)}]; expected [B,{Config.InChannels},H,W]");
+        long crossDim = Config.CrossAttentionDim[0];
+        if (encoderHiddenStates.dim() != 3 || encoderHiddenStates.shape[0] != b || encoderHiddenStates.shape[2] != crossDim)
+            throw new PagSharpException($"encoder hidden states have shape [{string.Join(",", encoderHiddenStates.shape)}]; expected [{b},S,{crossDim}] (batch of the latents, cross_attention_dim {crossDim})");
+        var t = timesteps.dim() == 0 ? timesteps.unsqueeze(0) : timesteps.reshape(-1);
+        if (t.shape[0] != 1 && t.shape[0] != b)
+            throw new PagSharpException($"{t.shape[0]} timesteps for a batch of {b}; give one or one per entry");
+        t = t.expand(b);
+
+        int factor = Config.DownFactor;
+        bool forwardUpsampleSize = sample.shape[2] % factor != 0 || sample.shape[3] % factor != 0;
+        if (Config.CenterInputSample) sample = 2 * sample - 1.0;
+
+        var tEmb = SdTimesteps.Embedding(t, Config.BlockOutChannels[0], Config.FlipSinToCos, Config.FreqShift).to_type(sample.dtype);
+        var emb = time_embedding.forward(tEmb);
+        var state = new SdForwardState(emb, encoderHiddenStates, plan, ForkPoint(plan));
+
+        var h = conv_in.forward(sample);
+        var skips = new List<Tensor> { h };
+        foreach (var block in down_blocks) h = block.Forward(h, state, skips);
+        h = mid_block.Forward(h, state);
+        for (int i = 0; i < up_blocks.Count; i++)
+        {
+            var block = up_blocks[i];
+            bool final = i == up_blocks.Count - 1;
+            long[]? size = null;
+            if (!final && forwardUpsampleSize)
+            {
+                var next = skips[skips.Count - block.Layers - 1];
+                size = new[] { next.shape[2], next.shape[3] };
+            }
+            h = block.Forward(h, skips, state, size);
+        }
+        h = SdNn.Activation(Config.ActFn, conv_norm_out.forward(h));
+        return conv_out.forward(h);
+    }
+
+    /// <summary>The Transformer2D holding the first perturbed layer in forward order (where a shared-prefix fork happens).</summary>
+    private string? ForkPoint(PerturbationPlan? plan)
+    {
+        if (plan?.ForkSource is null) return null;
+        foreach (var l in AttentionLayers)
+            if (plan.TryGet(l.Name, out _)) return _transformerOf[l.Name];
+        throw new PagSharpException("a shared-prefix fork needs at least one perturbed layer");
+    }
+}

@@ -1,0 +1,137 @@
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+using static TorchSharp.torch.nn;
+
+namespace PagSharp.Models.Sd;
+
+/// <summary>Settings every resnet and transformer of a UNet shares.</summary>
+internal sealed record SdBlockSettings(long TembChannels, int Groups, double Eps, string Act, double Dropout, string TimeNorm,
+                                       double OutScale, bool LinearProjection);
+
+/// <summary>
+/// diffusers' <c>CrossAttnDownBlock2D</c> (with <c>attentions</c>) and <c>DownBlock2D</c> (without): resnets, each
+/// followed by its Transformer2D, then an optional stride-2 downsampler. Every resnet(+attention) output and the
+/// downsampler output are skip connections.
+/// </summary>
+internal sealed class SdDownBlock : Module
+{
+#pragma warning disable IDE1006
+    private readonly ModuleList<Transformer2D>? attentions;
+    private readonly ModuleList<ResnetBlock2D> resnets;
+    private readonly ModuleList<Downsample2D>? downsamplers;
+#pragma warning restore IDE1006
+
+    public SdDownBlock(string path, long inCh, long outCh, int layers, bool crossAttn, int heads, int tLayers, long crossDim,
+                       bool addDownsample, int downsamplePadding, SdBlockSettings s) : base(nameof(SdDownBlock))
+    {
+        resnets = SdModuleList.Of(Enumerable.Range(0, layers).Select(i =>
+            new ResnetBlock2D(i == 0 ? inCh : outCh, outCh, s.TembChannels, s.Groups, s.Eps, s.Act, s.Dropout, s.TimeNorm, s.OutScale)));
+        if (crossAttn)
+            attentions = SdModuleList.Of(Enumerable.Range(0, layers).Select(i =>
+                new Transformer2D($"{path}.attentions.{i}", outCh, heads, tLayers, crossDim, s.Groups, s.LinearProjection, s.Dropout)));
+        if (addDownsample) downsamplers = SdModuleList.Of(new[] { new Downsample2D(outCh, outCh, downsamplePadding) });
+        RegisterComponents();
+    }
+
+    public IEnumerable<Transformer2D> Transformers => attentions ?? Enumerable.Empty<Transformer2D>();
+
+    public Tensor Forward(Tensor h, SdForwardState state, List<Tensor> skips)
+    {
+        for (int i = 0; i < resnets.Count; i++)
+        {
+            h = resnets[i].Forward(h, state.Emb);
+            if (attentions is not null)
+            {
+                var a = attentions[i];
+                h = a.Forward(state.BeforeTransformer(a.Path, h), state.Context, state.Plan);
+            }
+            skips.Add(h);
+        }
+        if (downsamplers is not null)
+        {
+            h = downsamplers[0].forward(h);
+            skips.Add(h);
+        }
+        return h;
+    }
+}
+
+/// <summary>diffusers' <c>UNetMidBlock2DCrossAttn</c>: resnet, then (Transformer2D, resnet) pairs.</summary>
+internal sealed class SdMidBlock : Module
+{
+#pragma warning disable IDE1006
+    private readonly ModuleList<Transformer2D> attentions;
+    private readonly ModuleList<ResnetBlock2D> resnets;
+#pragma warning restore IDE1006
+
+    public SdMidBlock(long ch, int heads, int tLayers, long crossDim, double outputScaleFactor, SdBlockSettings s) : base(nameof(SdMidBlock))
+    {
+        resnets = SdModuleList.Of(Enumerable.Range(0, 2).Select(_ =>
+            new ResnetBlock2D(ch, ch, s.TembChannels, s.Groups, s.Eps, s.Act, s.Dropout, s.TimeNorm, outputScaleFactor)));
+        attentions = SdModuleList.Of(new[] { new Transformer2D("mid_block.attentions.0", ch, heads, tLayers, crossDim, s.Groups, s.LinearProjection, s.Dropout) });
+        RegisterComponents();
+    }
+
+    public IEnumerable<Transformer2D> Transformers => attentions;
+
+    public Tensor Forward(Tensor h, SdForwardState state)
+    {
+        h = resnets[0].Forward(h, state.Emb);
+        for (int i = 0; i < attentions.Count; i++)
+        {
+            var a = attentions[i];
+            h = a.Forward(state.BeforeTransformer(a.Path, h), state.Context, state.Plan);
+            h = resnets[i + 1].Forward(h, state.Emb);
+        }
+        return h;
+    }
+}
+
+/// <summary>
+/// diffusers' <c>CrossAttnUpBlock2D</c> / <c>UpBlock2D</c>: for each resnet, concatenate the last skip connection on
+/// channels, resnet, then its Transformer2D; then an optional nearest-×2 upsampler.
+/// </summary>
+internal sealed class SdUpBlock : Module
+{
+#pragma warning disable IDE1006
+    private readonly ModuleList<Transformer2D>? attentions;
+    private readonly ModuleList<ResnetBlock2D> resnets;
+    private readonly ModuleList<Upsample2D>? upsamplers;
+#pragma warning restore IDE1006
+
+    public SdUpBlock(string path, long inCh, long prevOutCh, long outCh, int layers, bool crossAttn, int heads, int tLayers, long crossDim,
+                     bool addUpsample, SdBlockSettings s) : base(nameof(SdUpBlock))
+    {
+        resnets = SdModuleList.Of(Enumerable.Range(0, layers).Select(i =>
+        {
+            long skipCh = i == layers - 1 ? inCh : outCh;
+            long resIn = i == 0 ? prevOutCh : outCh;
+            return new ResnetBlock2D(resIn + skipCh, outCh, s.TembChannels, s.Groups, s.Eps, s.Act, s.Dropout, s.TimeNorm, s.OutScale);
+        }));
+        if (crossAttn)
+            attentions = SdModuleList.Of(Enumerable.Range(0, layers).Select(i =>
+                new Transformer2D($"{path}.attentions.{i}", outCh, heads, tLayers, crossDim, s.Groups, s.LinearProjection, s.Dropout)));
+        if (addUpsample) upsamplers = SdModuleList.Of(new[] { new Upsample2D(outCh, outCh) });
+        RegisterComponents();
+    }
+
+    public int Layers => resnets.Count;
+    public IEnumerable<Transformer2D> Transformers => attentions ?? Enumerable.Empty<Transformer2D>();
+
+    /// <summary>Consumes <see cref="Layers"/> skip connections from the end of <paramref name="skips"/>.</summary>
+    public Tensor Forward(Tensor h, List<Tensor> skips, SdForwardState state, long[]? upsampleSize)
+    {
+        for (int i = 0; i < resnets.Count; i++)
+        {
+            var skip = skips[^1];
+            skips.RemoveAt(skips.Count - 1);
+            h = resnets[i].Forward(cat(new[] { h, state.Widen(skip) }, 1), state.Emb);
+            if (attentions is not null)
+            {
+                var a = attentions[i];
+                h = a.Forward(state.BeforeTransformer(a.Path, h), state.Context, state.Plan);
+            }
+        }
+        return upsamplers is null ? h : upsamplers[0].Forward(h, upsampleSize);
+    }
+}

@@ -1,0 +1,135 @@
+using PagSharp.Attention;
+using PagSharp.Diffusion.Schedulers;
+using PagSharp.Models.Sd;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace PagSharp.Sampling;
+
+/// <summary>One finished denoising step: its index, the model timestep, and the latents after it.</summary>
+public sealed record SdStep(int Index, int Count, float Timestep, Tensor Latents);
+
+/// <summary>
+/// The denoising loop of diffusers' <c>StableDiffusionPAGPipeline.__call__</c>, on prompt embeddings. The U-Net
+/// batch is laid out as diffusers does: [cond]; CFG [uncond, cond]; PAG [cond, cond_perturbed]; CFG+PAG
+/// [uncond, cond, cond_perturbed] (each block B entries), the perturbed block getting the plan's policy in the chosen
+/// self-attention layers. With <see cref="SdGuidance.SharedPrefix"/> the perturbed block is not fed in; the U-Net
+/// forks it from the cond block at the first perturbed layer, which gives the same result.
+/// </summary>
+public static class StableDiffusionPipeline
+{
+    /// <summary>
+    /// Denoises <paramref name="noise"/> (x_T, [B, C, h, w], unscaled: it is multiplied by the scheduler's
+    /// init_noise_sigma here, as diffusers' <c>prepare_latents</c>) and returns the final latents.
+    /// </summary>
+    /// <param name="unet">The U-Net.</param>
+    /// <param name="scheduler">A fresh scheduler for this run.</param>
+    /// <param name="noise">x_T.</param>
+    /// <param name="promptEmbeds">Text conditioning [B, S, D].</param>
+    /// <param name="negativeEmbeds">Unconditional embeddings [B, S, D]; required with CFG.</param>
+    /// <param name="guidance">CFG / PAG settings.</param>
+    /// <param name="noiseSource">Per-sample generators for stochastic schedulers (and eta &gt; 0).</param>
+    /// <param name="onStep">Called after every step.</param>
+    /// <param name="policyGenerator">Random source for stochastic perturbation policies.</param>
+    /// <param name="cancellation">Checked between steps.</param>
+    public static Tensor Denoise(SdUNet unet, IScheduler scheduler, Tensor noise, Tensor promptEmbeds, Tensor? negativeEmbeds,
+                                 SdGuidance guidance, NoiseSource? noiseSource = null, Action<SdStep>? onStep = null,
+                                 Generator? policyGenerator = null, CancellationToken cancellation = default)
+    {
+        guidance.Validate();
+        CheckInputs(unet, noise, promptEmbeds, negativeEmbeds, guidance);
+        bool cfg = guidance.UsesCfg, pag = guidance.UsesPag;
+        long b = noise.shape[0];
+
+        // Text conditioning in diffusers' order; with a shared prefix the perturbed block is forked, not fed.
+        var embList = new List<Tensor>();
+        if (cfg) embList.Add(negativeEmbeds!);
+        embList.Add(promptEmbeds);
+        int blocks = embList.Count + (pag ? 1 : 0), condBlock = cfg ? 1 : 0;
+        if (pag && !guidance.SharedPrefix) embList.Add(promptEmbeds);
+        using var emb = cat(embList.ToArray(), 0);
+        int fed = embList.Count;
+
+        PerturbationPlan? plan = null;
+        if (pag)
+        {
+            var pert = Range(b * (blocks - 1), b);
+            plan = PerturbationPlan.Perturb(guidance.PagLayers, guidance.Perturbation, pert, policyGenerator,
+                guidance.SharedPrefix ? Range(b * condBlock, b) : null);
+        }
+
+        var latents = (noise * scheduler.InitNoiseSigma).DetachFromDisposeScope();
+        var timesteps = scheduler.Timesteps;
+        using var _ = no_grad();
+        for (int i = 0; i < timesteps.Count; i++)
+        {
+            cancellation.ThrowIfCancellationRequested();
+            var scope = NewDisposeScope();
+            float t = timesteps[i];
+            var input = fed == 1 ? latents : cat(Enumerable.Repeat(latents, fed).ToArray(), 0);
+            input = scheduler.ScaleModelInput(input, i);
+            using var tt = tensor(t);
+            var output = unet.Forward(input, tt, emb, plan);
+            var chunks = output.chunk(blocks, 0);
+            Tensor guided;
+            var c = chunks[condBlock];
+            if (pag)
+            {
+                float s = guidance.PagScaleAt(t);
+                var p = chunks[blocks - 1];
+                guided = cfg
+                    ? chunks[0] + (float)guidance.GuidanceScale * (c - chunks[0]) + s * (c - p)
+                    : c + s * (c - p);
+            }
+            else if (cfg)
+                guided = chunks[0] + (float)guidance.GuidanceScale * (c - chunks[0]);
+            else
+                guided = output;
+            if (cfg && guidance.GuidanceRescale > 0) guided = RescaleNoiseCfg(guided, c, guidance.GuidanceRescale);
+
+            var next = scheduler.Step(guided, i, latents, noiseSource).DetachFromDisposeScope();
+            scope.Dispose();
+            latents.Dispose();
+            latents = next;
+            onStep?.Invoke(new SdStep(i, timesteps.Count, t, latents));
+        }
+        return latents;
+    }
+
+    /// <summary>
+    /// diffusers' <c>rescale_noise_cfg</c>: x_r = x·(std(c)/std(x)) per sample (unbiased std over all but the batch
+    /// axis), then φ·x_r + (1 − φ)·x.
+    /// </summary>
+    public static Tensor RescaleNoiseCfg(Tensor noiseCfg, Tensor noiseText, double phi)
+    {
+        var dims = Enumerable.Range(1, (int)noiseText.dim() - 1).Select(d => (long)d).ToArray();
+        var stdText = noiseText.std(dims, unbiased: true, keepdim: true);
+        var stdCfg = noiseCfg.std(dims, unbiased: true, keepdim: true);
+        var rescaled = noiseCfg * (stdText / stdCfg);
+        return (float)phi * rescaled + (float)(1 - phi) * noiseCfg;
+    }
+
+    private static long[] Range(long start, long count) => Enumerable.Range(0, (int)count).Select(i => start + i).ToArray();
+
+    private static void CheckInputs(SdUNet unet, Tensor noise, Tensor promptEmbeds, Tensor? negativeEmbeds, SdGuidance g)
+    {
+        var cfg = unet.Config;
+        if (noise.dim() != 4 || noise.shape[1] != cfg.InChannels)
+            throw new PagSharpException($"initial latents have shape [{string.Join(",", noise.shape)}]; this UNet expects [N,{cfg.InChannels},H,W]");
+        long d = cfg.CrossAttentionDim[0];
+        if (promptEmbeds.dim() != 3 || promptEmbeds.shape[2] != d)
+            throw new PagSharpException($"prompt embeddings have shape [{string.Join(",", promptEmbeds.shape)}]; this UNet expects [N,S,{d}] (cross_attention_dim {d})");
+        if (promptEmbeds.shape[0] != noise.shape[0])
+            throw new PagSharpException($"{promptEmbeds.shape[0]} prompt embeddings for {noise.shape[0]} latents; give one per sample");
+        if (g.UsesCfg)
+        {
+            if (negativeEmbeds is null) throw new PagSharpException("CFG (guidance scale > 1) needs negative prompt embeddings");
+            if (!negativeEmbeds.shape.SequenceEqual(promptEmbeds.shape))
+                throw new PagSharpException($"negative prompt embeddings have shape [{string.Join(",", negativeEmbeds.shape)}] but the prompt embeddings [{string.Join(",", promptEmbeds.shape)}]; they must match (as diffusers requires)");
+        }
+        var valid = unet.AttentionLayers.Select(l => l.Name).ToHashSet();
+        foreach (var l in g.PagLayers)
+            if (!valid.Contains(l))
+                throw new PagSharpException($"'{l}' is not a self-attention layer of this UNet; valid: {string.Join(", ", valid)}");
+    }
+}

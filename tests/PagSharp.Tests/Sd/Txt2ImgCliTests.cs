@@ -1,0 +1,161 @@
+using PagSharp.Imaging;
+using PagSharp.IO;
+using PagSharp.Tests.Cli;
+using PagSharp.Tests.IO;
+using PagSharp.Tests.Models;
+using static TorchSharp.torch;
+
+namespace PagSharp.Tests.Sd;
+
+/// <summary><c>pag txt2img</c>, <c>pag forward --model</c> and <c>pag layers --model</c> on a complete tiny diffusers folder.</summary>
+[Collection(CliCollection.Name)]
+public sealed class Txt2ImgCliTests : IDisposable
+{
+    private readonly TinySdFolder _sd = new();
+    private static string Sampling => SdFixtures.Unet("sampling.safetensors");
+    private static string Cases => SdFixtures.Unet("cases.safetensors");
+
+    public void Dispose() => _sd.Dispose();
+
+    [Theory]
+    [InlineData("final_cfg5_pag3_mid", "5", "3", "mid")]
+    [InlineData("final_cfg5_pag3_down_blocks_1", "5", "3", "down_blocks.1")]
+    [InlineData("final_pag3_mid", "1", "3", "mid")]
+    [InlineData("final_none", "1", "0", "mid")]
+    public void Txt2Img_WithGivenEmbeddings_ReproducesDiffusers(string key, string g, string s, string layers)
+    {
+        string outDir = _sd.Dir.File("out_" + key), tensor = _sd.Dir.File(key + ".npy");
+        var (exit, log) = Pag.Run("txt2img", "--model", _sd.Root, "--prompt-embeds", Sampling + ":prompt_embeds",
+            "--negative-prompt-embeds", Sampling + ":negative_prompt_embeds", "--init-noise", Sampling + ":latents_T",
+            "--guidance-scale", g, "--pag-scale", s, "--pag-layers", layers, "--steps", "5", "--scheduler", "ddim",
+            "--output-type", "latent", "--save-tensor", tensor, "--output", outDir);
+        Assert.True(exit == 0, log);
+        using var actual = Npy.Load(tensor);
+        using var expected = SafeTensors.LoadTensor(Sampling, key);
+        SdFixtures.AssertRelative(expected, actual, 1e-4, "pag txt2img " + key);
+        Assert.True(File.Exists(Path.Combine(outDir, "run.json")));
+    }
+
+    [Theory]
+    [InlineData("mid", "out_pag_mid")]
+    [InlineData("down_blocks.1", "out_pag_down_blocks_1")]
+    [InlineData("down,mid,up", "out_pag_all")]
+    [InlineData(null, "out_none")]
+    public void Forward_WithModelFolder_ReproducesDiffusers(string? perturb, string key)
+    {
+        string output = _sd.Dir.File(key + ".npy");
+        var args = new List<string> { "forward", "--model", _sd.Root, "--input", Cases + ":x", "--timesteps", "500",
+            "--encoder-hidden-states", Cases + ":encoder_hidden_states", "--output", output };
+        if (perturb is not null) args.AddRange(new[] { "--perturb", perturb });
+        var (exit, log) = Pag.Run(args.ToArray());
+        Assert.True(exit == 0, log);
+        using var actual = Npy.Load(output);
+        using var expected = SafeTensors.LoadTensor(Cases, key);
+        Close.Assert(expected, actual, 1e-4, "pag forward --model " + key);
+    }
+
+    [Fact]
+    public void Layers_ListsTheSelfAttentionLayers()
+    {
+        var (exit, log) = Pag.Run("layers", "--model", _sd.Root);
+        Assert.True(exit == 0, log);
+        Assert.Contains("mid_block.attentions.0.transformer_blocks.0.attn1", log);
+        Assert.Contains("up_blocks.0.attentions.2.transformer_blocks.0.attn1", log);
+        Assert.Contains("6 self-attention layers", log);
+        Assert.DoesNotContain("attn2", log);
+    }
+
+    [Fact]
+    public void Txt2Img_Prompt_EndToEnd_PngsGridRunJsonAndResume()
+    {
+        string outDir = _sd.Dir.File("e2e"), tensor = _sd.Dir.File("images.npy");
+        string[] Args(string steps) => new[] { "txt2img", "--model", _sd.Root, "--prompt", "A cat and a dog", "--negative-prompt", "hello",
+            "--guidance-scale", "7.5", "--pag-scale", "3", "--pag-layers", "mid", "--steps", steps, "--width", "64", "--height", "64",
+            "--count", "3", "--batch-size", "2", "--seed", "42", "--output", outDir, "--save-tensor", tensor };
+        var (exit, log) = Pag.Run(Args("3"));
+        Assert.True(exit == 0, log);
+        Assert.Contains("3 images written", log);
+        foreach (var f in new[] { "00000.png", "00001.png", "00002.png", "grid.png", "run.json" })
+            Assert.True(File.Exists(Path.Combine(outDir, f)), f);
+        using (var img = Png.Load(Path.Combine(outDir, "00000.png")))
+            Assert.Equal(new long[] { 3, 64, 64 }, img.shape);
+        using (var t = Npy.Load(tensor))
+        {
+            Assert.Equal(new long[] { 3, 3, 64, 64 }, t.shape);
+            Assert.True(t.min().item<float>() >= 0 && t.max().item<float>() <= 1);
+            // Different seeds give different images.
+            Close.AssertDiffer(t[0], t[1], 1e-3, "images of seeds 42 and 43");
+        }
+        var run = File.ReadAllText(Path.Combine(outDir, "run.json"));
+        Assert.Contains("\"pag_layers\"", run);
+        Assert.Contains("mid_block.attentions.0.transformer_blocks.0.attn1", run);
+        Assert.Contains("\"seed\": 44", run);
+        // Resume: nothing left to do.
+        (exit, log) = Pag.Run(Args("3"));
+        Assert.True(exit == 0, log);
+        Assert.Contains("0 images written, 3 already present", log);
+        var before = FolderSnapshot.Of(outDir);
+        // A different run into the same folder is refused and lists the difference.
+        (exit, log) = Pag.Run(Args("4"));
+        Assert.True(exit == 2, log);
+        Assert.Contains("num_inference_steps", log);
+        before.AssertUnchanged(outDir, "refused run");
+    }
+
+    [Theory]
+    [InlineData("euler")]
+    [InlineData("euler-a")]
+    [InlineData("dpmpp-2m")]
+    [InlineData("ddim")]
+    public void Txt2Img_EverySchedulerRuns_AndIsDeterministicPerSeed(string scheduler)
+    {
+        string Run(string name, string count)
+        {
+            string t = _sd.Dir.File($"{scheduler}_{name}.npy");
+            var (exit, log) = Pag.Run("txt2img", "--model", _sd.Root, "--prompt", "hello", "--steps", "4", "--scheduler", scheduler,
+                "--count", count, "--seed", "7", "--output-type", "latent", "--save-tensor", t, "--output", _sd.Dir.File($"{scheduler}_{name}"));
+            Assert.True(exit == 0, log);
+            return t;
+        }
+        using var one = Npy.Load(Run("one", "1"));
+        using var two = Npy.Load(Run("two", "2"));
+        Assert.Equal(new long[] { 2, 4, 32, 32 }, two.shape);
+        Assert.False(two.isnan().any().item<bool>());
+        // Sample 0 depends only on its seed, not on the batch it ran in.
+        SdFixtures.AssertRelative(one[0], two[0], 1e-5, scheduler + " sample 0 alone vs in a batch of 2 (batch-size dependent float rounding only)");
+    }
+
+    [Fact]
+    public void Txt2Img_LongPrompt_IsTruncatedWithAWarning()
+    {
+        var (exit, log) = Pag.Run("txt2img", "--model", _sd.Root, "--prompt", string.Join(" ", Enumerable.Repeat("cat", 80)) + " dog",
+            "--steps", "1", "--count", "1", "--output-type", "latent", "--output", _sd.Dir.File("long"));
+        Assert.True(exit == 0, log);
+        Assert.Contains("truncated", log);
+        Assert.Contains("cat cat cat cat cat dog", log);
+    }
+
+    [Fact]
+    public void Txt2Img_LatentOutput_UsesTheFolderVaeScaleFactor()
+    {
+        // The tiny VAE has two levels (factor 2), so 64×32 pixels are 32×16 latents, with or without decoding.
+        var (exit, log) = Pag.Run("txt2img", "--model", _sd.Root, "--prompt", "cat", "--steps", "1", "--count", "1", "--width", "32",
+            "--height", "64", "--output-type", "latent", "--output", _sd.Dir.File("lat"));
+        Assert.True(exit == 0, log);
+        using var t = Npy.Load(Path.Combine(_sd.Dir.File("lat"), "latents.npy"));
+        Assert.Equal(new long[] { 1, 4, 32, 16 }, t.shape);
+    }
+
+    [Fact]
+    public void LibraryGenerate_EqualsTheCommand()
+    {
+        var (exit, log) = Pag.Run("txt2img", "--model", _sd.Root, "--prompt", "hello cat", "--negative-prompt", "dog", "--steps", "3",
+            "--count", "2", "--seed", "11", "--scheduler", "euler-a", "--pag-layers", "up", "--output", _sd.Dir.File("cmd"), "--save-tensor", _sd.Dir.File("cmd.npy"));
+        Assert.True(exit == 0, log);
+        using var sd = PagSharp.Models.Sd.StableDiffusion.Load(_sd.Root, new PagSharp.Models.Sd.SdComponents(Vae: true, TextEncoder: true));
+        var g = new PagSharp.Sampling.SdGuidance { GuidanceScale = 7.5, PagScale = 3, PagLayers = PagSharp.Attention.DiffusersLayerSpec.Resolve("up", sd.Unet.AttentionLayers) };
+        using var images = sd.Generate("hello cat", new long[] { 11, 12 }, g, negativePrompt: "dog", scheduler: "euler-a", steps: 3);
+        using var expected = Npy.Load(_sd.Dir.File("cmd.npy"));
+        Close.Assert(expected, images, 1e-6, "Generate vs pag txt2img");
+    }
+}
