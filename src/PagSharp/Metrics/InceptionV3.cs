@@ -103,23 +103,12 @@ public sealed class InceptionV3 : Module<Tensor, Tensor>
     {
         if (!File.Exists(path)) throw new PagSharpException($"InceptionV3 weights '{path}' do not exist; download pytorch-fid's pt_inception-2015-12-05-6726825d.pth");
         var model = new InceptionV3();
-        var weights = StateDicts.Load(path);
-        try
+        StateDictLoader.LoadFile(model, path, "Expected pytorch-fid's FID InceptionV3 weights (pt_inception-2015-12-05-6726825d.pth).", weights =>
         {
             foreach (var (key, t) in model.state_dict())
                 if (key.EndsWith(".num_batches_tracked", StringComparison.Ordinal) && !weights.ContainsKey(key))
                     weights[key] = zeros_like(t);
-            StateDictLoader.LoadStrict(model, weights, path, "Expected pytorch-fid's FID InceptionV3 weights (pt_inception-2015-12-05-6726825d.pth).");
-        }
-        catch
-        {
-            model.Dispose();
-            throw;
-        }
-        finally
-        {
-            foreach (var w in weights.Values) w.Dispose();
-        }
+        });
         model.eval();
         return model;
     }

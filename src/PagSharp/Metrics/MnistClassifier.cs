@@ -103,21 +103,7 @@ public sealed class MnistClassifier : Module<Tensor, Tensor>
     /// <summary>Loads weights strictly (names and shapes) from a .safetensors or PyTorch zip file; the model is in eval mode.</summary>
     public static MnistClassifier Load(string path)
     {
-        var model = new MnistClassifier();
-        var weights = StateDicts.Load(path);
-        try
-        {
-            StateDictLoader.LoadStrict(model, weights, path, "Expected the weights of PagSharp's MNIST classifier (pag train-classifier).");
-        }
-        catch
-        {
-            model.Dispose();
-            throw;
-        }
-        finally
-        {
-            foreach (var w in weights.Values) w.Dispose();
-        }
+        var model = StateDictLoader.LoadFile(new MnistClassifier(), path, "Expected the weights of PagSharp's MNIST classifier (pag train-classifier).");
         model.eval();
         return model;
     }

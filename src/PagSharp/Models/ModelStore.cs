@@ -58,27 +58,14 @@ public static class ModelStore
         if (builtIn && checkpoint is null) checkpoint = Path.Combine(BuiltInDir, WeightsFile);
         if (checkpoint is null && !randomWeights)
             throw new PagSharpException("give --checkpoint FILE (.safetensors, .pt, .pth or .bin) for this model, or --random-weights");
+        if (checkpoint is not null && !File.Exists(checkpoint)) throw new PagSharpException($"checkpoint '{checkpoint}' does not exist");
         var net = new AdmUNet(cfg);
         net.eval();
         if (checkpoint is not null)
         {
-            if (!File.Exists(checkpoint)) throw new PagSharpException($"checkpoint '{checkpoint}' does not exist");
-            var weights = StateDicts.Load(checkpoint);
-            try
-            {
-                string what = preset is not null ? $"preset '{preset}'" : configPath is not null ? $"config '{configPath}'" : "the built-in model config";
-                StateDictLoader.LoadStrict(net, weights, checkpoint,
-                    $"Is {what} the right configuration for this checkpoint? Presets: {string.Join(", ", AdmPresets.All.Select(p => $"{p.Key} ({p.Value.Checkpoint})"))}");
-            }
-            catch
-            {
-                net.Dispose();
-                throw;
-            }
-            finally
-            {
-                foreach (var w in weights.Values) w.Dispose();
-            }
+            string what = preset is not null ? $"preset '{preset}'" : configPath is not null ? $"config '{configPath}'" : "the built-in model config";
+            StateDictLoader.LoadFile(net, checkpoint,
+                $"Is {what} the right configuration for this checkpoint? Presets: {string.Join(", ", AdmPresets.All.Select(p => $"{p.Key} ({p.Value.Checkpoint})"))}");
         }
         return new LoadedAdm { Net = net, Source = checkpoint ?? "random weights" };
     }

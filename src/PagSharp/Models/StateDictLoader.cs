@@ -44,5 +44,30 @@ public static class StateDictLoader
         }
     }
 
+    /// <summary>
+    /// Loads a weights file (<see cref="IO.StateDicts"/>: safetensors or a PyTorch zip, read without executing code)
+    /// strictly into <paramref name="module"/>; <paramref name="patch"/> may complete the dictionary first (e.g.
+    /// buffers a checkpoint omits). The file's tensors are released afterwards; on failure the module is disposed.
+    /// </summary>
+    public static T LoadFile<T>(T module, string path, string? hint = null, Action<Dictionary<string, Tensor>>? patch = null) where T : nn.Module
+    {
+        var weights = IO.StateDicts.Load(path);
+        try
+        {
+            patch?.Invoke(weights);
+            LoadStrict(module, weights, path, hint);
+            return module;
+        }
+        catch
+        {
+            module.Dispose();
+            throw;
+        }
+        finally
+        {
+            foreach (var w in weights.Values) w.Dispose();
+        }
+    }
+
     private static string Shape(Tensor t) => "[" + string.Join(",", t.shape) + "]";
 }
