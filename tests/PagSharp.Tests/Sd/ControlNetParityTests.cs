@@ -199,6 +199,14 @@ public class ControlNetParityTests
     }
 
     [Fact]
+    public void TensorSpec_ReadsASafetensorsFileWhoseHeaderLengthStartsWith0x80()
+    {
+        // sampling.safetensors has a 0x0580-byte header, so its first bytes (80 05) look like a pickle's PROTO 5.
+        using var t = TensorSpec.Load(Fx("sampling.safetensors") + ":control_image");
+        Assert.Equal(new long[] { 1, 3, 64, 64 }, t.shape);
+    }
+
+    [Fact]
     public void GuessMode_ScalesResidualsLogarithmically()
     {
         using var cn = LoadControlNet();
