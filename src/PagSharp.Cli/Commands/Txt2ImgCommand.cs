@@ -23,6 +23,7 @@ public sealed class Txt2ImgCommand : Command<Txt2ImgSettings>
     public const string RunFile = "run.json";
     public const string LatentsFile = "latents.npy";
     public const string ControlFile = "control.png";
+    public const string CompareFile = "compare.png";
 
     public override int Execute(CommandContext context, Txt2ImgSettings s, CancellationToken cancellationToken)
     {
@@ -35,7 +36,10 @@ public sealed class Txt2ImgCommand : Command<Txt2ImgSettings>
         if (s.BatchSize < 1) throw new PagSharpException($"--batch-size must be ≥ 1 (got {s.BatchSize})");
         if (s.Scheduler is not null) Schedulers.Check(s.Scheduler);
         var (shardK, shardN) = SampleCommand.ParseShard(s.Shard);
-        bool cfg = s.GuidanceScale > 1;
+        var methods = s.Compare is null ? null : CompareMethods(s.Compare);
+        if (methods is not null && latentOut) throw new PagSharpException("--compare writes an image grid; it cannot be combined with --output-type latent");
+        if (methods is not null && s.Shard is not null) throw new PagSharpException("--compare cannot be sharded");
+        bool cfg = methods is null ? s.GuidanceScale > 1 : methods.Any(m => m.Cfg > 1);
         if (s.ControlImage is not null && s.ControlNet is null) throw new PagSharpException("--control-image needs --controlnet PATH (a diffusers ControlNet)");
         if (s.ControlNet is not null && s.ControlImage is null) throw new PagSharpException("--controlnet needs --control-image FILE (PNG, or a prepared tensor)");
         if (s.Canny && s.ControlImage is null) throw new PagSharpException("--canny needs --control-image FILE.png (the photo to take edges of)");
@@ -79,6 +83,9 @@ public sealed class Txt2ImgCommand : Command<Txt2ImgSettings>
             : Encode(sd, s.NegativePrompt ?? "", 0); // diffusers applies clip_skip to the prompt only
         if (negEmb is not null && !negEmb.shape[1..].SequenceEqual(promptEmb.shape[1..]))
             throw new PagSharpException($"negative prompt embeddings have shape [{string.Join(",", negEmb.shape)}] but the prompt embeddings [{string.Join(",", promptEmb.shape)}]; they must match");
+
+        if (methods is not null)
+            return RunCompare(s, sd, scheduler, methods, promptEmb, negEmb, init, latentShape, count, control, cancellationToken);
 
         int bs = s.BatchSize, batches = (count + bs - 1) / bs;
         var myBatches = Enumerable.Range(0, batches).Where(b => b % shardN == shardK).ToArray();
@@ -162,6 +169,71 @@ public sealed class Txt2ImgCommand : Command<Txt2ImgSettings>
         AnsiConsole.MarkupLine(latentOut
             ? $"{written} latents computed, {skipped} already present → {Markup.Escape(tensorOut!)} ({RunFile} in {Markup.Escape(s.Output)})"
             : $"{written} images written, {skipped} already present → {Markup.Escape(s.Output)} (grid.png, {RunFile})");
+        return 0;
+    }
+
+    /// <summary>--compare methods: none, cfg:W, pag:S and cfg:W+pag:S (SAG is not available for Stable Diffusion).</summary>
+    private static IReadOnlyList<CompareCommand.Method> CompareMethods(string spec)
+    {
+        var methods = CompareCommand.ParseMethods(spec);
+        if (methods.Count == 0) throw new PagSharpException("--compare is empty; give methods such as none,cfg:7.5,pag:3,cfg:7.5+pag:3");
+        foreach (var m in methods)
+            if (m.Sag > 0) throw new PagSharpException($"--compare item '{m.Label}': SAG is not available for Stable Diffusion; valid: none, cfg:W, pag:S, cfg:W+pag:S");
+        return methods;
+    }
+
+    /// <summary>
+    /// The comparison grid: for every method the same seeds (rows) and initial noise, in one batch per method; the
+    /// first column is the control image when there is one. Writes OUTPUT/compare.png (and --save-tensor: the
+    /// images in [0, 1], row-major).
+    /// </summary>
+    private static int RunCompare(Txt2ImgSettings s, StableDiffusion sd, string scheduler, IReadOnlyList<CompareCommand.Method> methods,
+                                  Tensor promptEmb, Tensor? negEmb, Tensor? init, long[] latentShape, int count, SdControl? control,
+                                  CancellationToken cancellationToken)
+    {
+        var guidances = methods.Select(m => s.BuildGuidance(sd.Unet.AttentionLayers, m.Cfg, m.Pag)).ToArray();
+        var idx = Enumerable.Range(0, count).ToArray();
+        var seeds = idx.Select(i => s.Seed + i).ToArray();
+        var ct = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, App.CtrlC()).Token;
+        var columns = new List<Tensor>();
+        var labels = new List<string>();
+        if (control is not null && control.Image.shape[1] is 1 or 3)
+        {
+            var img = Rows(control.Image, idx);
+            columns.Add(img.shape[1] == 1 ? img.expand(-1, 3, -1, -1) : img);
+            labels.Add("control");
+        }
+        try
+        {
+            AnsiConsole.Progress().Start(ctx =>
+            {
+                for (int c = 0; c < methods.Count; c++)
+                {
+                    var task = ctx.AddTask(methods[c].Label, maxValue: s.Steps);
+                    using var scope = NewDisposeScope();
+                    using var source = new NoiseSource(seeds);
+                    var xT = init is not null ? init : source.Randn(latentShape);
+                    var g = guidances[c];
+                    var latents = sd.Denoise(scheduler, s.Steps, s.Eta, xT, source, Rows(promptEmb, idx), g.UsesCfg ? Rows(negEmb!, idx) : null,
+                        g, seeds[0], st => task.Value = st.Index + 1, ct, control is null ? null : control with { Image = Rows(control.Image, idx) });
+                    columns.Add(sd.Decode(latents).MoveToOuterDisposeScope());
+                    labels.Add(methods[c].Label);
+                }
+            });
+        }
+        catch (OperationCanceledException)
+        {
+            foreach (var t in columns) t.Dispose();
+            AnsiConsole.MarkupLine("[yellow]stopped: nothing written[/]");
+            return App.ExitCancelled;
+        }
+        Directory.CreateDirectory(s.Output);
+        using var grid = stack(columns.ToArray(), 1).flatten(0, 1); // row-major: (seed r, column c) at r * cols + c
+        string file = Path.Combine(s.Output, CompareFile);
+        Grid.SaveLabelled(file, grid * 2 - 1, count, columns.Count, labels, seeds.Select(x => $"seed {x}").ToArray(), 1);
+        if (s.SaveTensor is not null) Npy.Save(s.SaveTensor, grid);
+        foreach (var t in columns) t.Dispose();
+        AnsiConsole.MarkupLine($"wrote {Markup.Escape(file)} ({count} seeds × {labels.Count} columns: {Markup.Escape(string.Join(", ", labels))})");
         return 0;
     }
 

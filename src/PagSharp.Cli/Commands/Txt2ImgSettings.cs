@@ -81,6 +81,9 @@ public sealed class Txt2ImgSettings : CommandSettings
     [CommandOption("--guess-mode")][Description("diffusers' guess_mode: residuals scaled 0.1 → 1 from shallow to deep; with CFG the ControlNet feeds only the conditional branches.")]
     public bool GuessMode { get; init; }
 
+    [CommandOption("--compare <METHODS>")][Description("Instead of single images, write OUTPUT/compare.png: rows = seeds (--count), columns = the control image (with --controlnet), then each method, all from the same noise. Methods: none, cfg:W, pag:S, cfg:W+pag:S (diffusers' guidance_scale / pag_scale), e.g. none,cfg:7.5,pag:3,cfg:7.5+pag:3.")]
+    public string? Compare { get; init; }
+
     public bool LatentOutput => OutputType switch
     {
         "latent" => true,
@@ -89,16 +92,17 @@ public sealed class Txt2ImgSettings : CommandSettings
     };
 
     /// <summary>The guidance these options mean for a U-Net with the given self-attention layers.</summary>
-    public SdGuidance BuildGuidance(IReadOnlyList<AttentionLayerInfo> layers)
+    public SdGuidance BuildGuidance(IReadOnlyList<AttentionLayerInfo> layers, double? guidanceScale = null, double? pagScale = null)
     {
+        double pag = pagScale ?? PagScale;
         var g = new SdGuidance
         {
-            GuidanceScale = GuidanceScale,
+            GuidanceScale = guidanceScale ?? GuidanceScale,
             GuidanceRescale = GuidanceRescale,
-            PagScale = PagScale,
+            PagScale = pag,
             PagAdaptiveScale = PagAdaptiveScale,
             Perturbation = PerturbationSpec.Parse(Perturbation),
-            PagLayers = PagScale > 0 ? DiffusersLayerSpec.Resolve(PagLayers, layers) : Array.Empty<string>(),
+            PagLayers = pag > 0 ? DiffusersLayerSpec.Resolve(PagLayers, layers) : Array.Empty<string>(),
             SharedPrefix = !NoSharedPrefix,
         };
         g.Validate();

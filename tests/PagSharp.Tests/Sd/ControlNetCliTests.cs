@@ -100,6 +100,34 @@ public sealed class ControlNetCliTests : IDisposable
     }
 
     [Fact]
+    public void Txt2Img_Compare_ControlNetGrid_ControlNoneCfgPagCfgPag()
+    {
+        string outDir = _sd.Dir.File("cmp"), grid = _sd.Dir.File("cmp.npy");
+        var common = new List<string> { "txt2img", "--model", _sd.Root, "--controlnet", Cn, "--control-image", Sampling + ":control_image",
+            "--init-noise", Sampling + ":latents_T", "--pag-layers", "mid", "--steps", "5", "--scheduler", "ddim" };
+        common.AddRange(Embeds(false));
+        var (exit, log) = Pag.Run(common.Concat(new[] { "--compare", "none,cfg:6,pag:3,cfg:6+pag:3", "--output", outDir, "--save-tensor", grid }).ToArray());
+        Assert.True(exit == 0, log);
+        Assert.Contains("control, none, cfg:6, pag:3, cfg:6+pag:3", log);
+        Assert.True(File.Exists(Path.Combine(outDir, "compare.png")));
+        using var g = Npy.Load(grid);
+        Assert.Equal(new long[] { 5, 3, 64, 64 }, g.shape);
+        using (var ci = SafeTensors.LoadTensor(Sampling, "control_image"))
+            Close.Assert(ci[0], g[0], 1e-7, "column 0 is the control image");
+        // The CFG+PAG column equals the single run with the same settings.
+        string single = _sd.Dir.File("single.npy");
+        (exit, log) = Pag.Run(common.Concat(new[] { "--guidance-scale", "6", "--pag-scale", "3", "--output", _sd.Dir.File("single"), "--save-tensor", single }).ToArray());
+        Assert.True(exit == 0, log);
+        using var one = Npy.Load(single);
+        Close.Assert(one[0], g[4], 1e-6, "cfg:6+pag:3 column vs pag txt2img");
+        Close.AssertDiffer(g[1], g[4], 1e-4, "none vs cfg+pag");
+        // Refused combinations.
+        (exit, log) = Pag.Run(common.Concat(new[] { "--compare", "sag:1", "--output", _sd.Dir.File("c2") }).ToArray());
+        Assert.True(exit == 2, log);
+        Assert.Contains("SAG", log);
+    }
+
+    [Fact]
     public void Txt2Img_DefaultSize_IsTheControlImageSize()
     {
         string png = _sd.Dir.File("edges.png");
