@@ -289,7 +289,8 @@ public sealed class Txt2ImgCommand : Command<Txt2ImgSettings>
     {
         string spec = s.ControlImage!;
         int f = sd.VaeScaleFactor, cc = net.Config.ConditioningChannels;
-        bool tensorSpec = spec.EndsWith(".npy", StringComparison.OrdinalIgnoreCase) || spec.Contains(".safetensors", StringComparison.OrdinalIgnoreCase);
+        string ext = Path.GetExtension(spec).ToLowerInvariant();
+        bool tensorSpec = ext is not (".png" or ".jpg" or ".jpeg");
         Tensor img;
         if (tensorSpec)
         {

@@ -199,6 +199,36 @@ public class ControlNetParityTests
     }
 
     [Fact]
+    public void Load_FolderFileAndFp16_AreStrictAndEquivalent()
+    {
+        using var dir = new TempDir();
+        string full = Path.Combine(dir.Path, "full"), half = Path.Combine(dir.Path, "half");
+        ControlNetCliTests.WriteControlNet(full, ControlNetConfigJson(), Fx("controlnet_weights.safetensors"));
+        ControlNetCliTests.WriteControlNet(half, ControlNetConfigJson(), null);
+        var w = SafeTensors.Load(Fx("controlnet_weights.safetensors"));
+        try { SafeTensors.Save(Path.Combine(half, "diffusion_pytorch_model.fp16.safetensors"), w.ToDictionary(kv => kv.Key, kv => kv.Value.to_type(ScalarType.Float16))); }
+        finally { TensorAssert.DisposeAll(w); }
+        using var reference = LoadControlNet();
+        using var fromFolder = SdControlNet.Load(full);
+        using var fromFile = SdControlNet.Load(Path.Combine(full, "diffusion_pytorch_model.safetensors"));
+        using var fromHalf = SdControlNet.Load(half);
+        var c = SdFixtures.Tensors(Fx("cases.safetensors"));
+        try
+        {
+            using var _ = no_grad();
+            var t = c["t"].reshape(Array.Empty<long>());
+            using var a = fromFolder.Forward(c["x"], t, c["encoder_hidden_states"], c["controlnet_cond"]);
+            using var b = fromFile.Forward(c["x"], t, c["encoder_hidden_states"], c["controlnet_cond"]);
+            using var h = fromHalf.Forward(c["x"], t, c["encoder_hidden_states"], c["controlnet_cond"]);
+            Close.Assert(c["cn_scale1.0_mid"], a.Mid, Tol, "folder");
+            Close.Assert(c["cn_scale1.0_mid"], b.Mid, Tol, "file");
+            Assert.Equal(ScalarType.Float32, h.Mid.dtype);
+            Close.Assert(c["cn_scale1.0_mid"], h.Mid, 2e-2, "fp16 weights, up-cast");
+        }
+        finally { TensorAssert.DisposeAll(c); }
+    }
+
+    [Fact]
     public void TensorSpec_ReadsASafetensorsFileWhoseHeaderLengthStartsWith0x80()
     {
         // sampling.safetensors has a 0x0580-byte header, so its first bytes (80 05) look like a pickle's PROTO 5.
