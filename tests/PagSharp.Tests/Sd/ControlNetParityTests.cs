@@ -237,6 +237,27 @@ public class ControlNetParityTests
     }
 
     [Fact]
+    public void GuessMode_WithCfgAndPag_SharedPrefixEqualsFullBatch_AndDiffersFromNormalMode()
+    {
+        using var unet = LoadUnet();
+        using var cn = LoadControlNet();
+        var f = SdFixtures.Tensors(Fx("sampling.safetensors"));
+        try
+        {
+            var layers = DiffusersLayerSpec.Resolve("mid", unet.AttentionLayers);
+            Tensor Run(bool guess, bool shared) => StableDiffusionPipeline.Denoise(unet, new DdimScheduler(Scheduler(), 3), f["latents_T"],
+                f["prompt_embeds"], f["negative_prompt_embeds"], new SdGuidance { GuidanceScale = 6, PagScale = 3, PagLayers = layers, SharedPrefix = shared },
+                control: new SdControl(cn, f["control_image"]) { GuessMode = guess });
+            using var a = Run(true, true);
+            using var b = Run(true, false);
+            using var normal = Run(false, true);
+            SdFixtures.AssertRelative(a, b, 1e-5, "guess mode, shared prefix vs full batch");
+            Close.AssertDiffer(a, normal, 1e-3, "guess mode vs normal");
+        }
+        finally { TensorAssert.DisposeAll(f); }
+    }
+
+    [Fact]
     public void GuessMode_ScalesResidualsLogarithmically()
     {
         using var cn = LoadControlNet();
