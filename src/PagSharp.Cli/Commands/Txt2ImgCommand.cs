@@ -40,7 +40,9 @@ public sealed class Txt2ImgCommand : Command<Txt2ImgSettings>
         if (methods is not null && latentOut) throw new PagSharpException("--compare writes an image grid; it cannot be combined with --output-type latent");
         if (methods is not null && s.Shard is not null) throw new PagSharpException("--compare cannot be sharded");
         bool cfg = methods is null ? s.GuidanceScale > 1 : methods.Any(m => m.Cfg > 1);
-        if (s.ControlImage is not null && s.ControlNet is null) throw new PagSharpException("--control-image needs --controlnet PATH (a diffusers ControlNet)");
+        // A ControlNet pipeline folder (StableDiffusionControlNetPipeline) carries its ControlNet in controlnet/.
+        string? controlNetPath = s.ControlNet ?? (s.ControlImage is not null && Directory.Exists(Path.Combine(s.Model, "controlnet")) ? Path.Combine(s.Model, "controlnet") : null);
+        if (s.ControlImage is not null && controlNetPath is null) throw new PagSharpException($"--control-image needs --controlnet PATH (a diffusers ControlNet); {Path.Combine(s.Model, "controlnet")} does not exist either");
         if (s.ControlNet is not null && s.ControlImage is null) throw new PagSharpException("--controlnet needs --control-image FILE (PNG, or a prepared tensor)");
         if (s.Canny && s.ControlImage is null) throw new PagSharpException("--canny needs --control-image FILE.png (the photo to take edges of)");
         bool needText = s.Prompt is not null || (cfg && s.NegativePromptEmbeds is null);
@@ -48,7 +50,7 @@ public sealed class Txt2ImgCommand : Command<Txt2ImgSettings>
         using var sd = StableDiffusion.Load(s.Model, new SdComponents(Vae: !latentOut, TextEncoder: needText));
         string scheduler = s.Scheduler ?? sd.Folder.NativeSchedulerName ?? "ddim";
         var guidance = s.BuildGuidance(sd.Unet.AttentionLayers);
-        using var controlNet = s.ControlNet is null ? null : LoadControlNet(s.ControlNet, sd);
+        using var controlNet = controlNetPath is null ? null : LoadControlNet(controlNetPath, sd);
         using var controlImage = controlNet is null ? null : LoadControlImage(s, sd, controlNet);
         var control = controlNet is null ? null : new SdControl(controlNet, controlImage!)
         {
@@ -89,7 +91,7 @@ public sealed class Txt2ImgCommand : Command<Txt2ImgSettings>
 
         int bs = s.BatchSize, batches = (count + bs - 1) / bs;
         var myBatches = Enumerable.Range(0, batches).Where(b => b % shardN == shardK).ToArray();
-        var settings = Settings(s, sd, scheduler, guidance, count, width, height, control);
+        var settings = Settings(s, sd, scheduler, guidance, count, width, height, control, controlNetPath);
         var samples = new JsonArray();
         foreach (int b in myBatches)
             for (int i = b * bs; i < Math.Min(count, (b + 1) * bs); i++)
@@ -316,12 +318,13 @@ public sealed class Txt2ImgCommand : Command<Txt2ImgSettings>
         return img;
     }
 
-    private static JsonObject Settings(Txt2ImgSettings s, StableDiffusion sd, string scheduler, SdGuidance g, int count, int width, int height, SdControl? control)
+    private static JsonObject Settings(Txt2ImgSettings s, StableDiffusion sd, string scheduler, SdGuidance g, int count, int width, int height,
+                                       SdControl? control, string? controlNetPath)
     {
         var o = BaseSettings(s, sd, scheduler, g, count, width, height, control);
         if (control is null) return o;
         // Only ControlNet runs carry these, so run.json of earlier runs still matches on resume.
-        o["controlnet"] = FullSpec(s.ControlNet!);
+        o["controlnet"] = FullSpec(controlNetPath!);
         o["control_image"] = FullSpec(s.ControlImage!);
         o["control_preprocessor"] = s.Canny ? $"canny:{s.CannyLow}:{s.CannyHigh}" : "none";
         o["controlnet_conditioning_scale"] = control.ConditioningScale;

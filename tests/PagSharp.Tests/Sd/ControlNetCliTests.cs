@@ -17,11 +17,11 @@ public sealed class ControlNetCliTests : IDisposable
     private readonly TinySdFolder _sd = new();
     private static string Sampling => ControlNetParityTests.Fx("sampling.safetensors");
 
-    public ControlNetCliTests() => WriteControlNet(_sd.Path("controlnet"), ControlNetParityTests.ControlNetConfigJson(), ControlNetParityTests.Fx("controlnet_weights.safetensors"));
+    public ControlNetCliTests() => WriteControlNet(Cn, ControlNetParityTests.ControlNetConfigJson(), ControlNetParityTests.Fx("controlnet_weights.safetensors"));
 
     public void Dispose() => _sd.Dispose();
 
-    private string Cn => _sd.Path("controlnet");
+    private string Cn => _sd.Dir.File("cn-tiny");
 
     internal static void WriteControlNet(string dir, string configJson, string? weights)
     {
@@ -128,6 +128,22 @@ public sealed class ControlNetCliTests : IDisposable
     }
 
     [Fact]
+    public void Txt2Img_ControlNetPipelineFolder_UsesItsControlnetSubfolder()
+    {
+        WriteControlNet(_sd.Path("controlnet"), ControlNetParityTests.ControlNetConfigJson(), ControlNetParityTests.Fx("controlnet_weights.safetensors"));
+        string tensor = _sd.Dir.File("sub.npy");
+        var args = new List<string> { "txt2img", "--model", _sd.Root, "--control-image", Sampling + ":control_image", "--init-noise", Sampling + ":latents_T",
+            "--guidance-scale", "0", "--pag-scale", "3", "--steps", "5", "--scheduler", "ddim", "--output-type", "latent", "--save-tensor", tensor,
+            "--output", _sd.Dir.File("sub") };
+        args.AddRange(Embeds(true));
+        var (exit, log) = Pag.Run(args.ToArray());
+        Assert.True(exit == 0, log);
+        using var actual = Npy.Load(tensor);
+        using var expected = SafeTensors.LoadTensor(Sampling, "final_uncond_pag3_mid");
+        SdFixtures.AssertRelative(expected, actual, 1e-4, "controlnet/ subfolder");
+    }
+
+    [Fact]
     public void Txt2Img_DefaultSize_IsTheControlImageSize()
     {
         string png = _sd.Dir.File("edges.png");
@@ -160,7 +176,7 @@ public sealed class ControlNetCliTests : IDisposable
         string ci = Sampling + ":control_image";
         // Missing pieces.
         AssertBad(o, Run(o, "--controlnet", Cn), "--control-image");
-        AssertBad(o, Run(o, "--control-image", ci), "--controlnet");
+        AssertBad(o, Run(o, "--control-image", ci), "--controlnet", Path.Combine(_sd.Root, "controlnet"));
         AssertBad(o, Run(o, "--controlnet", _sd.Dir.File("nope"), "--control-image", ci), "nope", "does not exist");
         AssertBad(o, Run(o, "--controlnet", Cn, "--control-image", _sd.Dir.File("missing.png")), "missing.png", "does not exist");
         string noCfg = _sd.Dir.File("cn_nocfg");
