@@ -62,6 +62,28 @@ public sealed class Txt2ImgSettings : CommandSettings
     [CommandOption("--shard <K/N>")][Description("Produce only shard K (0-based) of N: batches b with b mod N = K.")]
     public string? Shard { get; init; }
 
+    [CommandOption("--controlnet <PATH>")][Description("diffusers ControlNet (SD 1.x/2.x): a folder with config.json and diffusion_pytorch_model.safetensors, or such a weight file with config.json beside it (default with --control-image: the model folder's controlnet/, as in a StableDiffusionControlNetPipeline folder). Needs --control-image. Runs as diffusers' StableDiffusionControlNetPAGPipeline (the control image goes to every branch; PAG perturbs only the U-Net).")]
+    public string? ControlNet { get; init; }
+    [CommandOption("--control-image <FILE>")][Description("Control image: PNG/JPEG (converted to RGB, resized with Lanczos to the generation size, values 0..1, as diffusers), or a prepared tensor [[1 or N,C,H,W]] (FILE.npy or FILE.safetensors:KEY) at the generation size. The generation size defaults to the image's (rounded down to the VAE scale factor).")]
+    public string? ControlImage { get; init; }
+    [CommandOption("--controlnet-scale|--controlnet-conditioning-scale <S>")][Description("controlnet_conditioning_scale: the ControlNet residuals are multiplied by S. Default 1.")]
+    public double ControlNetScale { get; init; } = 1.0;
+    [CommandOption("--canny")][Description("Use the Canny edges of --control-image (an ordinary photo) instead of the image itself.")]
+    public bool Canny { get; init; }
+    [CommandOption("--canny-low <T>")][Description("Canny low threshold (default 100, as cv2.Canny(image, 100, 200)).")]
+    public double CannyLow { get; init; } = 100;
+    [CommandOption("--canny-high <T>")][Description("Canny high threshold (default 200).")]
+    public double CannyHigh { get; init; } = 200;
+    [CommandOption("--control-guidance-start <F>")][Description("Fraction of the steps after which the ControlNet starts (default 0).")]
+    public double ControlGuidanceStart { get; init; }
+    [CommandOption("--control-guidance-end <F>")][Description("Fraction of the steps after which the ControlNet stops (default 1).")]
+    public double ControlGuidanceEnd { get; init; } = 1;
+    [CommandOption("--guess-mode")][Description("diffusers' guess_mode: residuals scaled 0.1 → 1 from shallow to deep; with CFG the ControlNet feeds only the conditional branches.")]
+    public bool GuessMode { get; init; }
+
+    [CommandOption("--compare <METHODS>")][Description("Instead of single images, write OUTPUT/compare.png: rows = seeds (--count), columns = the control image (with --controlnet), then each method, all from the same noise. Methods: none, cfg:W, pag:S, cfg:W+pag:S (diffusers' guidance_scale / pag_scale), e.g. none,cfg:7.5,pag:3,cfg:7.5+pag:3.")]
+    public string? Compare { get; init; }
+
     public bool LatentOutput => OutputType switch
     {
         "latent" => true,
@@ -70,16 +92,17 @@ public sealed class Txt2ImgSettings : CommandSettings
     };
 
     /// <summary>The guidance these options mean for a U-Net with the given self-attention layers.</summary>
-    public SdGuidance BuildGuidance(IReadOnlyList<AttentionLayerInfo> layers)
+    public SdGuidance BuildGuidance(IReadOnlyList<AttentionLayerInfo> layers, double? guidanceScale = null, double? pagScale = null)
     {
+        double pag = pagScale ?? PagScale;
         var g = new SdGuidance
         {
-            GuidanceScale = GuidanceScale,
+            GuidanceScale = guidanceScale ?? GuidanceScale,
             GuidanceRescale = GuidanceRescale,
-            PagScale = PagScale,
+            PagScale = pag,
             PagAdaptiveScale = PagAdaptiveScale,
             Perturbation = PerturbationSpec.Parse(Perturbation),
-            PagLayers = PagScale > 0 ? DiffusersLayerSpec.Resolve(PagLayers, layers) : Array.Empty<string>(),
+            PagLayers = pag > 0 ? DiffusersLayerSpec.Resolve(PagLayers, layers) : Array.Empty<string>(),
             SharedPrefix = !NoSharedPrefix,
         };
         g.Validate();

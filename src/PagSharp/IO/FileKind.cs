@@ -18,6 +18,8 @@ internal static class FileSniffer
         fs.Position = 0;
         head = head[..n];
         if (head.StartsWith("PK\x03\x04"u8) || head.StartsWith("PK\x05\x06"u8)) return FileKind.Zip;
+        // Before the pickle test: a safetensors header length such as 0x0580 also starts with the bytes 0x80 0x05.
+        if (n >= 9 && head[8] == (byte)'{' && BitConverter.ToUInt64(head) <= (ulong)fs.Length - 8) return FileKind.SafeTensors;
         if (n >= 2 && head[0] == 0x80 && head[1] <= 5)
         {
             ReadOnlySpan<byte> rest = head[2..];

@@ -59,6 +59,25 @@ public static class Png
         return torch.tensor(chw, [channels, h, w]);
     }
 
+    /// <summary>
+    /// Decodes a PNG or JPEG into interleaved 8-bit RGB bytes (row-major, [H, W, 3]): an alpha channel is dropped, not
+    /// composited, and grayscale is repeated into the three channels, as PIL's <c>convert("RGB")</c>.
+    /// </summary>
+    /// <exception cref="PagSharpException">The file is missing, unreadable, not a decodable image, or too large.</exception>
+    public static byte[] LoadRgb8(string path, out int width, out int height)
+    {
+        ArgumentNullException.ThrowIfNull(path);
+        byte[] rgba = DecodeRgba(path, out width, out height);
+        var rgb = new byte[width * height * 3];
+        for (int i = 0, n = width * height; i < n; i++)
+        {
+            rgb[3 * i] = rgba[4 * i];
+            rgb[3 * i + 1] = rgba[4 * i + 1];
+            rgb[3 * i + 2] = rgba[4 * i + 2];
+        }
+        return rgb;
+    }
+
     /// <summary>Decodes, resizes/crops and converts one image to channel-first floats in [-1, 1].</summary>
     internal static float[] LoadPixels(string path, int? size, int channels, out int height, out int width)
     {

@@ -32,12 +32,22 @@ public static class StableDiffusionPipeline
     /// <param name="onStep">Called after every step.</param>
     /// <param name="policyGenerator">Random source for stochastic perturbation policies.</param>
     /// <param name="cancellation">Checked between steps.</param>
+    /// <param name="control">
+    /// A ControlNet (diffusers' <c>StableDiffusionControlNetPAGPipeline</c>): each step it runs once, with normal
+    /// attention, on the U-Net's batch with the control image in every branch (uncond, cond, perturbed) and the same
+    /// text conditioning; its residuals go to the U-Net. With a shared prefix the perturbed branch is not fed to it:
+    /// the forked entries get the cond branch's residuals, which are what a full pass computes for them. Outside
+    /// [GuidanceStart, GuidanceEnd] it is not run (diffusers runs it with scale 0, which adds zeros). In guess mode
+    /// with CFG it runs on the cond (and perturbed) entries only and the uncond entries get no residual, as
+    /// diffusers' StableDiffusionControlNetPipeline.
+    /// </param>
     public static Tensor Denoise(SdUNet unet, IScheduler scheduler, Tensor noise, Tensor promptEmbeds, Tensor? negativeEmbeds,
                                  SdGuidance guidance, NoiseSource? noiseSource = null, Action<SdStep>? onStep = null,
-                                 Generator? policyGenerator = null, CancellationToken cancellation = default)
+                                 Generator? policyGenerator = null, CancellationToken cancellation = default, SdControl? control = null)
     {
         guidance.Validate();
         CheckInputs(unet, noise, promptEmbeds, negativeEmbeds, guidance);
+        Tensor? controlImage = control is null ? null : PrepareControl(unet, control, noise);
         bool cfg = guidance.UsesCfg, pag = guidance.UsesPag;
         long b = noise.shape[0];
 
@@ -69,7 +79,26 @@ public static class StableDiffusionPipeline
             var input = fed == 1 ? latents : cat(Enumerable.Repeat(latents, fed).ToArray(), 0);
             input = scheduler.ScaleModelInput(input, i);
             using var tt = tensor(t);
-            var output = unet.Forward(input, tt, emb, plan);
+            ControlNetResiduals? residuals = null;
+            float keep = control?.Keep(i, timesteps.Count) ?? 0f;
+            if (control is not null && keep > 0)
+            {
+                double scale = control.ConditioningScale * keep;
+                if (control.EffectiveGuessMode && cfg)
+                {
+                    // Only the cond (and fed perturbed) entries; the uncond entries get zero residuals.
+                    long rest = input.shape[0] - b;
+                    using var part = control.Net.Forward(input.narrow(0, b, rest), tt, emb.narrow(0, b, rest),
+                        Repeat(controlImage!, (int)(rest / b)), scale, true);
+                    residuals = new ControlNetResiduals(
+                        part.Down.Select(d => cat(new[] { zeros_like(d.narrow(0, 0, b)), d }, 0)).ToList(),
+                        cat(new[] { zeros_like(part.Mid.narrow(0, 0, b)), part.Mid }, 0));
+                }
+                else
+                    residuals = control.Net.Forward(input, tt, emb, Repeat(controlImage!, fed), scale, control.EffectiveGuessMode);
+            }
+            var output = unet.Forward(input, tt, emb, plan, residuals);
+            residuals?.Dispose();
             var chunks = output.chunk(blocks, 0);
             Tensor guided;
             var c = chunks[condBlock];
@@ -107,6 +136,29 @@ public static class StableDiffusionPipeline
         var stdCfg = noiseCfg.std(dims, unbiased: true, keepdim: true);
         var rescaled = noiseCfg * (stdText / stdCfg);
         return (float)phi * rescaled + (float)(1 - phi) * noiseCfg;
+    }
+
+    private static Tensor Repeat(Tensor x, int times) => times == 1 ? x : cat(Enumerable.Repeat(x, times).ToArray(), 0);
+
+    /// <summary>The control image at the batch of the latents ([B, C, H, W]), checked against the ControlNet and the UNet.</summary>
+    private static Tensor PrepareControl(SdUNet unet, SdControl control, Tensor noise)
+    {
+        control.Validate();
+        var cn = control.Net.Config;
+        cn.CheckFits(unet.Config, "the ControlNet config");
+        var img = control.Image;
+        long b = noise.shape[0], f = cn.ConditioningFactor;
+        if (img.dim() == 3) img = img.unsqueeze(0);
+        if (img.dim() != 4 || img.shape[1] != cn.ConditioningChannels)
+            throw new PagSharpException($"the control image has shape [{string.Join(",", control.Image.shape)}]; this ControlNet expects [1 or {b},{cn.ConditioningChannels},H,W] (conditioning_channels {cn.ConditioningChannels})");
+        if (img.shape[0] != 1 && img.shape[0] != b)
+            throw new PagSharpException($"{img.shape[0]} control images for {b} latents; give one, or one per sample");
+        if (img.shape[2] != noise.shape[2] * f || img.shape[3] != noise.shape[3] * f)
+            throw new PagSharpException($"the control image is {img.shape[3]}×{img.shape[2]} but latents of {noise.shape[3]}×{noise.shape[2]} need a {noise.shape[3] * f}×{noise.shape[2] * f} control image (width×height; this ControlNet downsamples by {f}); resize it to the generation size");
+        if (!img.is_floating_point())
+            throw new PagSharpException($"the control image holds {img.dtype} values; expected floating-point values (0..1 for the standard SD ControlNets)");
+        img = img.to_type(noise.dtype);
+        return img.shape[0] == b ? img : img.expand(b, -1, -1, -1).contiguous();
     }
 
     private static long[] Range(long start, long count) => Enumerable.Range(0, (int)count).Select(i => start + i).ToArray();

@@ -104,13 +104,14 @@ public sealed class DiffusersFolder
 
     /// <summary>
     /// scheduler/scheduler_config.json with the fix-ups <c>StableDiffusionPipeline.__init__</c> applies to every
-    /// scheduler it is given: steps_offset = 1 and clip_sample = false.
+    /// scheduler it is given: steps_offset = 1 and clip_sample = false. With <paramref name="pipelineFixups"/> false
+    /// the file as it is, which is what diffusers' ControlNet pipelines use (they apply no fix-ups).
     /// </summary>
-    public SchedulerConfig SchedulerConfig()
+    public SchedulerConfig SchedulerConfig(bool pipelineFixups = true)
     {
         string dir = ComponentDir("scheduler", "for its noise schedule");
         var cfg = Diffusion.Schedulers.SchedulerConfig.Load(Path.Combine(dir, "scheduler_config.json"));
-        return cfg with { StepsOffset = 1, ClipSample = false };
+        return pipelineFixups ? cfg with { StepsOffset = 1, ClipSample = false } : cfg;
     }
 
     /// <summary>The CLI name of the folder's own scheduler when PagSharp implements it (DDIM, Euler, Euler ancestral, DPM-Solver multistep), else null.</summary>

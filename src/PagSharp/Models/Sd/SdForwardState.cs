@@ -38,6 +38,22 @@ internal sealed class SdForwardState
         return cat(new[] { h, h.index_select(0, _forkIndex) }, 0);
     }
 
+    /// <summary>
+    /// A ControlNet residual (batch of the input) made to fit <paramref name="target"/>: unchanged when the batches
+    /// agree, widened with the fork's copies when the target lies after the fork. Shapes must otherwise match.
+    /// </summary>
+    public Tensor WidenResidual(Tensor residual, Tensor target, string what)
+    {
+        var r = residual;
+        if (_forkIndex is not null && r.shape[0] == _batchBeforeFork && target.shape[0] == _batchBeforeFork + _forkIndex.shape[0])
+            r = cat(new[] { r, r.index_select(0, _forkIndex) }, 0);
+        bool channelsOk = r.dim() == 4 && r.shape[0] == target.shape[0] && r.shape[1] == target.shape[1];
+        bool spaceOk = r.dim() == 4 && ((r.shape[2] == target.shape[2] && r.shape[3] == target.shape[3]) || (r.shape[2] == 1 && r.shape[3] == 1));
+        if (!channelsOk || !spaceOk)
+            throw new PagSharpException($"{what} has shape [{string.Join(",", residual.shape)}]; the UNet tensor it is added to has shape [{string.Join(",", target.shape)}]");
+        return r;
+    }
+
     /// <summary>A skip connection stored before the fork, widened to the forked batch.</summary>
     public Tensor Widen(Tensor skip) =>
         _forkIndex is null || skip.shape[0] != _batchBeforeFork ? skip : cat(new[] { skip, skip.index_select(0, _forkIndex) }, 0);

@@ -80,6 +80,11 @@ public static class SdLoader
     public static SdUNet LoadUNet(SdUNetConfig config, string file, string configPath = "the UNet config") =>
         Load(new SdUNet(config), file, configPath);
 
+    public static SdControlNet LoadControlNet(ControlNetConfig config, string file, string configPath = "the ControlNet config") =>
+        Load(new SdControlNet(config), file, configPath, w => w.Keys.Any(k => k.StartsWith("control_model.", StringComparison.Ordinal))
+            ? throw new PagSharpException($"{file} holds an original (LDM) ControlNet checkpoint (control_model.* keys); expected diffusers ControlNetModel keys (convert it with diffusers first)")
+            : w);
+
     public static AutoencoderKL LoadVae(SdVaeConfig config, string file, string configPath = "the VAE config") =>
         Load(new AutoencoderKL(config), file, configPath, AutoencoderKL.UpgradeLegacyKeys);
 

@@ -98,7 +98,14 @@ public sealed class SdUNet : Module
     /// [B, S, cross_attention_dim]. With a fork (<see cref="PerturbationPlan.ForkSource"/>) the output has
     /// B + ForkSource.Length entries.
     /// </summary>
-    public Tensor Forward(Tensor sample, Tensor timesteps, Tensor encoderHiddenStates, PerturbationPlan? plan = null)
+    /// <remarks>
+    /// <paramref name="control"/> holds ControlNet residuals (diffusers' <c>down_block_additional_residuals</c> and
+    /// <c>mid_block_additional_residual</c>): down residual i is added to the i-th skip connection after the down
+    /// blocks, the mid residual to the mid-block output. Their batch is the input batch; with a shared-prefix fork
+    /// the forked entries get the residuals of their source entries.
+    /// </remarks>
+    public Tensor Forward(Tensor sample, Tensor timesteps, Tensor encoderHiddenStates, PerturbationPlan? plan = null,
+                          ControlNetResiduals? control = null)
     {
         long b = sample.shape[0];
         if (sample.dim() != 4 || sample.shape[1] != Config.InChannels)
@@ -122,7 +129,15 @@ public sealed class SdUNet : Module
         var h = conv_in.forward(sample);
         var skips = new List<Tensor> { h };
         foreach (var block in down_blocks) h = block.Forward(h, state, skips);
+        if (control is not null)
+        {
+            if (control.Down.Count != skips.Count)
+                throw new PagSharpException($"{control.Down.Count} ControlNet down residuals for a UNet with {skips.Count} skip connections");
+            for (int i = 0; i < skips.Count; i++)
+                skips[i] = skips[i] + state.WidenResidual(control.Down[i], skips[i], $"ControlNet down residual {i}");
+        }
         h = mid_block.Forward(h, state);
+        if (control is not null) h = h + state.WidenResidual(control.Mid, h, "ControlNet mid residual");
         for (int i = 0; i < up_blocks.Count; i++)
         {
             var block = up_blocks[i];

@@ -24,6 +24,12 @@ public sealed class StableDiffusion : IDisposable
     public ClipTokenizer? Tokenizer { get; init; }
     public required SchedulerConfig Scheduler { get; init; }
 
+    /// <summary>
+    /// The scheduler settings of ControlNet runs: scheduler_config.json without the StableDiffusionPipeline
+    /// fix-ups, as diffusers' ControlNet pipelines (so a folder with steps_offset 0 keeps it). Null: <see cref="Scheduler"/>.
+    /// </summary>
+    public SchedulerConfig? ControlNetScheduler { get; init; }
+
     /// <summary>The folder's VAE config (read even when the VAE weights are not loaded), or null when it has no VAE.</summary>
     public SdVaeConfig? VaeConfig { get; init; }
 
@@ -38,6 +44,7 @@ public sealed class StableDiffusion : IDisposable
     {
         var folder = DiffusersFolder.Open(dir);
         var scheduler = folder.SchedulerConfig();
+        var controlScheduler = folder.SchedulerConfig(pipelineFixups: false);
         SdUNet? unet = null;
         AutoencoderKL? vae = null;
         ClipTextModel? te = null;
@@ -63,7 +70,7 @@ public sealed class StableDiffusion : IDisposable
                     throw new PagSharpException($"the tokenizer's model_max_length {tok.MaxLength} exceeds the text encoder's max_position_embeddings {te.Config.MaxPositionEmbeddings}");
             }
             var vaeConfig = vae?.Config ?? (folder.Has("vae") && File.Exists(Path.Combine(dir, "vae", "config.json")) ? folder.VaeConfig() : null);
-            return new StableDiffusion { Folder = folder, Unet = unet, Vae = vae, VaeConfig = vaeConfig, TextEncoder = te, Tokenizer = tok, Scheduler = scheduler };
+            return new StableDiffusion { Folder = folder, Unet = unet, Vae = vae, VaeConfig = vaeConfig, TextEncoder = te, Tokenizer = tok, Scheduler = scheduler, ControlNetScheduler = controlScheduler };
         }
         catch
         {
@@ -122,20 +129,25 @@ public sealed class StableDiffusion : IDisposable
     /// samples' generators: when it also drew x_T, stochastic schedulers continue its streams, as diffusers does
     /// with a list of per-sample generators.
     /// </summary>
+    /// <remarks>With <paramref name="control"/> the run is diffusers' StableDiffusionControlNetPAGPipeline, whose scheduler is <see cref="ControlNetScheduler"/>.</remarks>
     public Tensor Denoise(string scheduler, int steps, double eta, Tensor noise, NoiseSource source, Tensor promptEmbeds, Tensor? negativeEmbeds,
-                          SdGuidance guidance, long policySeed, Action<SdStep>? onStep = null, CancellationToken cancellation = default)
+                          SdGuidance guidance, long policySeed, Action<SdStep>? onStep = null, CancellationToken cancellation = default,
+                          SdControl? control = null)
     {
-        var s = Schedulers.Create(scheduler, Scheduler, steps, eta);
+        var s = Schedulers.Create(scheduler, SchedulerFor(control), steps, eta);
         using var policyGen = new Generator((ulong)policySeed ^ 0x5bd1e995UL);
         try
         {
-            return StableDiffusionPipeline.Denoise(Unet, s, noise, promptEmbeds, negativeEmbeds, guidance, source, onStep, policyGen, cancellation);
+            return StableDiffusionPipeline.Denoise(Unet, s, noise, promptEmbeds, negativeEmbeds, guidance, source, onStep, policyGen, cancellation, control);
         }
         finally
         {
             (s as IDisposable)?.Dispose();
         }
     }
+
+    /// <summary>The scheduler settings a run uses: <see cref="ControlNetScheduler"/> with a ControlNet, else <see cref="Scheduler"/>.</summary>
+    public SchedulerConfig SchedulerFor(SdControl? control) => control is null ? Scheduler : ControlNetScheduler ?? Scheduler;
 
     /// <summary>
     /// Text to image in one call, as diffusers' <c>StableDiffusionPAGPipeline(prompt, negative_prompt, …)</c> with
@@ -144,10 +156,12 @@ public sealed class StableDiffusion : IDisposable
     /// </summary>
     public Tensor Generate(string prompt, IReadOnlyList<long> seeds, SdGuidance guidance, string? negativePrompt = null,
                            string scheduler = "ddim", int steps = 50, int? width = null, int? height = null, double eta = 0,
-                           int clipSkip = 0, bool decode = true, CancellationToken cancellation = default)
+                           int clipSkip = 0, bool decode = true, CancellationToken cancellation = default, SdControl? control = null)
     {
         if (seeds.Count == 0) throw new PagSharpException("give at least one seed");
-        var shape = LatentShape(height ?? DefaultSize, width ?? DefaultSize);
+        // With a control image the size defaults to the image's, as diffusers' ControlNet pipelines.
+        var shape = LatentShape(height ?? (control is null ? DefaultSize : (int)control.Image.shape[^2]),
+                                width ?? (control is null ? DefaultSize : (int)control.Image.shape[^1]));
         using var scope = NewDisposeScope();
         var pe = EncodePrompt(prompt, clipSkip, out _);
         var ne = guidance.UsesCfg ? EncodePrompt(negativePrompt ?? "", 0, out _) : null;
@@ -155,7 +169,7 @@ public sealed class StableDiffusion : IDisposable
         using var source = new NoiseSource(seeds);
         var xT = source.Randn(shape);
         var latents = Denoise(scheduler, steps, eta, xT, source, pe.expand(n, -1, -1).contiguous(), ne?.expand(n, -1, -1).contiguous(),
-            guidance, seeds[0], null, cancellation);
+            guidance, seeds[0], null, cancellation, control);
         return (decode ? Decode(latents) : latents).MoveToOuterDisposeScope();
     }
 

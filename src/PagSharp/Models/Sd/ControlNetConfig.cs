@@ -1,0 +1,152 @@
+namespace PagSharp.Models.Sd;
+
+/// <summary>
+/// The <c>config.json</c> of a diffusers <c>ControlNetModel</c> for Stable Diffusion 1.x / 2.x. Absent or null keys
+/// take diffusers' defaults; features this port does not implement (class or added embeddings, encoder projections,
+/// other mid blocks) are rejected with the key that asks for them. As in diffusers, the head count of each block is
+/// <c>num_attention_heads</c> when set, else <c>attention_head_dim</c> (see <see cref="SdUNetConfig"/>).
+/// </summary>
+public sealed record ControlNetConfig
+{
+    public int InChannels { get; init; } = 4;
+    /// <summary>Channels of the control image (3 for the standard SD ControlNets).</summary>
+    public int ConditioningChannels { get; init; } = 3;
+    public bool FlipSinToCos { get; init; } = true;
+    public double FreqShift { get; init; }
+    public string[] DownBlockTypes { get; init; } = { "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D" };
+    public string MidBlockType { get; init; } = "UNetMidBlock2DCrossAttn";
+    public int[] BlockOutChannels { get; init; } = { 320, 640, 1280, 1280 };
+    public int[] LayersPerBlock { get; init; } = { 2, 2, 2, 2 };
+    public int DownsamplePadding { get; init; } = 1;
+    public double MidBlockScaleFactor { get; init; } = 1;
+    public string ActFn { get; init; } = "silu";
+    public int NormNumGroups { get; init; } = 32;
+    public double NormEps { get; init; } = 1e-5;
+    public int[] CrossAttentionDim { get; init; } = { 1280, 1280, 1280, 1280 };
+    public int[] TransformerLayersPerBlock { get; init; } = { 1, 1, 1, 1 };
+    public int[] AttentionHeads { get; init; } = { 8, 8, 8, 8 };
+    public bool UseLinearProjection { get; init; }
+    public bool UpcastAttention { get; init; }
+    public string ResnetTimeScaleShift { get; init; } = "default";
+    /// <summary><c>controlnet_conditioning_channel_order</c>: rgb, or bgr (the control image's channels are flipped first).</summary>
+    public string ChannelOrder { get; init; } = "rgb";
+    /// <summary>Channels of the conditioning-embedding convs; each step after the first halves the resolution.</summary>
+    public int[] ConditioningEmbeddingOutChannels { get; init; } = { 16, 32, 96, 256 };
+    /// <summary>Residuals are averaged over space (shuffle-style ControlNets); implies guess mode in the pipeline.</summary>
+    public bool GlobalPoolConditions { get; init; }
+
+    public int TimeEmbedDim => BlockOutChannels[0] * 4;
+
+    /// <summary>Pixels of the control image per latent pixel: 2^(conditioning embedding levels − 1).</summary>
+    public int ConditioningFactor => 1 << (ConditioningEmbeddingOutChannels.Length - 1);
+
+    /// <summary>Channels of each down residual, in order: conv_in, then every resnet(+attention) and downsampler output.</summary>
+    public IReadOnlyList<int> ResidualChannels
+    {
+        get
+        {
+            var r = new List<int> { BlockOutChannels[0] };
+            for (int i = 0; i < BlockOutChannels.Length; i++)
+            {
+                for (int l = 0; l < LayersPerBlock[i]; l++) r.Add(BlockOutChannels[i]);
+                if (i < BlockOutChannels.Length - 1) r.Add(BlockOutChannels[i]);
+            }
+            return r;
+        }
+    }
+
+    public static ControlNetConfig Load(string path) => FromJson(File.Exists(path) ? File.ReadAllText(path)
+        : throw new PagSharpException($"{path} does not exist: a diffusers ControlNet needs its config.json"), path);
+
+    public static ControlNetConfig FromJson(string json, string source)
+    {
+        var c = JsonConfig.Parse(json, source);
+        var d = new ControlNetConfig();
+        var down = c.Strings("down_block_types", d.DownBlockTypes);
+        int n = down.Length;
+        var heads = c.IntOrList("attention_head_dim", n, new[] { 8 });
+        if (c.Has("num_attention_heads")) heads = c.IntOrList("num_attention_heads", n, heads);
+        var cfg = new ControlNetConfig
+        {
+            InChannels = c.Int("in_channels", 4),
+            ConditioningChannels = c.Int("conditioning_channels", 3),
+            FlipSinToCos = c.Bool("flip_sin_to_cos", true),
+            FreqShift = c.Double("freq_shift", 0),
+            DownBlockTypes = down,
+            MidBlockType = c.String("mid_block_type", "UNetMidBlock2DCrossAttn"),
+            BlockOutChannels = c.Ints("block_out_channels", d.BlockOutChannels),
+            LayersPerBlock = c.IntOrList("layers_per_block", n, new[] { 2 }),
+            DownsamplePadding = c.Int("downsample_padding", 1),
+            MidBlockScaleFactor = c.Double("mid_block_scale_factor", 1),
+            ActFn = c.String("act_fn", "silu"),
+            NormNumGroups = c.Int("norm_num_groups", 32),
+            NormEps = c.Double("norm_eps", 1e-5),
+            CrossAttentionDim = c.IntOrList("cross_attention_dim", n, new[] { 1280 }),
+            TransformerLayersPerBlock = c.IntOrList("transformer_layers_per_block", n, new[] { 1 }),
+            AttentionHeads = heads,
+            UseLinearProjection = c.Bool("use_linear_projection", false),
+            UpcastAttention = c.Bool("upcast_attention", false),
+            ResnetTimeScaleShift = c.String("resnet_time_scale_shift", "default"),
+            ChannelOrder = c.String("controlnet_conditioning_channel_order", "rgb"),
+            ConditioningEmbeddingOutChannels = c.Ints("conditioning_embedding_out_channels", d.ConditioningEmbeddingOutChannels),
+            GlobalPoolConditions = c.Bool("global_pool_conditions", false),
+        };
+        const string sd = "Stable Diffusion 1.x/2.x ControlNets do not use it";
+        c.RequireDefault("class_embed_type", null, sd);
+        c.RequireDefault("addition_embed_type", null, sd + " (SDXL does)");
+        c.RequireDefault("num_class_embeds", null, sd);
+        c.RequireDefault("encoder_hid_dim", null, sd);
+        c.RequireDefault("encoder_hid_dim_type", null, sd);
+        c.RequireDefault("only_cross_attention", false, sd);
+        c.RequireDefault("projection_class_embeddings_input_dim", null, sd);
+        cfg.Validate(source);
+        return cfg;
+    }
+
+    public void Validate(string source)
+    {
+        void Require(bool ok, string msg) { if (!ok) throw new PagSharpException($"{source}: {msg}"); }
+        int n = DownBlockTypes.Length;
+        Require(n >= 1, "down_block_types is empty");
+        Require(BlockOutChannels.Length == n, $"block_out_channels has {BlockOutChannels.Length} entries but down_block_types has {n}");
+        foreach (var t in DownBlockTypes)
+            Require(t is "CrossAttnDownBlock2D" or "DownBlock2D", $"down block type '{t}' is not supported; valid: CrossAttnDownBlock2D, DownBlock2D");
+        Require(MidBlockType == "UNetMidBlock2DCrossAttn", $"mid_block_type '{MidBlockType}' is not supported; valid: UNetMidBlock2DCrossAttn");
+        Require(BlockOutChannels.All(ch => ch > 0 && ch % NormNumGroups == 0),
+            $"every block_out_channels entry must be a positive multiple of norm_num_groups {NormNumGroups} (got [{string.Join(", ", BlockOutChannels)}])");
+        for (int i = 0; i < n; i++)
+        {
+            bool attention = DownBlockTypes[i] == "CrossAttnDownBlock2D" || i == n - 1;
+            Require(!attention || (AttentionHeads[i] >= 1 && BlockOutChannels[i] % AttentionHeads[i] == 0),
+                $"block {i}: {BlockOutChannels[i]} channels cannot be split into {AttentionHeads[i]} attention heads");
+            Require(LayersPerBlock[i] >= 1, $"layers_per_block[{i}] must be ≥ 1");
+            Require(TransformerLayersPerBlock[i] >= 1, $"transformer_layers_per_block[{i}] must be ≥ 1");
+            Require(CrossAttentionDim[i] >= 1, $"cross_attention_dim[{i}] must be ≥ 1");
+        }
+        Require(CrossAttentionDim.Distinct().Count() == 1, "per-block cross_attention_dim values must be equal");
+        Require(ResnetTimeScaleShift is "default" or "scale_shift", $"resnet_time_scale_shift '{ResnetTimeScaleShift}' is not supported; valid: default, scale_shift");
+        Require(ChannelOrder is "rgb" or "bgr", $"controlnet_conditioning_channel_order '{ChannelOrder}' is not supported; valid: rgb, bgr");
+        Require(ConditioningEmbeddingOutChannels.Length >= 1 && ConditioningEmbeddingOutChannels.All(ch => ch >= 1),
+            "conditioning_embedding_out_channels must list at least one positive channel count");
+        Require(InChannels >= 1 && ConditioningChannels >= 1, "in_channels and conditioning_channels must be ≥ 1");
+        Require(NormEps > 0, "norm_eps must be > 0");
+        _ = SdNnCheck.Activation(ActFn, source);
+    }
+
+    /// <summary>
+    /// Checks that this ControlNet's residuals fit <paramref name="unet"/>: the same latent channels, cross-attention
+    /// width, levels and residual channels. <paramref name="source"/> names the ControlNet config in the error.
+    /// </summary>
+    public void CheckFits(SdUNetConfig unet, string source, string unetSource = "the UNet config")
+    {
+        void Require(bool ok, string msg) { if (!ok) throw new PagSharpException($"{source}: {msg}; this ControlNet does not belong to the UNet ({unetSource})"); }
+        Require(InChannels == unet.InChannels, $"in_channels {InChannels} but the UNet's latents have {unet.InChannels} channels");
+        Require(CrossAttentionDim[0] == unet.CrossAttentionDim[0], $"cross_attention_dim {CrossAttentionDim[0]} but the UNet's is {unet.CrossAttentionDim[0]}");
+        Require(BlockOutChannels.Length == unet.BlockOutChannels.Length,
+            $"{BlockOutChannels.Length} down blocks but the UNet has {unet.BlockOutChannels.Length}");
+        var mine = ResidualChannels;
+        var theirs = new ControlNetConfig { BlockOutChannels = unet.BlockOutChannels, LayersPerBlock = unet.LayersPerBlock }.ResidualChannels;
+        Require(mine.SequenceEqual(theirs),
+            $"its down residuals have channels [{string.Join(", ", mine)}] but the UNet's skip connections have [{string.Join(", ", theirs)}] (block_out_channels, layers_per_block)");
+    }
+}
