@@ -111,6 +111,8 @@ public sealed class SampleCommand : Command<SampleCommand.Settings>
                 .ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
         }
 
+        if (guidance.PagLayers.Count > 0)
+            AnsiConsole.MarkupLine($"PAG layers ({guidance.Perturbation.Spec}): {Markup.Escape(string.Join(", ", guidance.PagLayers))}");
         var ct = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, App.CtrlC()).Token;
         string partialDir = Path.Combine(s.Output, ".tensors");
         int written = 0, skipped = 0;

@@ -212,3 +212,27 @@ public class AttentionLayoutTests
         Close.Assert(source.Forward(x, t, y), target.Forward(x, t, y), 0, "loaded copy");
     }
 }
+
+public class FusedAttentionTests
+{
+    [Fact]
+    public void FusedKernelMatchesTheReferenceOrderWithin1e5()
+    {
+        using var _ = TorchSharp.torch.no_grad();
+        using var net = AdmA.Load();
+        var cases = AdmA.Tensors("cases.safetensors");
+        try
+        {
+            PagSharp.Models.Adm.AttentionBlock.UseFusedAttention = false;
+            using var reference = net.Forward(cases["x"], cases["t"]);
+            PagSharp.Models.Adm.AttentionBlock.UseFusedAttention = true;
+            using var fused = net.Forward(cases["x"], cases["t"]);
+            Close.Assert(reference, fused, 1e-5, "fused scaled_dot_product_attention vs softmax((q·s)(k·s)ᵀ)·v");
+        }
+        finally
+        {
+            PagSharp.Models.Adm.AttentionBlock.UseFusedAttention = true;
+            PagSharp.Tests.IO.TensorAssert.DisposeAll(cases);
+        }
+    }
+}
