@@ -117,20 +117,36 @@ public sealed class AdmUNet : Module
                 : "this model is unconditional: it takes no class labels");
         var state = new ForwardState(TimeEmbedding(timesteps, y), plan, ForkLayer(plan));
 
+        // Each block runs in its own dispose scope, so only block outputs (the skips) outlive it: peak memory is the
+        // skips plus one block's temporaries, not every activation of the pass. Used skips are released at once.
         var hs = new List<Tensor>(input_blocks.Count);
         var h = x;
         foreach (var block in input_blocks)
         {
-            h = block.Forward(h, state);
+            var input = h;
+            h = Scoped(() => block.Forward(input, state));
             hs.Add(h);
         }
-        h = middle_block.Forward(h, state);
+        var last = h;
+        h = Scoped(() => middle_block.Forward(last, state));
         foreach (var block in output_blocks)
         {
-            h = block.Forward(cat(new[] { h, state.Widen(hs[^1]) }, 1), state);
+            var (prev, skip) = (h, hs[^1]);
             hs.RemoveAt(hs.Count - 1);
+            h = Scoped(() => block.Forward(cat(new[] { prev, state.Widen(skip) }, 1), state));
+            prev.Dispose();
+            skip.Dispose();
         }
-        return @out.forward(h);
+        var result = @out.forward(h);
+        h.Dispose();
+        state.Dispose();
+        return result;
+    }
+
+    private static Tensor Scoped(Func<Tensor> f)
+    {
+        using var scope = NewDisposeScope();
+        return f().MoveToOuterDisposeScope();
     }
 
     /// <summary>The embedding the ResBlocks receive: time_embed(timestep_embedding(t)) (+ label_emb(y)).</summary>
@@ -153,7 +169,7 @@ public sealed class AdmUNet : Module
 }
 
 /// <summary>Per-call state of a U-Net forward: the embedding, the plan, and the shared-prefix fork.</summary>
-public sealed class ForwardState
+public sealed class ForwardState : IDisposable
 {
     private readonly string? _forkLayer;
     private Tensor? _forkIndex;
@@ -174,14 +190,17 @@ public sealed class ForwardState
     {
         if (_forkIndex is not null || layer != _forkLayer) return h;
         _batchBeforeFork = h.shape[0];
-        _forkIndex = tensor(Plan!.ForkSource!, device: h.device);
-        Emb = cat(new[] { Emb, Emb.index_select(0, _forkIndex) }, 0);
+        _forkIndex = tensor(Plan!.ForkSource!, device: h.device).DetachFromDisposeScope();
+        // The fork happens inside a block's dispose scope; the widened embedding must outlive it.
+        Emb = cat(new[] { Emb, Emb.index_select(0, _forkIndex) }, 0).MoveToOuterDisposeScope();
         return cat(new[] { h, h.index_select(0, _forkIndex) }, 0);
     }
 
     /// <summary>A skip connection stored before the fork, widened to the forked batch.</summary>
     public Tensor Widen(Tensor skip) =>
         _forkIndex is null || skip.shape[0] != _batchBeforeFork ? skip : cat(new[] { skip, skip.index_select(0, _forkIndex) }, 0);
+
+    public void Dispose() => _forkIndex?.Dispose();
 }
 
 /// <summary>guided-diffusion's TimestepEmbedSequential: children named 0, 1, …; ResBlocks get the embedding.</summary>
