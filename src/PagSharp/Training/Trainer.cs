@@ -69,19 +69,23 @@ public sealed class Trainer : IDisposable
     {
         long step = Step + 1;
         using var scope = NewDisposeScope();
-        torch.manual_seed(unchecked(_o.Seed * 1_000_003 + step));
+        // Batch, labels, timesteps and noise come from a generator of (seed, step) alone, so a resumed run repeats
+        // them exactly (and other users of the global generator cannot interfere). Dropout uses the global one.
+        ulong stepSeed = unchecked((ulong)(_o.Seed * 1_000_003 + step));
+        torch.manual_seed((long)stepSeed);
+        using var g = new Generator(stepSeed);
         long n = _images.shape[0], b = _o.BatchSize;
-        var idx = randint(0, n, new[] { b }, dtype: ScalarType.Int64);
+        var idx = randint(0, n, new[] { b }, dtype: ScalarType.Int64, generator: g);
         var x0 = _images.index_select(0, idx);
         Tensor? y = null;
         if (_labels is not null)
         {
             y = _labels.index_select(0, idx);
-            var drop = rand(b) < _o.LabelDropProb;
+            var drop = rand(new[] { b }, generator: g) < _o.LabelDropProb;
             y = where(drop, full_like(y, _o.Model.NullClass!.Value), y);
         }
-        var t = randint(0, _diffusion.NumSteps, new[] { b }, dtype: ScalarType.Int64);
-        var noise = randn_like(x0);
+        var t = randint(0, _diffusion.NumSteps, new[] { b }, dtype: ScalarType.Int64, generator: g);
+        var noise = randn(x0.shape, generator: g);
         return TrainOn(x0, y, t, noise);
     }
 
