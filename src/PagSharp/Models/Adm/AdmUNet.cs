@@ -172,14 +172,14 @@ public sealed class AdmUNet : Module
 public sealed class ForwardState : IDisposable
 {
     private readonly string? _forkLayer;
-    private Tensor? _forkIndex;
-    private long _batchBeforeFork;
+    private readonly BatchFork _fork;
 
     public ForwardState(Tensor emb, PerturbationPlan? plan, string? forkLayer)
     {
         Emb = emb;
         Plan = plan;
         _forkLayer = forkLayer;
+        _fork = new BatchFork(plan);
     }
 
     public Tensor Emb { get; private set; }
@@ -188,19 +188,17 @@ public sealed class ForwardState : IDisposable
     /// <summary>Called before each attention block: at the fork layer, appends the copies to h and to the embedding.</summary>
     public Tensor BeforeAttention(string layer, Tensor h)
     {
-        if (_forkIndex is not null || layer != _forkLayer) return h;
-        _batchBeforeFork = h.shape[0];
-        _forkIndex = tensor(Plan!.ForkSource!, device: h.device).DetachFromDisposeScope();
+        if (_fork.HasForked || layer != _forkLayer) return h;
+        var forked = _fork.Fork(h);
         // The fork happens inside a block's dispose scope; the widened embedding must outlive it.
-        Emb = cat(new[] { Emb, Emb.index_select(0, _forkIndex) }, 0).MoveToOuterDisposeScope();
-        return cat(new[] { h, h.index_select(0, _forkIndex) }, 0);
+        Emb = _fork.Append(Emb).MoveToOuterDisposeScope();
+        return forked;
     }
 
     /// <summary>A skip connection stored before the fork, widened to the forked batch.</summary>
-    public Tensor Widen(Tensor skip) =>
-        _forkIndex is null || skip.shape[0] != _batchBeforeFork ? skip : cat(new[] { skip, skip.index_select(0, _forkIndex) }, 0);
+    public Tensor Widen(Tensor skip) => _fork.Widen(skip);
 
-    public void Dispose() => _forkIndex?.Dispose();
+    public void Dispose() => _fork.Dispose();
 }
 
 /// <summary>guided-diffusion's TimestepEmbedSequential: children named 0, 1, …; ResBlocks get the embedding.</summary>

@@ -130,7 +130,7 @@ public sealed class SdControlNet : Module
 
         var tEmb = SdTimesteps.Embedding(t, Config.BlockOutChannels[0], Config.FlipSinToCos, Config.FreqShift).to_type(sample.dtype);
         var emb = time_embedding.forward(tEmb);
-        var state = new SdForwardState(emb, encoderHiddenStates, null, null);
+        using var state = new SdForwardState(emb, encoderHiddenStates, null, null);
 
         var h = conv_in.forward(sample);
         var cond = controlnet_cond_embedding.forward(controlImage);

@@ -9,11 +9,10 @@ namespace PagSharp.Models.Sd;
 /// there the batch, the time embedding and the text conditioning get the <see cref="PerturbationPlan.ForkSource"/>
 /// entries appended, and skip connections stored earlier are widened when they are used.
 /// </summary>
-internal sealed class SdForwardState
+internal sealed class SdForwardState : IDisposable
 {
     private readonly string? _forkAt;
-    private Tensor? _forkIndex;
-    private long _batchBeforeFork;
+    private readonly BatchFork _fork;
 
     public SdForwardState(Tensor emb, Tensor context, PerturbationPlan? plan, string? forkAt)
     {
@@ -21,6 +20,7 @@ internal sealed class SdForwardState
         Context = context;
         Plan = plan;
         _forkAt = forkAt;
+        _fork = new BatchFork(plan);
     }
 
     public Tensor Emb { get; private set; }
@@ -30,12 +30,11 @@ internal sealed class SdForwardState
     /// <summary>Called before each Transformer2D: at the fork point, appends the copies to h, the embedding and the context.</summary>
     public Tensor BeforeTransformer(string path, Tensor h)
     {
-        if (_forkIndex is not null || path != _forkAt) return h;
-        _batchBeforeFork = h.shape[0];
-        _forkIndex = tensor(Plan!.ForkSource!, device: h.device);
-        Emb = cat(new[] { Emb, Emb.index_select(0, _forkIndex) }, 0);
-        Context = cat(new[] { Context, Context.index_select(0, _forkIndex) }, 0);
-        return cat(new[] { h, h.index_select(0, _forkIndex) }, 0);
+        if (_fork.HasForked || path != _forkAt) return h;
+        var forked = _fork.Fork(h);
+        Emb = _fork.Append(Emb);
+        Context = _fork.Append(Context);
+        return forked;
     }
 
     /// <summary>
@@ -45,8 +44,8 @@ internal sealed class SdForwardState
     public Tensor WidenResidual(Tensor residual, Tensor target, string what)
     {
         var r = residual;
-        if (_forkIndex is not null && r.shape[0] == _batchBeforeFork && target.shape[0] == _batchBeforeFork + _forkIndex.shape[0])
-            r = cat(new[] { r, r.index_select(0, _forkIndex) }, 0);
+        if (_fork.HasForked && r.shape[0] == _fork.BatchBeforeFork && target.shape[0] == _fork.BatchBeforeFork + _fork.Copies)
+            r = _fork.Append(r);
         bool channelsOk = r.dim() == 4 && r.shape[0] == target.shape[0] && r.shape[1] == target.shape[1];
         bool spaceOk = r.dim() == 4 && ((r.shape[2] == target.shape[2] && r.shape[3] == target.shape[3]) || (r.shape[2] == 1 && r.shape[3] == 1));
         if (!channelsOk || !spaceOk)
@@ -55,6 +54,7 @@ internal sealed class SdForwardState
     }
 
     /// <summary>A skip connection stored before the fork, widened to the forked batch.</summary>
-    public Tensor Widen(Tensor skip) =>
-        _forkIndex is null || skip.shape[0] != _batchBeforeFork ? skip : cat(new[] { skip, skip.index_select(0, _forkIndex) }, 0);
+    public Tensor Widen(Tensor skip) => _fork.Widen(skip);
+
+    public void Dispose() => _fork.Dispose();
 }

@@ -124,7 +124,7 @@ public sealed class SdUNet : Module
 
         var tEmb = SdTimesteps.Embedding(t, Config.BlockOutChannels[0], Config.FlipSinToCos, Config.FreqShift).to_type(sample.dtype);
         var emb = time_embedding.forward(tEmb);
-        var state = new SdForwardState(emb, encoderHiddenStates, plan, ForkPoint(plan));
+        using var state = new SdForwardState(emb, encoderHiddenStates, plan, ForkPoint(plan));
 
         var h = conv_in.forward(sample);
         var skips = new List<Tensor> { h };

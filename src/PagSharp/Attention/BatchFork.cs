@@ -1,0 +1,39 @@
+using static TorchSharp.torch;
+
+namespace PagSharp.Attention;
+
+/// <summary>
+/// The batch bookkeeping of a shared-prefix fork (<see cref="PerturbationPlan.ForkSource"/>) during one forward call:
+/// at the fork point the batch gets copies of the source entries appended; per-entry tensors made before the fork
+/// (skip connections, embeddings, conditioning) are widened the same way when they are used afterwards.
+/// </summary>
+public sealed class BatchFork : IDisposable
+{
+    private readonly long[]? _source;
+    private Tensor? _index;
+
+    public BatchFork(PerturbationPlan? plan) => _source = plan?.ForkSource;
+
+    public bool HasForked => _index is not null;
+    /// <summary>Batch size before the fork.</summary>
+    public long BatchBeforeFork { get; private set; }
+    /// <summary>Number of appended copies.</summary>
+    public long Copies => _source?.Length ?? 0;
+
+    /// <summary>Forks <paramref name="h"/>: remembers its batch size and returns it with the copies appended.</summary>
+    public Tensor Fork(Tensor h)
+    {
+        if (_source is null) throw new InvalidOperationException("the plan has no fork");
+        BatchBeforeFork = h.shape[0];
+        _index = tensor(_source, device: h.device).DetachFromDisposeScope();
+        return Append(h);
+    }
+
+    /// <summary><paramref name="t"/> with the fork's copies of its entries appended (after <see cref="Fork"/>).</summary>
+    public Tensor Append(Tensor t) => cat(new[] { t, t.index_select(0, _index!) }, 0);
+
+    /// <summary>A tensor of the pre-fork batch widened to the forked batch; any other tensor unchanged.</summary>
+    public Tensor Widen(Tensor t) => _index is null || t.shape[0] != BatchBeforeFork ? t : Append(t);
+
+    public void Dispose() => _index?.Dispose();
+}
