@@ -92,15 +92,8 @@ public sealed class SdControlNet : Module
         conv_in = SdNn.Conv(config.InChannels, boc[0]);
         time_embedding = new SdTimeMlp(boc[0], config.TimeEmbedDim, config.ActFn);
         controlnet_cond_embedding = new ControlNetConditioningEmbedding(boc[0], config.ConditioningEmbeddingOutChannels, config.ConditioningChannels);
-        var downs = new List<SdDownBlock>();
-        long outCh = boc[0];
-        for (int i = 0; i < n; i++)
-        {
-            long inCh = outCh;
-            outCh = boc[i];
-            downs.Add(new SdDownBlock($"down_blocks.{i}", inCh, outCh, config.LayersPerBlock[i], config.DownBlockTypes[i] == "CrossAttnDownBlock2D",
-                config.AttentionHeads[i], config.TransformerLayersPerBlock[i], config.CrossAttentionDim[i], i < n - 1, config.DownsamplePadding, s));
-        }
+        var downs = SdDownBlock.Encoder(config.BlockOutChannels, config.DownBlockTypes, config.LayersPerBlock, config.AttentionHeads,
+            config.TransformerLayersPerBlock, config.CrossAttentionDim, config.DownsamplePadding, s);
         down_blocks = SdModuleList.Of(downs);
         controlnet_down_blocks = SdModuleList.Of(config.ResidualChannels.Select(ch => SdNn.Conv(ch, ch, 1)));
         mid_block = new SdMidBlock(boc[^1], config.AttentionHeads[^1], config.TransformerLayersPerBlock[^1], config.CrossAttentionDim[^1],

@@ -42,15 +42,8 @@ public sealed class SdUNet : Module
         conv_in = SdNn.Conv(config.InChannels, boc[0], config.ConvInKernel);
         time_embedding = new SdTimeMlp(boc[0], config.TimeEmbedDim, config.ActFn);
 
-        var downs = new List<SdDownBlock>();
-        long outCh = boc[0];
-        for (int i = 0; i < n; i++)
-        {
-            long inCh = outCh;
-            outCh = boc[i];
-            downs.Add(new SdDownBlock($"down_blocks.{i}", inCh, outCh, config.LayersPerBlock[i], config.DownBlockTypes[i] == "CrossAttnDownBlock2D",
-                config.AttentionHeads[i], config.TransformerLayersPerBlock[i], config.CrossAttentionDim[i], i < n - 1, config.DownsamplePadding, s));
-        }
+        var downs = SdDownBlock.Encoder(config.BlockOutChannels, config.DownBlockTypes, config.LayersPerBlock, config.AttentionHeads,
+            config.TransformerLayersPerBlock, config.CrossAttentionDim, config.DownsamplePadding, s);
         down_blocks = SdModuleList.Of(downs);
         mid_block = new SdMidBlock(boc[^1], config.AttentionHeads[^1], config.TransformerLayersPerBlock[^1], config.CrossAttentionDim[^1],
             config.MidBlockScaleFactor, s);
@@ -61,7 +54,7 @@ public sealed class SdUNet : Module
         var rLayers = config.LayersPerBlock.Reverse().ToArray();
         var rTLayers = config.TransformerLayersPerBlock.Reverse().ToArray();
         var rCross = config.CrossAttentionDim.Reverse().ToArray();
-        outCh = rBoc[0];
+        long outCh = rBoc[0];
         for (int i = 0; i < n; i++)
         {
             long prevOut = outCh;

@@ -15,6 +15,27 @@ internal sealed record SdBlockSettings(long TembChannels, int Groups, double Eps
 /// </summary>
 internal sealed class SdDownBlock : Module
 {
+    /// <summary>
+    /// The encoder's down blocks as UNet2DConditionModel and ControlNetModel build them (named <c>down_blocks.i</c>):
+    /// block i maps block_out_channels[i−1] (or [0]) to [i], with cross-attention for CrossAttnDownBlock2D and a
+    /// downsampler on every block but the last.
+    /// </summary>
+    public static List<SdDownBlock> Encoder(int[] blockOutChannels, string[] types, int[] layersPerBlock, int[] heads,
+                                            int[] transformerLayers, int[] crossAttentionDim, int downsamplePadding, SdBlockSettings s)
+    {
+        int n = blockOutChannels.Length;
+        var downs = new List<SdDownBlock>(n);
+        long outCh = blockOutChannels[0];
+        for (int i = 0; i < n; i++)
+        {
+            long inCh = outCh;
+            outCh = blockOutChannels[i];
+            downs.Add(new SdDownBlock($"down_blocks.{i}", inCh, outCh, layersPerBlock[i], types[i] == "CrossAttnDownBlock2D",
+                heads[i], transformerLayers[i], crossAttentionDim[i], i < n - 1, downsamplePadding, s));
+        }
+        return downs;
+    }
+
 #pragma warning disable IDE1006
     private readonly ModuleList<Transformer2D>? attentions;
     private readonly ModuleList<ResnetBlock2D> resnets;
