@@ -92,12 +92,7 @@ public sealed record ControlNetConfig
             GlobalPoolConditions = c.Bool("global_pool_conditions", false),
         };
         const string sd = "Stable Diffusion 1.x/2.x ControlNets do not use it";
-        c.RequireDefault("class_embed_type", null, sd);
-        c.RequireDefault("addition_embed_type", null, sd + " (SDXL does)");
-        c.RequireDefault("num_class_embeds", null, sd);
-        c.RequireDefault("encoder_hid_dim", null, sd);
-        c.RequireDefault("encoder_hid_dim_type", null, sd);
-        c.RequireDefault("only_cross_attention", false, sd);
+        SdEncoderChecks.RequireSdDefaults(c, sd);
         c.RequireDefault("projection_class_embeddings_input_dim", null, sd);
         cfg.Validate(source);
         return cfg;
@@ -107,23 +102,8 @@ public sealed record ControlNetConfig
     {
         void Require(bool ok, string msg) { if (!ok) throw new PagSharpException($"{source}: {msg}"); }
         int n = DownBlockTypes.Length;
-        Require(n >= 1, "down_block_types is empty");
-        Require(BlockOutChannels.Length == n, $"block_out_channels has {BlockOutChannels.Length} entries but down_block_types has {n}");
-        foreach (var t in DownBlockTypes)
-            Require(t is "CrossAttnDownBlock2D" or "DownBlock2D", $"down block type '{t}' is not supported; valid: CrossAttnDownBlock2D, DownBlock2D");
-        Require(MidBlockType == "UNetMidBlock2DCrossAttn", $"mid_block_type '{MidBlockType}' is not supported; valid: UNetMidBlock2DCrossAttn");
-        Require(BlockOutChannels.All(ch => ch > 0 && ch % NormNumGroups == 0),
-            $"every block_out_channels entry must be a positive multiple of norm_num_groups {NormNumGroups} (got [{string.Join(", ", BlockOutChannels)}])");
-        for (int i = 0; i < n; i++)
-        {
-            bool attention = DownBlockTypes[i] == "CrossAttnDownBlock2D" || i == n - 1;
-            Require(!attention || (AttentionHeads[i] >= 1 && BlockOutChannels[i] % AttentionHeads[i] == 0),
-                $"block {i}: {BlockOutChannels[i]} channels cannot be split into {AttentionHeads[i]} attention heads");
-            Require(LayersPerBlock[i] >= 1, $"layers_per_block[{i}] must be ≥ 1");
-            Require(TransformerLayersPerBlock[i] >= 1, $"transformer_layers_per_block[{i}] must be ≥ 1");
-            Require(CrossAttentionDim[i] >= 1, $"cross_attention_dim[{i}] must be ≥ 1");
-        }
-        Require(CrossAttentionDim.Distinct().Count() == 1, "per-block cross_attention_dim values must be equal");
+        SdEncoderChecks.ValidateEncoder(source, DownBlockTypes, BlockOutChannels, MidBlockType, NormNumGroups, LayersPerBlock,
+            TransformerLayersPerBlock, CrossAttentionDim, AttentionHeads, i => DownBlockTypes[i] == "CrossAttnDownBlock2D" || i == n - 1);
         Require(ResnetTimeScaleShift is "default" or "scale_shift", $"resnet_time_scale_shift '{ResnetTimeScaleShift}' is not supported; valid: default, scale_shift");
         Require(ChannelOrder is "rgb" or "bgr", $"controlnet_conditioning_channel_order '{ChannelOrder}' is not supported; valid: rgb, bgr");
         Require(ConditioningEmbeddingOutChannels.Length >= 1 && ConditioningEmbeddingOutChannels.All(ch => ch >= 1),

@@ -90,18 +90,13 @@ public sealed record SdUNetConfig
         const string sd = "Stable Diffusion 1.x/2.x UNets do not use it";
         if (c.Has("num_attention_heads"))
             throw new PagSharpException($"{source}: 'num_attention_heads' is set; diffusers' UNet2DConditionModel rejects it too (the head count comes from 'attention_head_dim')");
-        c.RequireDefault("class_embed_type", null, sd);
-        c.RequireDefault("addition_embed_type", null, sd + " (SDXL does)");
-        c.RequireDefault("num_class_embeds", null, sd);
-        c.RequireDefault("encoder_hid_dim", null, sd);
-        c.RequireDefault("encoder_hid_dim_type", null, sd);
+        SdEncoderChecks.RequireSdDefaults(c, sd);
         c.RequireDefault("time_cond_proj_dim", null, sd + " (LCM does)");
         c.RequireDefault("time_embedding_type", "positional", sd);
         c.RequireDefault("time_embedding_dim", null, sd);
         c.RequireDefault("time_embedding_act_fn", null, sd);
         c.RequireDefault("timestep_post_act", null, sd);
         c.RequireDefault("dual_cross_attention", false, sd);
-        c.RequireDefault("only_cross_attention", false, sd);
         c.RequireDefault("mid_block_only_cross_attention", null, sd);
         c.RequireDefault("attention_type", "default", sd);
         c.RequireDefault("resnet_skip_time_act", false, sd);
@@ -116,27 +111,13 @@ public sealed record SdUNetConfig
     {
         void Require(bool ok, string msg) { if (!ok) throw new PagSharpException($"{source}: {msg}"); }
         int n = DownBlockTypes.Length;
-        Require(n >= 1, "down_block_types is empty");
-        Require(BlockOutChannels.Length == n, $"block_out_channels has {BlockOutChannels.Length} entries but down_block_types has {n}");
         Require(UpBlockTypes.Length == n, $"up_block_types has {UpBlockTypes.Length} entries but down_block_types has {n}");
-        foreach (var t in DownBlockTypes)
-            Require(t is "CrossAttnDownBlock2D" or "DownBlock2D", $"down block type '{t}' is not supported; valid: CrossAttnDownBlock2D, DownBlock2D");
         foreach (var t in UpBlockTypes)
             Require(t is "CrossAttnUpBlock2D" or "UpBlock2D", $"up block type '{t}' is not supported; valid: CrossAttnUpBlock2D, UpBlock2D");
-        Require(MidBlockType == "UNetMidBlock2DCrossAttn", $"mid_block_type '{MidBlockType}' is not supported; valid: UNetMidBlock2DCrossAttn");
-        Require(BlockOutChannels.All(c => c > 0 && c % NormNumGroups == 0),
-            $"every block_out_channels entry must be a positive multiple of norm_num_groups {NormNumGroups} (got [{string.Join(", ", BlockOutChannels)}])");
-        for (int i = 0; i < n; i++)
-        {
-            // Attention at level i: a cross-attention down block i, the up block n−1−i, or the mid block (last level).
-            bool attention = DownBlockTypes[i] == "CrossAttnDownBlock2D" || UpBlockTypes[n - 1 - i] == "CrossAttnUpBlock2D" || i == n - 1;
-            Require(!attention || (AttentionHeads[i] >= 1 && BlockOutChannels[i] % AttentionHeads[i] == 0),
-                $"block {i}: {BlockOutChannels[i]} channels cannot be split into attention_head_dim[{i}] = {AttentionHeads[i]} heads");
-            Require(LayersPerBlock[i] >= 1, $"layers_per_block[{i}] must be ≥ 1");
-            Require(TransformerLayersPerBlock[i] >= 1, $"transformer_layers_per_block[{i}] must be ≥ 1");
-            Require(CrossAttentionDim[i] >= 1, $"cross_attention_dim[{i}] must be ≥ 1");
-        }
-        Require(CrossAttentionDim.Distinct().Count() == 1, "per-block cross_attention_dim values must be equal (one text encoder feeds every block)");
+        // Attention at level i: a cross-attention down block i, the up block n−1−i, or the mid block (last level).
+        SdEncoderChecks.ValidateEncoder(source, DownBlockTypes, BlockOutChannels, MidBlockType, NormNumGroups, LayersPerBlock,
+            TransformerLayersPerBlock, CrossAttentionDim, AttentionHeads,
+            i => DownBlockTypes[i] == "CrossAttnDownBlock2D" || UpBlockTypes[n - 1 - i] == "CrossAttnUpBlock2D" || i == n - 1);
         Require(ResnetTimeScaleShift is "default" or "scale_shift", $"resnet_time_scale_shift '{ResnetTimeScaleShift}' is not supported; valid: default, scale_shift");
         Require(ConvInKernel % 2 == 1 && ConvOutKernel % 2 == 1, "conv_in_kernel and conv_out_kernel must be odd");
         Require(InChannels >= 1 && OutChannels >= 1, "in_channels and out_channels must be ≥ 1");
