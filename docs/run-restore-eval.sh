@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
-# Preliminary inverse-problem evaluation on the built-in model (docs/results.md, "Inverse problems").
-# 100 held-out digits (every 10th of the 1,000-digit test split: 10 per class), DPS on the DDPM chain with 50 steps,
-# σ_y = 0.05, ζ = 1, with and without PAG (s = 1, middle block). Usage: bash docs/run-restore-eval.sh [OUT]
+# Inverse-problem evaluation on the built-in model (docs/results.md, "Inverse problems").
+# N held-out digits (every (1000/N)-th of the 1,000-digit test split, i.e. N/10 per class), DPS on the DDPM chain
+# with 50 steps, σ_y = 0.05, ζ = 1, with and without PAG (scale S, middle block).
+# Usage: bash docs/run-restore-eval.sh [OUT] [N=200] [S=2]   (the preliminary table used N=100, S=1)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-out/restore-eval}
+N=${2:-200}
+S=${3:-2}
 PAG="dotnet src/PagSharp.Cli/bin/Release/net10.0/pag.dll"
 dotnet build src/PagSharp.Cli -c Release -v q >/dev/null
-DIGITS=$(python3 -c "print(','.join(str(i*10) for i in range(100)))" 2>/dev/null || seq -s, 0 10 990)
+DIGITS=$(seq -s, 0 $((1000 / N)) 999)
 for task in "box:12" "sr:2" "blur:9:2.0"; do
   name=${task//:/_}
   for method in dps dps+pag; do
-    extra=(); [ "$method" = "dps+pag" ] && extra=(--pag-scale 1 --pag-layers middle)
+    extra=(); [ "$method" = "dps+pag" ] && extra=(--pag-scale "$S" --pag-layers middle)
     dir="$OUT/$name/$method"
     start=$(date +%s)
     $PAG restore --digit "$DIGITS" --degradation "$task" --sigma-y 0.05 --zeta 1 --steps 50 --seed 0 "${extra[@]}" --output "$dir" --save-tensor "$dir/restored.npy" | tail -1

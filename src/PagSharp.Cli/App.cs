@@ -18,6 +18,7 @@ public static class App
         app.Configure(c =>
         {
             c.SetApplicationName("pag");
+            c.ConfigureConsole(AnsiConsole.Console); // the current console (tests swap it), not the one Spectre caches on first use
             c.AddCommand<SampleCommand>("sample").WithDescription("Generate images (built-in MNIST model by default) with none / CFG / PAG / SAG guidance (PAG or SAG combine with CFG).");
             c.AddCommand<Txt2ImgCommand>("txt2img").WithDescription("Stable Diffusion 1.x/2.x text-to-image from a diffusers folder with CFG and PAG, as diffusers' StableDiffusionPAGPipeline.");
             c.AddCommand<CompareCommand>("compare").WithDescription("One labelled grid: rows = seeds, columns = guidance methods, all from the same noise.");
@@ -27,6 +28,7 @@ public static class App
             c.AddCommand<RestoreCommand>("restore").WithDescription("Inpainting, super-resolution and deblurring with DPS, with or without PAG.");
             c.AddCommand<TrainCommand>("train").WithDescription("Train an ADM U-Net (improved-DDPM hybrid loss, EMA, checkpoints, resume).");
             c.AddCommand<EvalCommand>("eval").WithDescription("FID, Inception Score, precision and recall of generated images against a reference set or saved statistics.");
+            c.AddCommand<SweepCommand>("sweep").WithDescription("Run a plan of sampling configurations, evaluate each (FID, IS, precision, recall) and write a report with tables, grids and charts.");
             c.AddCommand<TrainClassifierCommand>("train-classifier").WithDescription("Train the MNIST classifier that pag eval uses as its feature network.");
             c.SetExceptionHandler((ex, _) =>
             {

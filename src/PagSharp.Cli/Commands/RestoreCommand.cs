@@ -31,7 +31,7 @@ public sealed class RestoreCommand : Command<RestoreCommand.Settings>
         public string? Degraded { get; init; }
         [CommandOption("--degradation <SPEC>")][Description($"Operator: {OperatorSpec.ValidForms}.")]
         public string? Degradation { get; init; }
-        [CommandOption("--sigma-y <S>")][Description("Measurement noise σ_y (image scale [-1,1]).")]
+        [CommandOption("--sigma-y <S>")][Description("Measurement noise σ_y (image scale [[-1,1]]).")]
         public double SigmaY { get; init; } = 0.05;
         [CommandOption("--zeta <Z>")][Description("DPS step size ζ.")]
         public double Zeta { get; init; } = 1.0;
@@ -40,7 +40,7 @@ public sealed class RestoreCommand : Command<RestoreCommand.Settings>
         [CommandOption("--count <N>")][Description("Restorations per input (seeds seed, seed+1, …).")]
         public int Count { get; init; } = 1;
         [CommandOption("--output <DIR>")] public string Output { get; init; } = Path.Combine("out", "restore");
-        [CommandOption("--save-tensor <FILE>")][Description("Save the restorations as float32 [N,C,H,W] .npy in [-1,1].")]
+        [CommandOption("--save-tensor <FILE>")][Description("Save the restorations as float32 [[N,C,H,W]] .npy in [[-1,1]].")]
         public string? SaveTensor { get; init; }
     }
 
