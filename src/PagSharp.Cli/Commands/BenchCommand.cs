@@ -36,7 +36,14 @@ public sealed class BenchCommand : Command<BenchCommand.Settings>
     /// <summary>One benchmark configuration: model, batch, steps per run, guidance.</summary>
     public sealed record Case(string Model, int Batch, int Steps, string Method);
 
-    private static readonly string[] Methods = { "none", "pag-mid", "pag-deep", "naive-pag-mid", "cfg", "cfg+pag-mid", "naive-cfg+pag-mid" };
+    private static readonly string[] Methods =
+    {
+        "none", "pag-mid", "pag-deep", "naive-pag-mid", "cfg", "cfg+pag-mid", "naive-cfg+pag-mid", "sag",
+        "none" + ChannelsLastSuffix, "pag-mid" + ChannelsLastSuffix,
+    };
+
+    /// <summary>A method name ending in this runs with channels-last (NHWC) weights and activations.</summary>
+    private const string ChannelsLastSuffix = "+channels-last";
 
     public override int Execute(CommandContext context, Settings s, CancellationToken cancellationToken)
     {
@@ -82,6 +89,9 @@ public sealed class BenchCommand : Command<BenchCommand.Settings>
             : AdmPresets.Get("adm-256-cond") with { NullClass = 0 };  // class-conditional so CFG can be timed
         using var net = new AdmUNet(cfg);
         net.eval();
+        bool channelsLast = c.Method.EndsWith(ChannelsLastSuffix, StringComparison.Ordinal);
+        string method = channelsLast ? c.Method[..^ChannelsLastSuffix.Length] : c.Method;
+        if (channelsLast) MemoryLayout.ToChannelsLast(net);
         var model = new AdmDiffusionModel(net);
         var layers = net.AttentionLayers;
         string[] mid = { "middle_block.1" };
@@ -90,7 +100,7 @@ public sealed class BenchCommand : Command<BenchCommand.Settings>
         string[] official = { "input_blocks.14.1", "input_blocks.16.1", "input_blocks.17.1", "middle_block.1" };
         string[] deep = official.All(n => layers.Any(l => l.Name == n)) ? official
             : layers.Where(l => l.Group is "input" or "middle").Select(l => l.Name).ToArray();
-        var g = c.Method switch
+        var g = method switch
         {
             "none" => new GuidanceSettings(),
             "pag-mid" => new GuidanceSettings { PagScale = new ScaleSchedule.Constant(2), PagLayers = mid },
@@ -99,13 +109,17 @@ public sealed class BenchCommand : Command<BenchCommand.Settings>
             "cfg" => new GuidanceSettings { GuidanceScale = 3 },
             "cfg+pag-mid" => new GuidanceSettings { GuidanceScale = 3, PagScale = new ScaleSchedule.Constant(2), PagLayers = mid },
             "naive-cfg+pag-mid" => new GuidanceSettings { GuidanceScale = 3, PagScale = new ScaleSchedule.Constant(2), PagLayers = mid, SharedPrefix = false },
+            "sag" => new GuidanceSettings { Sag = new SagSettings { Scale = new ScaleSchedule.Constant(1) } },
             _ => throw new PagSharpException($"unknown benchmark method {c.Method}"),
         };
         var labels = cfg.ResolvedNumClasses is null ? null : zeros(c.Batch, dtype: ScalarType.Int64);
-        var denoiser = new GuidedDenoiser(model, g, labels, cfg.DiffusionSteps);
+        IDenoiser denoiser = g.UsesSag
+            ? new SagDenoiser(model, g, labels, GaussianDiffusion.Create(cfg.NoiseSchedule, cfg.DiffusionSteps, "", VarianceType.LearnedRange))
+            : new GuidedDenoiser(model, g, labels, cfg.DiffusionSteps);
         var diffusion = GaussianDiffusion.Create(cfg.NoiseSchedule, cfg.DiffusionSteps, c.Steps.ToString(CultureInfo.InvariantCulture), VarianceType.LearnedRange);
         using var noise = new NoiseSource(Enumerable.Range(0, c.Batch).Select(i => (long)i));
         var x = noise.Randn(cfg.InChannels, cfg.ImageSize, cfg.ImageSize);
+        if (channelsLast) x = MemoryLayout.ChannelsLast(x);
         var times = new List<double>();
         using var _ = inference_mode();
         for (int r = 0; r <= runs; r++)
