@@ -39,11 +39,13 @@ public sealed class BenchCommand : Command<BenchCommand.Settings>
     private static readonly string[] Methods =
     {
         "none", "pag-mid", "pag-deep", "naive-pag-mid", "cfg", "cfg+pag-mid", "naive-cfg+pag-mid", "sag",
-        "none" + ChannelsLastSuffix, "pag-mid" + ChannelsLastSuffix,
+        "none" + ChannelsLastSuffix, "pag-mid" + ChannelsLastSuffix, "pag-mid" + NoSplitSuffix, "cfg+pag-mid" + NoSplitSuffix,
     };
 
     /// <summary>A method name ending in this runs with channels-last (NHWC) weights and activations.</summary>
     private const string ChannelsLastSuffix = "+channels-last";
+    /// <summary>A method name ending in this computes the decoder's skip-only part per branch (AdmUNet.SplitSkips off).</summary>
+    private const string NoSplitSuffix = "+no-split-skips";
 
     public override int Execute(CommandContext context, Settings s, CancellationToken cancellationToken)
     {
@@ -90,8 +92,10 @@ public sealed class BenchCommand : Command<BenchCommand.Settings>
         using var net = new AdmUNet(cfg);
         net.eval();
         bool channelsLast = c.Method.EndsWith(ChannelsLastSuffix, StringComparison.Ordinal);
-        string method = channelsLast ? c.Method[..^ChannelsLastSuffix.Length] : c.Method;
+        bool noSplit = c.Method.EndsWith(NoSplitSuffix, StringComparison.Ordinal);
+        string method = channelsLast ? c.Method[..^ChannelsLastSuffix.Length] : noSplit ? c.Method[..^NoSplitSuffix.Length] : c.Method;
         if (channelsLast) MemoryLayout.ToChannelsLast(net);
+        net.SplitSkips = !noSplit;
         var model = new AdmDiffusionModel(net);
         var layers = net.AttentionLayers;
         string[] mid = { "middle_block.1" };

@@ -33,6 +33,10 @@ public class SharedPrefixTests
         var shared = net.Forward(x, t, null, PerturbationPlan.Perturb(layers, IdentityPerturbation.Instance, new long[] { 4, 5 }, null, new long[] { 1, 3 }));
         Assert.Equal(new long[] { 6, 6, 32, 32 }, shared.shape);
         Close.Assert(unshared, shared, 1e-5, $"fork at {spec}");
+        // The same without computing the decoder's skip-only part once (the split is exact up to rounding).
+        net.SplitSkips = false;
+        var plain = net.Forward(x, t, null, PerturbationPlan.Perturb(layers, IdentityPerturbation.Instance, new long[] { 4, 5 }, null, new long[] { 1, 3 }));
+        Close.Assert(unshared, plain, 1e-5, $"fork at {spec} without split skips");
         TensorAssert.DisposeAll(cases);
     }
 

@@ -105,6 +105,13 @@ public sealed class AdmUNet : Module
     public bool IsClassConditional => label_emb is not null;
 
     /// <summary>
+    /// After a shared-prefix fork, compute the part of each decoder ResBlock that depends only on a pre-fork skip
+    /// connection once instead of once per branch (same result within float rounding). On by default; off for A/B
+    /// benchmarks and tests.
+    /// </summary>
+    public bool SplitSkips { get; set; } = true;
+
+    /// <summary>
     /// ε-model output for x [B,C,H,W] at integer timesteps [B] (and class labels [B] for class-conditional models).
     /// The plan, if any, perturbs or observes attention layers for this call only; with a fork
     /// (<see cref="PerturbationPlan.ForkSource"/>) the output has B + ForkSource.Length entries.
@@ -115,7 +122,7 @@ public sealed class AdmUNet : Module
             throw new PagSharpException(IsClassConditional
                 ? $"this model is class-conditional ({Config.ResolvedNumClasses} classes): labels are required"
                 : "this model is unconditional: it takes no class labels");
-        var state = new ForwardState(TimeEmbedding(timesteps, y), plan, ForkLayer(plan));
+        var state = new ForwardState(TimeEmbedding(timesteps, y), plan, ForkLayer(plan)) { SplitSkips = SplitSkips };
 
         // Each block runs in its own dispose scope, so only block outputs (the skips) outlive it: peak memory is the
         // skips plus one block's temporaries, not every activation of the pass. Used skips are released at once.
@@ -133,7 +140,7 @@ public sealed class AdmUNet : Module
         {
             var (prev, skip) = (h, hs[^1]);
             hs.RemoveAt(hs.Count - 1);
-            h = Scoped(() => block.Forward(cat(new[] { prev, state.Widen(skip) }, 1), state));
+            h = Scoped(() => block.ForwardWithSkip(prev, skip, state));
             prev.Dispose();
             skip.Dispose();
         }
@@ -198,6 +205,13 @@ public sealed class ForwardState : IDisposable
     /// <summary>A skip connection stored before the fork, widened to the forked batch.</summary>
     public Tensor Widen(Tensor skip) => _fork.Widen(skip);
 
+    /// <summary>True when <paramref name="skip"/> was stored before the fork and <paramref name="h"/> comes after it.</summary>
+    public bool IsPreForkSkip(Tensor h, Tensor skip) =>
+        _fork.HasForked && skip.shape[0] == _fork.BatchBeforeFork && h.shape[0] == _fork.BatchBeforeFork + _fork.Copies;
+
+    /// <summary>Compute the decoder's skip-only part once after a fork (<see cref="AdmUNet.SplitSkips"/>).</summary>
+    public bool SplitSkips { get; init; } = true;
+
     public void Dispose() => _fork.Dispose();
 }
 
@@ -212,9 +226,22 @@ public sealed class TimestepBlock : Module
         for (int i = 0; i < layers.Length; i++) register_module(i.ToString(System.Globalization.CultureInfo.InvariantCulture), layers[i]);
     }
 
-    public Tensor Forward(Tensor x, ForwardState state)
+    /// <summary>
+    /// A decoder block on cat([h, skip], 1). After a shared-prefix fork a skip stored before it still has the pre-fork
+    /// batch; the first ResBlock then computes its skip-only part once (<see cref="ResBlock.ForwardSplitSkip"/>).
+    /// </summary>
+    public Tensor ForwardWithSkip(Tensor h, Tensor skip, ForwardState state)
     {
-        foreach (var layer in _layers)
+        if (state.SplitSkips && state.IsPreForkSkip(h, skip) && _layers[0] is ResBlock r && r.ForwardSplitSkip(h, skip, state.Widen, state.Emb) is { } first)
+            return Forward(first, state, 1);
+        return Forward(cat(new[] { h, state.Widen(skip) }, 1), state);
+    }
+
+    public Tensor Forward(Tensor x, ForwardState state) => Forward(x, state, 0);
+
+    private Tensor Forward(Tensor x, ForwardState state, int from)
+    {
+        foreach (var layer in _layers.Skip(from))
             x = layer switch
             {
                 ResBlock r => r.Forward(x, state.Emb),

@@ -1,0 +1,48 @@
+using PagSharp.Models.Adm;
+using PagSharp.Tests.IO;
+using static TorchSharp.torch;
+
+namespace PagSharp.Tests.Models;
+
+/// <summary>A decoder ResBlock after a fork: the skip-only part computed once equals the plain concatenated forward.</summary>
+public class ResBlockSplitSkipTests
+{
+    [Theory]
+    [InlineData(64, 64, 64, false, false)] // groups of 4: the boundary falls between groups
+    [InlineData(64, 32, 64, false, true)]  // groups of 3: one group straddles h and the skip
+    [InlineData(32, 32, 32, true, false)]
+    [InlineData(33, 31, 32, false, false)] // groups of 2, straddling by one channel
+    [InlineData(64, 32, 64, true, true)]   // 3×3 conv skip connection
+    public void SplitEqualsConcatenated(int hCh, int skipCh, int outCh, bool scaleShift, bool convSkip)
+    {
+        using var _ = no_grad();
+        using var scope = NewDisposeScope();
+        using var gen = new Generator(11);
+        var block = new ResBlock(hCh + skipCh, 16, 0, outCh, scaleShift, useConvSkip: convSkip);
+        foreach (var p in block.parameters()) p.copy_(randn(p.shape, generator: gen) * 0.2);
+        block.eval();
+        var skip = randn(new long[] { 3, skipCh, 8, 8 }, generator: gen);
+        var copies = tensor(new long[] { 2, 0 });
+        Tensor Widen(Tensor t) => cat(new[] { t, t.index_select(0, copies) }, 0);
+        var h = randn(new long[] { 5, hCh, 8, 8 }, generator: gen);
+        var emb = randn(new long[] { 5, 16 }, generator: gen);
+
+        var expected = block.Forward(cat(new[] { h, Widen(skip) }, 1), emb);
+        var split = block.ForwardSplitSkip(h, skip, Widen, emb);
+        Assert.NotNull(split);
+        Close.Assert(expected, split!, 1e-5, $"h {hCh} + skip {skipCh} → {outCh}");
+    }
+
+    [Fact]
+    public void NotApplicableWithAnIdentitySkipOrResampling()
+    {
+        using var _ = no_grad();
+        using var scope = NewDisposeScope();
+        var h = randn(2, 32, 8, 8);
+        var skip = randn(1, 32, 8, 8);
+        var emb = randn(2, 16);
+        Tensor Widen(Tensor t) => cat(new[] { t, t }, 0);
+        Assert.Null(new ResBlock(64, 16, 0, 64, true).ForwardSplitSkip(h, skip, Widen, emb));
+        Assert.Null(new ResBlock(64, 16, 0, 32, true, up: true).ForwardSplitSkip(h, skip, Widen, emb));
+    }
+}
