@@ -111,37 +111,14 @@ internal sealed class ResBlock : Module
 
     /// <summary>
     /// The same result as <c>Forward(cat([h, widen(skip)], 1), emb)</c> for a decoder block after a shared-prefix fork,
-    /// where <paramref name="skip"/> still has the pre-fork batch and the fork's copies are appended by
-    /// <paramref name="widen"/>. Everything that depends on the skip channels alone is computed once on the pre-fork
-    /// batch: convolutions are linear in their input channels, and GroupNorm normalises each group of channels on its
-    /// own, so the groups made only of skip channels (all but at most one straddling group) are normalised, activated
-    /// and convolved once, then widened and added. The 1×1 (or 3×3) skip connection splits the same way.
-    /// Returns null where this does not apply (resampling blocks, an identity skip connection).
+    /// with the skip-only part computed once on the pre-fork batch (<see cref="SplitSkip"/>). Null where this does not
+    /// apply (resampling blocks, an identity skip connection, no group of skip channels alone).
     /// </summary>
     public Tensor? ForwardSplitSkip(Tensor h, Tensor skip, Func<Tensor, Tensor> widen, Tensor emb)
     {
         if (_hUpd is not null || skip_connection is not Conv2d sc) return null;
-        var norm = (GroupNorm)in_layers[0];
-        var conv = (Conv2d)in_layers[2];
-        long ch = h.shape[1], total = ch + skip.shape[1], groups = 32, gs = total / groups;
-        long k = (ch + gs - 1) / gs * gs;  // first channel of the first group made only of skip channels
-        if (k >= total) return null;
-        long mixed = k - ch;
-
-        // Per branch: h plus the skip channels of the straddling group (if any).
-        var a = mixed == 0 ? h : cat(new[] { h, widen(skip.narrow(1, 0, mixed)) }, 1);
-        var na = functional.group_norm(a, k / gs, norm.weight!.narrow(0, 0, k), norm.bias!.narrow(0, 0, k), 1e-5);
-        var perBranch = functional.conv2d(functional.silu(na), conv.weight!.narrow(1, 0, k), conv.bias, padding: [1, 1]);
-        // Once, on the pre-fork batch: the pure-skip groups.
-        var s = skip.narrow(1, mixed, total - k);
-        var ns = functional.group_norm(s, groups - k / gs, norm.weight!.narrow(0, k, total - k), norm.bias!.narrow(0, k, total - k), 1e-5);
-        var shared = functional.conv2d(functional.silu(ns), conv.weight!.narrow(1, k, total - k), null, padding: [1, 1]);
-        var hIn = perBranch + widen(shared);
-
-        long pad = sc.weight!.shape[2] / 2; // 1×1 (default) or 3×3 (use_conv skip) with "same" padding
-        var skipOut = functional.conv2d(h, sc.weight!.narrow(1, 0, ch), sc.bias, padding: [pad, pad])
-                    + widen(functional.conv2d(skip, sc.weight!.narrow(1, ch, total - ch), null, padding: [pad, pad]));
-        return skipOut + EmbedAndOut(hIn, emb);
+        var hIn = SplitSkip.NormActConv(h, skip, widen, (GroupNorm)in_layers[0], 32, 1e-5, x => functional.silu(x), (Conv2d)in_layers[2]);
+        return hIn is null ? null : SplitSkip.Conv(h, skip, widen, sc) + EmbedAndOut(hIn, emb);
     }
 
     /// <summary>The timestep-embedding injection (scale-shift norm or addition) and out_layers.</summary>

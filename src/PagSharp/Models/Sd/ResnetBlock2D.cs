@@ -24,6 +24,8 @@ internal sealed class ResnetBlock2D : Module
     private readonly string _act;
     private readonly bool _scaleShift;
     private readonly double _outScale;
+    private readonly long _groups;
+    private readonly double _eps;
 
     public ResnetBlock2D(long inChannels, long outChannels, long? tembChannels, int groups, double eps, string act,
                          double dropoutP = 0, string timeEmbeddingNorm = "default", double outputScaleFactor = 1)
@@ -39,12 +41,32 @@ internal sealed class ResnetBlock2D : Module
         if (inChannels != outChannels) conv_shortcut = Conv2d(inChannels, outChannels, 1);
         _act = act;
         _outScale = outputScaleFactor;
+        _groups = groups;
+        _eps = eps;
         RegisterComponents();
     }
 
     public Tensor Forward(Tensor x, Tensor? temb)
     {
         var h = conv1.forward(SdNn.Activation(_act, norm1.forward(x)));
+        return Finish(conv_shortcut is null ? x : conv_shortcut.forward(x), h, temb);
+    }
+
+    /// <summary>
+    /// The same result as <c>Forward(cat([h, widen(skip)], 1), temb)</c> in an up block after a shared-prefix fork, with
+    /// the skip-only part computed once on the pre-fork batch (<see cref="SplitSkip"/>). Null where this does not apply
+    /// (no conv_shortcut, no group of skip channels alone).
+    /// </summary>
+    public Tensor? ForwardSplitSkip(Tensor h, Tensor skip, Func<Tensor, Tensor> widen, Tensor? temb)
+    {
+        if (conv_shortcut is null) return null;
+        var hIn = SplitSkip.NormActConv(h, skip, widen, norm1, _groups, _eps, x => SdNn.Activation(_act, x), conv1);
+        return hIn is null ? null : Finish(SplitSkip.Conv(h, skip, widen, conv_shortcut), hIn, temb);
+    }
+
+    /// <summary>Time-embedding injection, norm2, conv2, and the shortcut sum.</summary>
+    private Tensor Finish(Tensor shortcut, Tensor h, Tensor? temb)
+    {
         Tensor? t = null;
         if (time_emb_proj is not null && temb is not null)
             t = time_emb_proj.forward(SdNn.Activation(_act, temb)).unsqueeze(-1).unsqueeze(-1);
@@ -60,7 +82,6 @@ internal sealed class ResnetBlock2D : Module
             h = norm2.forward(h) * (1 + ss[0]) + ss[1];
         }
         h = conv2.forward(dropout.forward(SdNn.Activation(_act, h)));
-        var shortcut = conv_shortcut is null ? x : conv_shortcut.forward(x);
         var o = shortcut + h;
         return _outScale == 1 ? o : o / _outScale;
     }

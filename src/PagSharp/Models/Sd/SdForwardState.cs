@@ -56,5 +56,12 @@ internal sealed class SdForwardState : IDisposable
     /// <summary>A skip connection stored before the fork, widened to the forked batch.</summary>
     public Tensor Widen(Tensor skip) => _fork.Widen(skip);
 
+    /// <summary>True when <paramref name="skip"/> was stored before the fork and <paramref name="h"/> comes after it.</summary>
+    public bool IsPreForkSkip(Tensor h, Tensor skip) =>
+        _fork.HasForked && skip.shape[0] == _fork.BatchBeforeFork && h.shape[0] == _fork.BatchBeforeFork + _fork.Copies;
+
+    /// <summary>Compute the up blocks' skip-only part once after a fork (<see cref="SdUNet.SplitSkips"/>).</summary>
+    public bool SplitSkips { get; init; } = true;
+
     public void Dispose() => _fork.Dispose();
 }

@@ -86,6 +86,12 @@ public sealed class SdUNet : Module
     }
 
     /// <summary>
+    /// After a shared-prefix fork, compute the part of each up-block resnet that depends only on a pre-fork skip
+    /// connection once instead of once per branch (same result within float rounding). On by default.
+    /// </summary>
+    public bool SplitSkips { get; set; } = true;
+
+    /// <summary>
     /// The predicted noise (or v) for latents <paramref name="sample"/> [B, C, H, W] at <paramref name="timesteps"/>
     /// (a scalar, [1] or [B]; integer or float) with text conditioning <paramref name="encoderHiddenStates"/>
     /// [B, S, cross_attention_dim]. With a fork (<see cref="PerturbationPlan.ForkSource"/>) the output has
@@ -117,7 +123,7 @@ public sealed class SdUNet : Module
 
         var tEmb = SdTimesteps.Embedding(t, Config.BlockOutChannels[0], Config.FlipSinToCos, Config.FreqShift).to_type(sample.dtype);
         var emb = time_embedding.forward(tEmb);
-        using var state = new SdForwardState(emb, encoderHiddenStates, plan, ForkPoint(plan));
+        using var state = new SdForwardState(emb, encoderHiddenStates, plan, ForkPoint(plan)) { SplitSkips = SplitSkips };
 
         var h = conv_in.forward(sample);
         var skips = new List<Tensor> { h };

@@ -146,7 +146,8 @@ internal sealed class SdUpBlock : Module
         {
             var skip = skips[^1];
             skips.RemoveAt(skips.Count - 1);
-            h = resnets[i].Forward(cat(new[] { h, state.Widen(skip) }, 1), state.Emb);
+            h = (state.SplitSkips && state.IsPreForkSkip(h, skip) ? resnets[i].ForwardSplitSkip(h, skip, state.Widen, state.Emb) : null)
+                ?? resnets[i].Forward(cat(new[] { h, state.Widen(skip) }, 1), state.Emb);
             if (attentions is not null)
             {
                 var a = attentions[i];

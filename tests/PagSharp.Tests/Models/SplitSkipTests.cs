@@ -1,11 +1,12 @@
 using PagSharp.Models.Adm;
+using PagSharp.Models.Sd;
 using PagSharp.Tests.IO;
 using static TorchSharp.torch;
 
 namespace PagSharp.Tests.Models;
 
 /// <summary>A decoder ResBlock after a fork: the skip-only part computed once equals the plain concatenated forward.</summary>
-public class ResBlockSplitSkipTests
+public class SplitSkipTests
 {
     [Theory]
     [InlineData(64, 64, 64, false, false)] // groups of 4: the boundary falls between groups
@@ -44,5 +45,28 @@ public class ResBlockSplitSkipTests
         Tensor Widen(Tensor t) => cat(new[] { t, t }, 0);
         Assert.Null(new ResBlock(64, 16, 0, 64, true).ForwardSplitSkip(h, skip, Widen, emb));
         Assert.Null(new ResBlock(64, 16, 0, 32, true, up: true).ForwardSplitSkip(h, skip, Widen, emb));
+    }
+
+    /// <summary>diffusers' ResnetBlock2D in an up block: the same split (its own group count, eps and activation).</summary>
+    [Theory]
+    [InlineData(64, 32, 32, 32)]  // groups of 3, straddling
+    [InlineData(64, 64, 64, 32)]
+    [InlineData(40, 24, 32, 8)]   // 8 groups of 8: the boundary is inside a group
+    public void SdResnetSplitEqualsConcatenated(int hCh, int skipCh, int outCh, int groups)
+    {
+        using var _ = no_grad();
+        using var scope = NewDisposeScope();
+        using var gen = new Generator(5);
+        var block = new ResnetBlock2D(hCh + skipCh, outCh, 16, groups, 1e-6, "silu");
+        foreach (var p in block.parameters()) p.copy_(randn(p.shape, generator: gen) * 0.2);
+        block.eval();
+        var skip = randn(new long[] { 2, skipCh, 8, 8 }, generator: gen);
+        Tensor Widen(Tensor t) => cat(new[] { t, t }, 0);
+        var h = randn(new long[] { 4, hCh, 8, 8 }, generator: gen);
+        var temb = randn(new long[] { 4, 16 }, generator: gen);
+        var expected = block.Forward(cat(new[] { h, Widen(skip) }, 1), temb);
+        var split = block.ForwardSplitSkip(h, skip, Widen, temb);
+        Assert.NotNull(split);
+        Close.Assert(expected, split!, 1e-5, $"SD h {hCh} + skip {skipCh} → {outCh}, {groups} groups");
     }
 }

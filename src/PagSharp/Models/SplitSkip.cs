@@ -1,0 +1,47 @@
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+using static TorchSharp.torch.nn;
+
+namespace PagSharp.Models;
+
+/// <summary>
+/// The first layers of a decoder ResBlock on cat([h, skip], 1) after a shared-prefix fork, where the skip still has
+/// the pre-fork batch and <c>widen</c> appends the fork's copies. Convolutions are linear in their input channels and
+/// GroupNorm normalises each group of channels on its own, so every group made only of skip channels (all but at most
+/// one group straddling h and the skip) is normalised, activated and convolved once, on the pre-fork batch, then
+/// widened and added to the per-branch part. The results equal the concatenated computation up to float rounding.
+/// </summary>
+internal static class SplitSkip
+{
+    /// <summary>
+    /// conv(act(norm(cat([h, widen(skip)], 1)))) for a 3×3 "same" conv, or null when no group holds only skip
+    /// channels (nothing to share).
+    /// </summary>
+    public static Tensor? NormActConv(Tensor h, Tensor skip, Func<Tensor, Tensor> widen, GroupNorm norm, long groups, double eps,
+                                      Func<Tensor, Tensor> act, Conv2d conv)
+    {
+        long ch = h.shape[1], total = ch + skip.shape[1], gs = total / groups;
+        long k = (ch + gs - 1) / gs * gs;  // first channel of the first group made only of skip channels
+        if (k >= total) return null;
+        long mixed = k - ch;
+        long pad = conv.weight!.shape[2] / 2;
+
+        // Per branch: h plus the skip channels of the straddling group (if any).
+        var a = mixed == 0 ? h : cat(new[] { h, widen(skip.narrow(1, 0, mixed)) }, 1);
+        var na = functional.group_norm(a, k / gs, norm.weight!.narrow(0, 0, k), norm.bias!.narrow(0, 0, k), eps);
+        var perBranch = functional.conv2d(act(na), conv.weight!.narrow(1, 0, k), conv.bias, padding: [pad, pad]);
+        // Once, on the pre-fork batch: the groups of skip channels alone.
+        var s = skip.narrow(1, mixed, total - k);
+        var ns = functional.group_norm(s, groups - k / gs, norm.weight!.narrow(0, k, total - k), norm.bias!.narrow(0, k, total - k), eps);
+        var shared = functional.conv2d(act(ns), conv.weight!.narrow(1, k, total - k), null, padding: [pad, pad]);
+        return perBranch + widen(shared);
+    }
+
+    /// <summary>conv(cat([h, widen(skip)], 1)) for a "same" conv (the 1×1 or 3×3 skip connection / shortcut).</summary>
+    public static Tensor Conv(Tensor h, Tensor skip, Func<Tensor, Tensor> widen, Conv2d conv)
+    {
+        long ch = h.shape[1], pad = conv.weight!.shape[2] / 2;
+        return functional.conv2d(h, conv.weight!.narrow(1, 0, ch), conv.bias, padding: [pad, pad])
+             + widen(functional.conv2d(skip, conv.weight!.narrow(1, ch, skip.shape[1]), null, padding: [pad, pad]));
+    }
+}
