@@ -30,7 +30,11 @@ public sealed class BatchFork : IDisposable
     }
 
     /// <summary><paramref name="t"/> with the fork's copies of its entries appended (after <see cref="Fork"/>).</summary>
-    public Tensor Append(Tensor t) => cat(new[] { t, t.index_select(0, _index!) }, 0);
+    public Tensor Append(Tensor t)
+    {
+        using var copies = t.index_select(0, _index!);
+        return cat(new[] { t, copies }, 0);
+    }
 
     /// <summary>A tensor of the pre-fork batch widened to the forked batch; any other tensor unchanged.</summary>
     public Tensor Widen(Tensor t) => _index is null || t.shape[0] != BatchBeforeFork ? t : Append(t);

@@ -26,22 +26,28 @@ internal static class SplitSkip
         long mixed = k - ch;
         long pad = conv.weight!.shape[2] / 2;
 
-        // Per branch: h plus the skip channels of the straddling group (if any).
-        var a = mixed == 0 ? h : cat(new[] { h, widen(skip.narrow(1, 0, mixed)) }, 1);
-        var na = functional.group_norm(a, k / gs, norm.weight!.narrow(0, 0, k), norm.bias!.narrow(0, 0, k), eps);
-        var perBranch = functional.conv2d(act(na), conv.weight!.narrow(1, 0, k), conv.bias, padding: [pad, pad]);
+        // Per branch: h plus the skip channels of the straddling group (if any). Temporaries are released as soon as
+        // they are used, so this block's peak memory stays below that of the concatenated computation.
+        Tensor perBranch;
+        using (var a = mixed == 0 ? h.alias() : cat(new[] { h, widen(skip.narrow(1, 0, mixed)) }, 1))
+        using (var na = functional.group_norm(a, k / gs, norm.weight!.narrow(0, 0, k), norm.bias!.narrow(0, 0, k), eps))
+        using (var aa = act(na))
+            perBranch = functional.conv2d(aa, conv.weight!.narrow(1, 0, k), conv.bias, padding: [pad, pad]);
         // Once, on the pre-fork batch: the groups of skip channels alone.
-        var s = skip.narrow(1, mixed, total - k);
-        var ns = functional.group_norm(s, groups - k / gs, norm.weight!.narrow(0, k, total - k), norm.bias!.narrow(0, k, total - k), eps);
-        var shared = functional.conv2d(act(ns), conv.weight!.narrow(1, k, total - k), null, padding: [pad, pad]);
-        return perBranch + widen(shared);
+        using (var ns = functional.group_norm(skip.narrow(1, mixed, total - k), groups - k / gs, norm.weight!.narrow(0, k, total - k), norm.bias!.narrow(0, k, total - k), eps))
+        using (var sa = act(ns))
+        using (var shared = functional.conv2d(sa, conv.weight!.narrow(1, k, total - k), null, padding: [pad, pad]))
+        using (var wide = widen(shared))
+            return perBranch.add_(wide);
     }
 
     /// <summary>conv(cat([h, widen(skip)], 1)) for a "same" conv (the 1×1 or 3×3 skip connection / shortcut).</summary>
     public static Tensor Conv(Tensor h, Tensor skip, Func<Tensor, Tensor> widen, Conv2d conv)
     {
         long ch = h.shape[1], pad = conv.weight!.shape[2] / 2;
-        return functional.conv2d(h, conv.weight!.narrow(1, 0, ch), conv.bias, padding: [pad, pad])
-             + widen(functional.conv2d(skip, conv.weight!.narrow(1, ch, skip.shape[1]), null, padding: [pad, pad]));
+        var result = functional.conv2d(h, conv.weight!.narrow(1, 0, ch), conv.bias, padding: [pad, pad]);
+        using var shared = functional.conv2d(skip, conv.weight!.narrow(1, ch, skip.shape[1]), null, padding: [pad, pad]);
+        using var wide = widen(shared);
+        return result.add_(wide);
     }
 }
