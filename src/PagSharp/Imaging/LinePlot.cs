@@ -115,7 +115,7 @@ public static class LinePlot
         }
         canvas.ResetClip();
 
-        // Legend in the top-right corner of the plot area.
+        // Legend in the corner of the plot area that hides the fewest points of the lines (top-right on a tie).
         var named = Enumerable.Range(0, series.Count).Where(i => !string.IsNullOrEmpty(series[i].name)).ToList();
         if (named.Count > 0)
         {
@@ -123,7 +123,13 @@ public static class LinePlot
             int lineH = BitmapFont.LineHeight * ts + 2;
             int textW = named.Max(i => BitmapFont.MeasureWidth(series[i].name, ts));
             int boxW = inner + swatch + inner + textW + inner, boxH = inner + named.Count * lineH - 2 + inner;
-            int bx = Math.Max(left + 2, right - 6 - boxW), by = top + 6;
+            var corners = new[]
+            {
+                (x: Math.Max(left + 2, right - 6 - boxW), y: top + 6), (x: left + 6, y: top + 6),
+                (x: Math.Max(left + 2, right - 6 - boxW), y: Math.Max(top + 2, bottom - 6 - boxH)), (x: left + 6, y: Math.Max(top + 2, bottom - 6 - boxH)),
+            };
+            var (bx, by) = corners.MinBy(c => HiddenPoints(c.x, c.y, boxW, boxH));
+
             canvas.FillRect(bx, by, boxW, boxH, Rgb.White);
             canvas.StrokeRect(bx, by, boxW, boxH, AxisColour);
             for (int k = 0; k < named.Count; k++)
@@ -136,6 +142,28 @@ public static class LinePlot
         }
 
         canvas.SavePng(path);
+
+        // Points sampled along every drawn segment (20 per segment) that a legend box at (x, y) would cover.
+        int HiddenPoints(int x, int y, int w, int h)
+        {
+            int hidden = 0;
+            foreach (var (_, points) in series)
+            {
+                (double x, double y)? previous = null;
+                foreach (var p in points ?? [])
+                {
+                    if (!Usable(p)) { previous = null; continue; }
+                    var a = previous ?? p;
+                    for (int k = 0; k <= 20; k++)
+                    {
+                        int px = PxX(a.x + (p.x - a.x) * k / 20), py = PxY(a.y + (p.y - a.y) * k / 20);
+                        if (px >= x && px <= x + w && py >= y && py <= y + h) hidden++;
+                    }
+                    previous = p;
+                }
+            }
+            return hidden;
+        }
     }
 
     /// <summary>An axis: maps data values to [0, 1] and lists labelled tick values.</summary>

@@ -67,6 +67,9 @@ public sealed class SweepCommandTests : IDisposable
         Assert.Equal("mnist-test", (string)Read("b", "eval.json")["reference"]!);
         var summary = JsonNode.Parse(File.ReadAllText(_dir.File("report/report.json")))!;
         Assert.Equal((double)Read("b", "eval.json")["fid"]!, (double)summary["b"]!["eval"]!["fid"]!);
+        Assert.Equal(["a", "b", "floor"], summary.AsObject().Select(p => p.Key)); // plan order
+        Assert.InRange((int)summary["b"]!["threads"]!, 1, 1024);
+        Assert.Contains("torch threads per run: ", report);
         Assert.NotEqual((double)Read("a", "eval.json")["fid"]!, (double)Read("b", "eval.json")["fid"]!);
 
         // A rerun finds everything done: nothing is sampled again.

@@ -41,6 +41,24 @@ public class LinePlotTests
         Assert.Throws<PagSharpException>(() => LinePlot.Save(dir.File("z.png"), [("a", new List<(double, double)> { (1, 1) })], "", "", "", width: 10));
     }
 
+    /// <summary>A line rising into the top-right corner keeps that corner visible: the legend moves to a free corner.</summary>
+    [Fact]
+    public void LegendAvoidsTheLines()
+    {
+        using var dir = new TempDir();
+        string path = dir.File("rising.png");
+        var rising = Enumerable.Range(0, 11).Select(i => ((double)i, (double)i)).ToList();
+        LinePlot.Save(path, [("rising", rising)], "", "x", "y");
+        using var image = Png.Load(path);
+        // The line's colour is present in the top-right tenth of the image (the legend's default corner) ...
+        using var topRight = image.narrow(1, 0, 80).narrow(2, 640, 160).contiguous();
+        Assert.True(CountColour(topRight, 0, 90, 200) > 20);
+        // ... and the legend sits in the free top-left corner of the plot area instead: its black text is there (the
+        // tick labels are outside the plot area, and nothing else in the plot is black).
+        using var topLeft = image.narrow(1, 0, 70).narrow(2, 80, 160).contiguous();
+        Assert.True(CountColour(topLeft, 0, 0, 0) > 50);
+    }
+
     private static int CountColour(TorchSharp.torch.Tensor image, int r, int g, int b)
     {
         float[] v = image.data<float>().ToArray();
