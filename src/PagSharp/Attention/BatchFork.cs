@@ -12,7 +12,15 @@ public sealed class BatchFork : IDisposable
     private readonly long[]? _source;
     private Tensor? _index;
 
-    public BatchFork(PerturbationPlan? plan) => _source = plan?.ForkSource;
+    private readonly bool _splitSkips;
+
+    /// <param name="plan">The call's plan; no fork without a <see cref="PerturbationPlan.ForkSource"/>.</param>
+    /// <param name="splitSkips">Let decoder blocks compute the part that depends only on a pre-fork skip once (<see cref="SharesSkip"/>).</param>
+    public BatchFork(PerturbationPlan? plan, bool splitSkips = false)
+    {
+        _source = plan?.ForkSource;
+        _splitSkips = splitSkips;
+    }
 
     public bool HasForked => _index is not null;
     /// <summary>Batch size before the fork.</summary>
@@ -38,6 +46,13 @@ public sealed class BatchFork : IDisposable
 
     /// <summary>A tensor of the pre-fork batch widened to the forked batch; any other tensor unchanged.</summary>
     public Tensor Widen(Tensor t) => _index is null || t.shape[0] != BatchBeforeFork ? t : Append(t);
+
+    /// <summary>
+    /// True when a decoder block should compute its skip-only part once: skip splitting is on, <paramref name="skip"/>
+    /// was stored before the fork and <paramref name="h"/> comes after it.
+    /// </summary>
+    public bool SharesSkip(Tensor h, Tensor skip) =>
+        _splitSkips && HasForked && skip.shape[0] == BatchBeforeFork && h.shape[0] == BatchBeforeFork + Copies;
 
     public void Dispose() => _index?.Dispose();
 }

@@ -122,7 +122,7 @@ public sealed class AdmUNet : Module
             throw new PagSharpException(IsClassConditional
                 ? $"this model is class-conditional ({Config.ResolvedNumClasses} classes): labels are required"
                 : "this model is unconditional: it takes no class labels");
-        var state = new ForwardState(TimeEmbedding(timesteps, y), plan, ForkLayer(plan)) { SplitSkips = SplitSkips };
+        var state = new ForwardState(TimeEmbedding(timesteps, y), plan, ForkLayer(plan), SplitSkips);
 
         // Each block runs in its own dispose scope, so only block outputs (the skips) outlive it: peak memory is the
         // skips plus one block's temporaries, not every activation of the pass. Used skips are released at once.
@@ -181,12 +181,12 @@ public sealed class ForwardState : IDisposable
     private readonly string? _forkLayer;
     private readonly BatchFork _fork;
 
-    public ForwardState(Tensor emb, PerturbationPlan? plan, string? forkLayer)
+    public ForwardState(Tensor emb, PerturbationPlan? plan, string? forkLayer, bool splitSkips = false)
     {
         Emb = emb;
         Plan = plan;
         _forkLayer = forkLayer;
-        _fork = new BatchFork(plan);
+        _fork = new BatchFork(plan, splitSkips);
     }
 
     public Tensor Emb { get; private set; }
@@ -205,12 +205,8 @@ public sealed class ForwardState : IDisposable
     /// <summary>A skip connection stored before the fork, widened to the forked batch.</summary>
     public Tensor Widen(Tensor skip) => _fork.Widen(skip);
 
-    /// <summary>True when <paramref name="skip"/> was stored before the fork and <paramref name="h"/> comes after it.</summary>
-    public bool IsPreForkSkip(Tensor h, Tensor skip) =>
-        _fork.HasForked && skip.shape[0] == _fork.BatchBeforeFork && h.shape[0] == _fork.BatchBeforeFork + _fork.Copies;
-
-    /// <summary>Compute the decoder's skip-only part once after a fork (<see cref="AdmUNet.SplitSkips"/>).</summary>
-    public bool SplitSkips { get; init; } = true;
+    /// <summary>Whether the block consuming <paramref name="skip"/> computes its skip-only part once (<see cref="BatchFork.SharesSkip"/>).</summary>
+    public bool SharesSkip(Tensor h, Tensor skip) => _fork.SharesSkip(h, skip);
 
     public void Dispose() => _fork.Dispose();
 }
@@ -232,7 +228,7 @@ public sealed class TimestepBlock : Module
     /// </summary>
     public Tensor ForwardWithSkip(Tensor h, Tensor skip, ForwardState state)
     {
-        if (state.SplitSkips && state.IsPreForkSkip(h, skip) && _layers[0] is ResBlock r && r.ForwardSplitSkip(h, skip, state.Widen, state.Emb) is { } first)
+        if (state.SharesSkip(h, skip) && _layers[0] is ResBlock r && r.ForwardSplitSkip(h, skip, state.Widen, state.Emb) is { } first)
             return Forward(first, state, 1);
         return Forward(cat(new[] { h, state.Widen(skip) }, 1), state);
     }
@@ -241,13 +237,13 @@ public sealed class TimestepBlock : Module
 
     private Tensor Forward(Tensor x, ForwardState state, int from)
     {
-        foreach (var layer in _layers.Skip(from))
-            x = layer switch
+        for (int i = from; i < _layers.Length; i++)
+            x = _layers[i] switch
             {
                 ResBlock r => r.Forward(x, state.Emb),
                 AttentionBlock a => a.Forward(state.BeforeAttention(a.Path, x), state.Plan),
                 Module<Tensor, Tensor> m => m.call(x),
-                _ => throw new InvalidOperationException($"unexpected layer {layer.GetType().Name}"),
+                _ => throw new InvalidOperationException($"unexpected layer {_layers[i].GetType().Name}"),
             };
         return x;
     }

@@ -14,13 +14,13 @@ internal sealed class SdForwardState : IDisposable
     private readonly string? _forkAt;
     private readonly BatchFork _fork;
 
-    public SdForwardState(Tensor emb, Tensor context, PerturbationPlan? plan, string? forkAt)
+    public SdForwardState(Tensor emb, Tensor context, PerturbationPlan? plan, string? forkAt, bool splitSkips = false)
     {
         Emb = emb;
         Context = context;
         Plan = plan;
         _forkAt = forkAt;
-        _fork = new BatchFork(plan);
+        _fork = new BatchFork(plan, splitSkips);
     }
 
     public Tensor Emb { get; private set; }
@@ -56,12 +56,8 @@ internal sealed class SdForwardState : IDisposable
     /// <summary>A skip connection stored before the fork, widened to the forked batch.</summary>
     public Tensor Widen(Tensor skip) => _fork.Widen(skip);
 
-    /// <summary>True when <paramref name="skip"/> was stored before the fork and <paramref name="h"/> comes after it.</summary>
-    public bool IsPreForkSkip(Tensor h, Tensor skip) =>
-        _fork.HasForked && skip.shape[0] == _fork.BatchBeforeFork && h.shape[0] == _fork.BatchBeforeFork + _fork.Copies;
-
-    /// <summary>Compute the up blocks' skip-only part once after a fork (<see cref="SdUNet.SplitSkips"/>).</summary>
-    public bool SplitSkips { get; init; } = true;
+    /// <summary>Whether the resnet consuming <paramref name="skip"/> computes its skip-only part once (<see cref="BatchFork.SharesSkip"/>).</summary>
+    public bool SharesSkip(Tensor h, Tensor skip) => _fork.SharesSkip(h, skip);
 
     public void Dispose() => _fork.Dispose();
 }

@@ -123,7 +123,7 @@ public sealed class SdUNet : Module
 
         var tEmb = SdTimesteps.Embedding(t, Config.BlockOutChannels[0], Config.FlipSinToCos, Config.FreqShift).to_type(sample.dtype);
         var emb = time_embedding.forward(tEmb);
-        using var state = new SdForwardState(emb, encoderHiddenStates, plan, ForkPoint(plan)) { SplitSkips = SplitSkips };
+        using var state = new SdForwardState(emb, encoderHiddenStates, plan, ForkPoint(plan), SplitSkips);
 
         var h = conv_in.forward(sample);
         var skips = new List<Tensor> { h };
