@@ -1,7 +1,7 @@
 using PagSharp.Cli.Commands;
 using Spectre.Console;
 using Spectre.Console.Cli;
-using TorchSharp;
+using PagSharp.Runtime;
 
 namespace PagSharp.Cli;
 
@@ -13,7 +13,7 @@ public static class App
 
     public static int Run(string[] args)
     {
-        torch.set_num_threads(ThreadCount());
+        CpuRuntime.Configure();
         var app = new CommandApp();
         app.Configure(c =>
         {
@@ -49,10 +49,6 @@ public static class App
         });
         return app.Run(args);
     }
-
-    /// <summary>Intra-op threads: OMP_NUM_THREADS when it is a positive integer (libtorch's own knob), else one per processor.</summary>
-    private static int ThreadCount() =>
-        int.TryParse(Environment.GetEnvironmentVariable("OMP_NUM_THREADS"), out int n) && n > 0 ? n : Math.Max(1, Environment.ProcessorCount);
 
     /// <summary>A token cancelled by Ctrl-C (the first press; a second press ends the process).</summary>
     public static CancellationToken CtrlC()

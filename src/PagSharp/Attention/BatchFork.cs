@@ -20,7 +20,11 @@ public sealed class BatchFork : IDisposable
     {
         _source = plan?.ForkSource;
         _splitSkips = splitSkips;
+        if (_source is { Length: > 0 } s && s.Select((v, i) => v - i).Distinct().Count() == 1) _sourceStart = s[0];
     }
+
+    /// <summary>The first source entry when the source entries are consecutive (the usual case: all, or the conditional block).</summary>
+    private readonly long? _sourceStart;
 
     public bool HasForked => _index is not null;
     /// <summary>Batch size before the fork.</summary>
@@ -48,11 +52,27 @@ public sealed class BatchFork : IDisposable
     public Tensor Widen(Tensor t) => _index is null || t.shape[0] != BatchBeforeFork ? t : Append(t);
 
     /// <summary>
-    /// True when a decoder block should compute its skip-only part once: skip splitting is on, <paramref name="skip"/>
-    /// was stored before the fork and <paramref name="h"/> comes after it.
+    /// <paramref name="target"/> (forked batch) += <see cref="Widen"/>(<paramref name="preFork"/>), in place and without
+    /// the widened copy: the pre-fork entries are added to the first rows and the source entries to the appended ones.
     /// </summary>
-    public bool SharesSkip(Tensor h, Tensor skip) =>
-        _splitSkips && HasForked && skip.shape[0] == BatchBeforeFork && h.shape[0] == BatchBeforeFork + Copies;
+    public Tensor AddWidened(Tensor target, Tensor preFork)
+    {
+        long b = BatchBeforeFork, n = Copies;
+        using (var head = target.narrow(0, 0, b)) head.add_(preFork);
+        using var tail = target.narrow(0, b, n);
+        using var src = _sourceStart is { } a ? preFork.narrow(0, a, n) : preFork.index_select(0, _index!);
+        tail.add_(src);
+        return target;
+    }
+
+    /// <summary>
+    /// True when a decoder block normalising cat([h, skip]) in <paramref name="groups"/> groups should compute its
+    /// skip-only part once: skip splitting is on, <paramref name="skip"/> was stored before the fork,
+    /// <paramref name="h"/> comes after it, and the split is expected to be faster (<see cref="Models.SplitSkip.Pays"/>).
+    /// </summary>
+    public bool SharesSkip(Tensor h, Tensor skip, long groups) =>
+        _splitSkips && HasForked && skip.shape[0] == BatchBeforeFork && h.shape[0] == BatchBeforeFork + Copies
+        && Models.SplitSkip.Pays(h.shape[1], skip.shape[1], groups, h.shape[0], skip.shape[0]);
 
     public void Dispose() => _index?.Dispose();
 }

@@ -1,3 +1,4 @@
+using PagSharp.Models;
 using PagSharp.Models.Adm;
 using PagSharp.Models.Sd;
 using PagSharp.Tests.IO;
@@ -29,7 +30,7 @@ public class SplitSkipTests
         var emb = randn(new long[] { 5, 16 }, generator: gen);
 
         var expected = block.Forward(cat(new[] { h, Widen(skip) }, 1), emb);
-        var split = block.ForwardSplitSkip(h, skip, Widen, emb);
+        var split = block.ForwardSplitSkip(h, skip, new SkipWidening(Widen, (t, p) => t.add_(Widen(p))), emb);
         Assert.NotNull(split);
         Close.Assert(expected, split!, 1e-5, $"h {hCh} + skip {skipCh} → {outCh}");
     }
@@ -43,8 +44,8 @@ public class SplitSkipTests
         var skip = randn(1, 32, 8, 8);
         var emb = randn(2, 16);
         Tensor Widen(Tensor t) => cat(new[] { t, t }, 0);
-        Assert.Null(new ResBlock(64, 16, 0, 64, true).ForwardSplitSkip(h, skip, Widen, emb));
-        Assert.Null(new ResBlock(64, 16, 0, 32, true, up: true).ForwardSplitSkip(h, skip, Widen, emb));
+        Assert.Null(new ResBlock(64, 16, 0, 64, true).ForwardSplitSkip(h, skip, new SkipWidening(Widen, (t, p) => t.add_(Widen(p))), emb));
+        Assert.Null(new ResBlock(64, 16, 0, 32, true, up: true).ForwardSplitSkip(h, skip, new SkipWidening(Widen, (t, p) => t.add_(Widen(p))), emb));
     }
 
     /// <summary>diffusers' ResnetBlock2D in an up block: the same split (its own group count, eps and activation).</summary>
@@ -65,8 +66,20 @@ public class SplitSkipTests
         var h = randn(new long[] { 4, hCh, 8, 8 }, generator: gen);
         var temb = randn(new long[] { 4, 16 }, generator: gen);
         var expected = block.Forward(cat(new[] { h, Widen(skip) }, 1), temb);
-        var split = block.ForwardSplitSkip(h, skip, Widen, temb);
+        var split = block.ForwardSplitSkip(h, skip, new SkipWidening(Widen, (t, p) => t.add_(Widen(p))), temb);
         Assert.NotNull(split);
         Close.Assert(expected, split!, 1e-5, $"SD h {hCh} + skip {skipCh} → {outCh}, {groups} groups");
     }
+
+    /// <summary>The split is taken where the padded-channel cost model expects a saving of at least 10%.</summary>
+    [Theory]
+    [InlineData(32, 32, 32, 32, 16, true)]    // aligned halves: 32·32 + 32·16 vs 64·32 → 0.75
+    [InlineData(32, 32, 32, 48, 32, true)]    // CFG+PAG (3 branches from 2): 0.83
+    [InlineData(64, 32, 32, 32, 16, false)]   // straddling group: 66 → 80 padded channels per branch, no saving
+    [InlineData(1024, 512, 32, 2, 1, true)]   // large channels: the straddling group hardly matters
+    [InlineData(1280, 640, 32, 2, 1, true)]   // SD up block
+    [InlineData(64, 64, 32, 32, 32, false)]   // nothing forked: no saving
+    [InlineData(60, 4, 32, 2, 1, false)]      // no group of skip channels alone
+    public void SplitIsTakenWhereItPays(long hCh, long skipCh, long groups, long forked, long preFork, bool expected) =>
+        Assert.Equal(expected, SplitSkip.Pays(hCh, skipCh, groups, forked, preFork));
 }

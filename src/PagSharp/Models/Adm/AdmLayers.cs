@@ -8,9 +8,11 @@ namespace PagSharp.Models.Adm;
 /// <summary>guided-diffusion's <c>normalization(ch)</c>: GroupNorm(32, ch, eps 1e-5), computed in float32.</summary>
 internal static class AdmNorm
 {
+    public const int Groups = 32;
+
     public static GroupNorm Create(long channels)
     {
-        var norm = GroupNorm(32, channels, eps: 1e-5);
+        var norm = GroupNorm(Groups, channels, eps: 1e-5);
         // TorchSharp 0.107 leaves GroupNorm's affine parameters uninitialised: set PyTorch's defaults (1, 0).
         using (no_grad())
         {
@@ -114,10 +116,10 @@ internal sealed class ResBlock : Module
     /// with the skip-only part computed once on the pre-fork batch (<see cref="SplitSkip"/>). Null where this does not
     /// apply (resampling blocks, an identity skip connection, no group of skip channels alone).
     /// </summary>
-    public Tensor? ForwardSplitSkip(Tensor h, Tensor skip, Func<Tensor, Tensor> widen, Tensor emb)
+    public Tensor? ForwardSplitSkip(Tensor h, Tensor skip, SkipWidening widen, Tensor emb)
     {
         if (_hUpd is not null || skip_connection is not Conv2d sc) return null;
-        var hIn = SplitSkip.NormActConv(h, skip, widen, (GroupNorm)in_layers[0], 32, 1e-5, x => functional.silu(x), (Conv2d)in_layers[2]);
+        var hIn = SplitSkip.NormActConv(h, skip, widen, (GroupNorm)in_layers[0], AdmNorm.Groups, 1e-5, x => functional.silu(x), (Conv2d)in_layers[2]);
         return hIn is null ? null : SplitSkip.Conv(h, skip, widen, sc) + EmbedAndOut(hIn, emb);
     }
 

@@ -206,7 +206,11 @@ public sealed class ForwardState : IDisposable
     public Tensor Widen(Tensor skip) => _fork.Widen(skip);
 
     /// <summary>Whether the block consuming <paramref name="skip"/> computes its skip-only part once (<see cref="BatchFork.SharesSkip"/>).</summary>
-    public bool SharesSkip(Tensor h, Tensor skip) => _fork.SharesSkip(h, skip);
+    public bool SharesSkip(Tensor h, Tensor skip) => _fork.SharesSkip(h, skip, AdmNorm.Groups);
+
+    /// <summary>The fork's widening, for the blocks that split off their skip-only part.</summary>
+    internal SkipWidening Widening => _widening ??= SkipWidening.Of(_fork);
+    private SkipWidening? _widening;
 
     public void Dispose() => _fork.Dispose();
 }
@@ -228,7 +232,7 @@ public sealed class TimestepBlock : Module
     /// </summary>
     public Tensor ForwardWithSkip(Tensor h, Tensor skip, ForwardState state)
     {
-        if (state.SharesSkip(h, skip) && _layers[0] is ResBlock r && r.ForwardSplitSkip(h, skip, state.Widen, state.Emb) is { } first)
+        if (state.SharesSkip(h, skip) && _layers[0] is ResBlock r && r.ForwardSplitSkip(h, skip, state.Widening, state.Emb) is { } first)
             return Forward(first, state, 1);
         return Forward(cat(new[] { h, state.Widen(skip) }, 1), state);
     }

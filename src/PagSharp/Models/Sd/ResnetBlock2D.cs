@@ -25,6 +25,8 @@ internal sealed class ResnetBlock2D : Module
     private readonly bool _scaleShift;
     private readonly double _outScale;
     private readonly long _groups;
+    /// <summary>norm1's group count.</summary>
+    public long Groups => _groups;
     private readonly double _eps;
 
     public ResnetBlock2D(long inChannels, long outChannels, long? tembChannels, int groups, double eps, string act,
@@ -57,7 +59,7 @@ internal sealed class ResnetBlock2D : Module
     /// the skip-only part computed once on the pre-fork batch (<see cref="SplitSkip"/>). Null where this does not apply
     /// (no conv_shortcut, no group of skip channels alone).
     /// </summary>
-    public Tensor? ForwardSplitSkip(Tensor h, Tensor skip, Func<Tensor, Tensor> widen, Tensor? temb)
+    public Tensor? ForwardSplitSkip(Tensor h, Tensor skip, SkipWidening widen, Tensor? temb)
     {
         if (conv_shortcut is null) return null;
         var hIn = SplitSkip.NormActConv(h, skip, widen, norm1, _groups, _eps, x => SdNn.Activation(_act, x), conv1);

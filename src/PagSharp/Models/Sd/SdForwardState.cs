@@ -57,7 +57,11 @@ internal sealed class SdForwardState : IDisposable
     public Tensor Widen(Tensor skip) => _fork.Widen(skip);
 
     /// <summary>Whether the resnet consuming <paramref name="skip"/> computes its skip-only part once (<see cref="BatchFork.SharesSkip"/>).</summary>
-    public bool SharesSkip(Tensor h, Tensor skip) => _fork.SharesSkip(h, skip);
+    public bool SharesSkip(Tensor h, Tensor skip, long groups) => _fork.SharesSkip(h, skip, groups);
+
+    /// <summary>The fork's widening, for the resnets that split off their skip-only part.</summary>
+    public SkipWidening Widening => _widening ??= SkipWidening.Of(_fork);
+    private SkipWidening? _widening;
 
     public void Dispose() => _fork.Dispose();
 }

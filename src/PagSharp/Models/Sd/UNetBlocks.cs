@@ -146,7 +146,7 @@ internal sealed class SdUpBlock : Module
         {
             var skip = skips[^1];
             skips.RemoveAt(skips.Count - 1);
-            h = (state.SharesSkip(h, skip) ? resnets[i].ForwardSplitSkip(h, skip, state.Widen, state.Emb) : null)
+            h = (state.SharesSkip(h, skip, resnets[i].Groups) ? resnets[i].ForwardSplitSkip(h, skip, state.Widening, state.Emb) : null)
                 ?? resnets[i].Forward(cat(new[] { h, state.Widen(skip) }, 1), state.Emb);
             if (attentions is not null)
             {
