@@ -25,8 +25,10 @@ public sealed class BenchCommand : Command<BenchCommand.Settings>
     {
         [CommandOption("--output <FILE>")][Description("Markdown report (default docs/performance.md).")]
         public string Output { get; init; } = Path.Combine("docs", "performance.md");
-        [CommandOption("--runs <N>")][Description("Timed runs per configuration (median reported).")]
+        [CommandOption("--runs <N>")][Description("Timed runs per configuration and round (their median is the round's value).")]
         public int Runs { get; init; } = 5;
+        [CommandOption("--rounds <N>")][Description("Rounds: every configuration is measured once per round, in turn, so that drift of a shared machine hits all alike; the median over rounds is reported (256×256: at most 2 rounds of 1 run).")]
+        public int Rounds { get; init; } = 3;
         [CommandOption("--quick")][Description("Skip the 256×256 ADM configurations.")]
         public bool Quick { get; init; }
         [CommandOption("--child <SPEC>")][Description("Internal: measure one configuration and print JSON.")]
@@ -40,30 +42,46 @@ public sealed class BenchCommand : Command<BenchCommand.Settings>
     {
         "none", "pag-mid", "pag-deep", "naive-pag-mid", "cfg", "cfg+pag-mid", "naive-cfg+pag-mid", "sag",
         "none" + ChannelsLastSuffix, "pag-mid" + ChannelsLastSuffix, "pag-mid" + NoSplitSuffix, "cfg+pag-mid" + NoSplitSuffix,
+        "pag-mid" + CacheSuffix, "cfg+pag-mid" + CacheSuffix,
     };
 
     /// <summary>A method name ending in this runs with channels-last (NHWC) weights and activations.</summary>
     private const string ChannelsLastSuffix = "+channels-last";
     /// <summary>A method name ending in this computes the decoder's skip-only part per branch (AdmUNet.SplitSkips off).</summary>
     private const string NoSplitSuffix = "+no-split-skips";
+    /// <summary>
+    /// A method name ending in this runs the perturbed branch at every second step only (PagCacheInterval = 2, an
+    /// approximation); such cases time an even number of steps so that half of them compute the branch.
+    /// </summary>
+    private const string CacheSuffix = "+cache2";
 
     public override int Execute(CommandContext context, Settings s, CancellationToken cancellationToken)
     {
         if (s.Child is not null) return RunChild(JsonSerializer.Deserialize<Case>(s.Child)!, s.Runs);
         var cases = new List<Case>();
-        foreach (var m in Methods) cases.Add(new Case("mnist", 16, 5, m));
+        foreach (var m in Methods) cases.Add(new Case("mnist", 16, m.EndsWith(CacheSuffix, StringComparison.Ordinal) ? 6 : 5, m));
         cases.Add(new Case("mnist", 64, 2, "cfg+pag-mid"));
         if (!s.Quick)
-            foreach (var m in Methods) cases.Add(new Case("adm-256", 1, 1, m));
-        var results = new List<(Case Case, double SecPerStep, double PeakMb)>();
-        foreach (var c in cases)
+            foreach (var m in Methods) cases.Add(new Case("adm-256", 1, m.EndsWith(CacheSuffix, StringComparison.Ordinal) ? 2 : 1, m));
+        if (s.Runs < 1 || s.Rounds < 1) throw new PagSharpException($"--runs and --rounds must be ≥ 1 (got {s.Runs}, {s.Rounds})");
+        var measured = cases.ToDictionary(c => c, _ => new List<(double Sec, double PeakMb)>());
+        for (int round = 0; round < s.Rounds; round++)
+            foreach (var c in cases)
+            {
+                bool big = c.Model == "adm-256";
+                if (big && round >= 2) continue;
+                AnsiConsole.MarkupLine($"round {round + 1}/{s.Rounds}: {c.Model} batch {c.Batch} {c.Method} …");
+                var (sec, mb) = Spawn(c, big ? 1 : s.Runs);
+                measured[c].Add((sec, mb));
+                AnsiConsole.MarkupLine($"  {sec:F3} s/step, peak RSS {mb:F0} MB");
+            }
+        var results = cases.Select(c =>
         {
-            AnsiConsole.MarkupLine($"measuring {c.Model} batch {c.Batch} {c.Method} …");
-            var (sec, mb) = Spawn(c, c.Model == "adm-256" ? Math.Min(s.Runs, 2) : s.Runs);
-            results.Add((c, sec, mb));
-            AnsiConsole.MarkupLine($"  {sec:F3} s/step, peak RSS {mb:F0} MB");
-        }
-        AtomicFile.WriteAllText(s.Output, Report(results, s.Runs));
+            var secs = measured[c].Select(m => m.Sec).OrderBy(v => v).ToArray();
+            double median = secs.Length % 2 == 1 ? secs[secs.Length / 2] : (secs[secs.Length / 2 - 1] + secs[secs.Length / 2]) / 2;
+            return (c, median, (secs[^1] - secs[0]) / median, measured[c].Max(m => m.PeakMb));
+        }).ToList();
+        AtomicFile.WriteAllText(s.Output, Report(results, s.Runs, s.Rounds));
         AnsiConsole.MarkupLine($"wrote {Markup.Escape(s.Output)}");
         return 0;
     }
@@ -93,7 +111,9 @@ public sealed class BenchCommand : Command<BenchCommand.Settings>
         net.eval();
         bool channelsLast = c.Method.EndsWith(ChannelsLastSuffix, StringComparison.Ordinal);
         bool noSplit = c.Method.EndsWith(NoSplitSuffix, StringComparison.Ordinal);
-        string method = channelsLast ? c.Method[..^ChannelsLastSuffix.Length] : noSplit ? c.Method[..^NoSplitSuffix.Length] : c.Method;
+        bool cache = c.Method.EndsWith(CacheSuffix, StringComparison.Ordinal);
+        string method = channelsLast ? c.Method[..^ChannelsLastSuffix.Length] : noSplit ? c.Method[..^NoSplitSuffix.Length]
+            : cache ? c.Method[..^CacheSuffix.Length] : c.Method;
         if (channelsLast) MemoryLayout.ToChannelsLast(net);
         net.SplitSkips = !noSplit;
         var model = new AdmDiffusionModel(net);
@@ -116,6 +136,7 @@ public sealed class BenchCommand : Command<BenchCommand.Settings>
             "sag" => new GuidanceSettings { Sag = new SagSettings { Scale = new ScaleSchedule.Constant(1) } },
             _ => throw new PagSharpException($"unknown benchmark method {c.Method}"),
         };
+        if (cache) g = g with { PagCacheInterval = 2 };
         var labels = cfg.ResolvedNumClasses is null ? null : zeros(c.Batch, dtype: ScalarType.Int64);
         IDenoiser denoiser = g.UsesSag
             ? new SagDenoiser(model, g, labels, GaussianDiffusion.Create(cfg.NoiseSchedule, cfg.DiffusionSteps, "", VarianceType.LearnedRange))
@@ -146,7 +167,7 @@ public sealed class BenchCommand : Command<BenchCommand.Settings>
         return double.NaN;
     }
 
-    private static string Report(List<(Case Case, double Sec, double PeakMb)> results, int runs)
+    private static string Report(List<(Case Case, double Sec, double Spread, double PeakMb)> results, int runs, int rounds)
     {
         var sb = new StringBuilder();
         string cpu = File.Exists("/proc/cpuinfo")
@@ -154,7 +175,9 @@ public sealed class BenchCommand : Command<BenchCommand.Settings>
         sb.AppendLine("# Performance");
         sb.AppendLine();
         sb.AppendLine($"Generated by `pag bench` on {DateTime.UtcNow:yyyy-MM-dd}: {cpu}, {Environment.ProcessorCount} cores, torch threads = {Environment.ProcessorCount}, TorchSharp-cpu 0.107.0 (libtorch 2.10). " +
-                      $"Seconds per DDIM step (median of {runs} runs after one warm-up; 2 runs of one step for 256×256), each configuration in its own process; peak RSS is that process's VmHWM.");
+                      $"Seconds per DDIM step: each configuration runs in its own process, once per round and in turn ({rounds} rounds; 256×256: {Math.Min(rounds, 2)}), " +
+                      $"a round's value being the median of {runs} runs of 5 steps after one warm-up run (256×256: a run of one step after a warm-up run; `+cache2` rows 6 and 2 steps, half of them running the perturbed branch); the table gives the median over rounds, " +
+                      "the spread (max − min of the rounds ÷ median) and the largest peak RSS (the process's VmHWM). The allocator is tuned as in every `pag` command (`CpuRuntime`).");
         sb.AppendLine();
         foreach (var group in results.GroupBy(r => (r.Case.Model, r.Case.Batch)))
         {
@@ -162,10 +185,10 @@ public sealed class BenchCommand : Command<BenchCommand.Settings>
             double cfg = group.FirstOrDefault(r => r.Case.Method == "cfg").Sec;
             sb.AppendLine($"## {(group.Key.Model == "mnist" ? "Built-in MNIST model" : "ADM 256×256 (OpenAI 256 configuration, random weights)")}, batch {group.Key.Batch}");
             sb.AppendLine();
-            sb.AppendLine("| method | s/step | ÷ none | ÷ CFG | peak RSS (MB) |");
-            sb.AppendLine("|---|---:|---:|---:|---:|");
+            sb.AppendLine("| method | s/step | spread | ÷ none | ÷ CFG | peak RSS (MB) |");
+            sb.AppendLine("|---|---:|---:|---:|---:|---:|");
             foreach (var r in group)
-                sb.AppendLine($"| {r.Case.Method} | {r.Sec:F4} | {(none > 0 ? (r.Sec / none).ToString("F2", CultureInfo.InvariantCulture) : "–")} | " +
+                sb.AppendLine($"| {r.Case.Method} | {r.Sec:F4} | {r.Spread * 100:F0}% | {(none > 0 ? (r.Sec / none).ToString("F2", CultureInfo.InvariantCulture) : "–")} | " +
                               $"{(cfg > 0 && r.Case.Method.Contains("cfg") ? (r.Sec / cfg).ToString("F2", CultureInfo.InvariantCulture) : "–")} | {r.PeakMb:F0} |");
             sb.AppendLine();
         }

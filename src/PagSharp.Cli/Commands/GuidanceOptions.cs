@@ -35,6 +35,8 @@ public class GuidanceOptionSettings : ModelSettings
     public string PagLayers { get; init; } = "middle";
     [CommandOption("--pag-interval <HI:LO>")][Description("Apply PAG only for model timesteps LO <= t <= HI, e.g. 999:500.")]
     public string? PagInterval { get; init; }
+    [CommandOption("--pag-cache-interval <N>")][Description("Approximation for speed: run the perturbed branch at one PAG step in N and reuse its direction eps - eps_perturbed at the others (DeepCache-style). Default 1 = exact PAG at every step.")]
+    public int PagCacheInterval { get; init; } = 1;
     [CommandOption("--perturbation <POLICY>")][Description("Attention perturbation for PAG: identity (PAG), mask:R, mask-nodiag:R, noise:S, noise-logits:S, blur:S, soft:L.")]
     public string Perturbation { get; init; } = "identity";
     [CommandOption("--guidance-scale-end <W>")][Description("Linear ramp of the CFG scale from --guidance-scale at the first step to this value at the last.")]
@@ -125,6 +127,7 @@ public class GuidanceOptionSettings : ModelSettings
             Perturbation = PerturbationSpec.Parse(Perturbation),
             PagInterval = ParseInterval(PagInterval, "--pag-interval"),
             Formula = formula,
+            PagCacheInterval = PagCacheInterval,
             Sag = BuildSag(layers, method, sagScaleOverride),
             SplitBatch = SplitBatch,
             SharedPrefix = !NoSharedPrefix,

@@ -64,6 +64,8 @@ public sealed class RestoreCommand : Command<RestoreCommand.Settings>
         var cfg = loaded.Config;
         var op = OperatorSpec.Parse(s.Degradation, cfg.ImageSize, s.SigmaY, s.Seed);
         var guidance = s.BuildGuidance(loaded.Net.AttentionLayers);
+        if (guidance.PagCacheInterval != 1)
+            throw new PagSharpException($"--pag-cache-interval {guidance.PagCacheInterval} is not valid for restore: DPS differentiates the guided prediction at every step, so the perturbed branch runs at every step (use 1, the default)");
         var options = s.BuildSampling(guidance) with { Sampler = SamplerKind.Ddpm };
         options.Validate();
         string respacing = options.ResolvedRespacing(cfg.DiffusionSteps);

@@ -87,6 +87,7 @@ public sealed class SampleCommand : Command<SampleCommand.Settings>
         // Keys for the newer options only when they are used, so run.json files of earlier runs still match.
         if (guidance.GuidanceSchedule is not null) settingsJson["guidance_schedule"] = guidance.GuidanceSchedule.ToString();
         if (s.GuidanceInterval is not null) settingsJson["guidance_interval"] = s.GuidanceInterval;
+        if (guidance.UsesPag && guidance.PagCacheInterval != 1) settingsJson["pag_cache_interval"] = guidance.PagCacheInterval;
         if (guidance.Sag is { } sag)
         {
             settingsJson["method"] = "sag";

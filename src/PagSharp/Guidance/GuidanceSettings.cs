@@ -42,6 +42,13 @@ public sealed record GuidanceSettings
     /// <summary>PAG only for model timesteps Lo ≤ t ≤ Hi; null = every step.</summary>
     public (int Hi, int Lo)? PagInterval { get; init; }
     public PagFormula Formula { get; init; } = PagFormula.Paper;
+    /// <summary>
+    /// 1 (default) = exact PAG: the perturbed branch runs at every step where PAG is active. N &gt; 1 = an
+    /// <b>approximation</b> for speed: the perturbed branch runs at the first of every N such steps, and the steps between
+    /// reuse its guidance direction ε(c) − ε̂(c) (the cache-and-reuse idea of DeepCache's <c>cache_interval</c> and
+    /// FasterCache's CFG cache, applied to PAG's term). Average cost per step ≈ none + (perturbed branch)/N.
+    /// </summary>
+    public int PagCacheInterval { get; init; } = 1;
     /// <summary>Self-Attention Guidance instead of PAG; null = off.</summary>
     public SagSettings? Sag { get; init; }
     /// <summary>Run the branches as separate forward calls instead of one batched call (less memory).</summary>
@@ -83,6 +90,8 @@ public sealed record GuidanceSettings
         if (GuidanceInterval is { } gi && gi.Hi < gi.Lo)
             throw new PagSharpException($"guidance interval {gi.Hi}:{gi.Lo} must be written t_hi:t_lo with t_hi ≥ t_lo");
         PagScale?.Validate("PAG scale");
+        if (PagCacheInterval < 1)
+            throw new PagSharpException($"PAG cache interval must be an integer ≥ 1 (got {PagCacheInterval}); 1 computes the perturbed branch at every step");
         if (PagInterval is { } iv && iv.Hi < iv.Lo)
             throw new PagSharpException($"PAG interval {iv.Hi}:{iv.Lo} must be written t_hi:t_lo with t_hi ≥ t_lo");
         if (UsesCfg && Formula == PagFormula.Official && UsesPag)
@@ -92,6 +101,8 @@ public sealed record GuidanceSettings
             sag.Validate();
             if (UsesPag)
                 throw new PagSharpException("SAG and PAG cannot be combined in one run; use --method pag (with --pag-scale) or --method sag (with --sag-scale)");
+            if (PagCacheInterval != 1)
+                throw new PagSharpException("the PAG cache interval applies to PAG only; SAG runs its degraded branch at every step");
             if (UsesCfg && sag.Formula == SagFormula.Official)
                 throw new PagSharpException("the official-ADM SAG formula is defined for SAG without CFG; use the paper formula (--sag-scale) with CFG");
         }

@@ -173,6 +173,8 @@ public class SampleCommandTests(SampleRunFixture fx) : IClassFixture<SampleRunFi
         { "missing checkpoint", new[] { "--pag-scale", "2", "--checkpoint", "MISSING" }, "does not exist" },
         { "truncated checkpoint", new[] { "--pag-scale", "2", "--checkpoint", "TRUNCATED" }, "TRUNCATED" },
         { "bad shard", new[] { "--pag-scale", "2", "--shard", "2/2" }, "--shard" },
+        { "PAG cache interval 0", new[] { "--pag-scale", "2", "--pag-cache-interval", "0" }, "cache interval" },
+        { "PAG cache interval with SAG", new[] { "--method", "sag", "--sag-scale", "1", "--pag-cache-interval", "2" }, "cache interval" },
         { "init noise of the wrong shape", new[] { "--pag-scale", "2", "--init-noise", "CASES:out_none" }, "shape" },
     };
 

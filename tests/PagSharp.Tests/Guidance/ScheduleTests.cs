@@ -107,4 +107,55 @@ public class ScheduleTests
         // One batched [uncond, cond] call vs two separate calls: float32 rounding differs slightly.
         TestModels.AssertClose(uncond + 3 * (cond - uncond), d.Predict(x, tIn).Eps, 1e-4, "inside: CFG");
     }
+
+    /// <summary>
+    /// PAG cache interval 3 over a 7-step trajectory: steps 0, 3, 6 run the perturbed branch (equal to exact PAG), the
+    /// others add s·Δ with Δ = ε(c) − ε̂(c) of the last computed step; a new trajectory (t going up) starts over, and
+    /// CFG+PAG and the official formula reuse the same Δ.
+    /// </summary>
+    [Theory]
+    [InlineData(false, PagFormula.Paper)]
+    [InlineData(true, PagFormula.Paper)]
+    [InlineData(false, PagFormula.Official)]
+    public void PagCacheInterval_ReusesTheLastComputedDirection(bool cfg, PagFormula formula)
+    {
+        using var _ = no_grad();
+        using var net = TestModels.Tiny(classConditional: true);
+        var model = new AdmDiffusionModel(net);
+        using var gen = new Generator(5);
+        var x = randn(new long[] { 2, 3, 16, 16 }, generator: gen);
+        var y = tensor(new long[] { 0, 1 });
+        double s = formula == PagFormula.Official ? 2.5 : 1.5, w = cfg ? 3 : 1;
+        var exactSettings = new GuidanceSettings
+        {
+            GuidanceScale = w, PagScale = new ScaleSchedule.Constant(s), PagLayers = new[] { "middle_block.1" }, Formula = formula,
+        };
+        var exact = new GuidedDenoiser(model, exactSettings, y, 1000);
+        var cached = new GuidedDenoiser(model, exactSettings with { PagCacheInterval = 3 }, y, 1000);
+        var plan = PagSharp.Attention.PerturbationPlan.Perturb(exactSettings.PagLayers, PagSharp.Attention.IdentityPerturbation.Instance);
+
+        Tensor? direction = null;
+        int[] ts = { 900, 800, 700, 600, 500, 400, 300 };
+        for (int trajectory = 0; trajectory < 2; trajectory++)
+            for (int i = 0; i < ts.Length; i++)
+            {
+                var t = full(2, (long)ts[i]);
+                var got = cached.Predict(x, t).Eps;
+                if (i % 3 == 0)
+                {
+                    TestModels.AssertClose(exact.Predict(x, t).Eps, got, 1e-6, $"computed step {i}");
+                    direction = model.Forward(x, t, y, null).Eps - model.Forward(x, t, y, plan).Eps;
+                }
+                else
+                {
+                    var cond = model.Forward(x, t, y, null).Eps;
+                    var basis = cfg ? model.Forward(x, t, full(2, 2L), null).Eps * (1 - w) + w * cond : cond;
+                    double coef = formula == PagFormula.Official ? s - 1 : s;
+                    TestModels.AssertClose(basis + coef * direction!, got, 1e-4, $"reused step {i} (trajectory {trajectory})");
+                    // …and it is not exact PAG: the direction is from an earlier step.
+                    Assert.True(TestModels.MaxAbsDiff(exact.Predict(x, t).Eps, got) > 1e-4, $"step {i} should differ from exact PAG");
+                }
+            }
+        Assert.Throws<PagSharpException>(() => new GuidedDenoiser(model, exactSettings with { PagCacheInterval = 0 }, y, 1000));
+    }
 }
