@@ -47,30 +47,35 @@ public static class Sampler
             CreateDenoiser(model, spec, options, probeLabels, null, sampleShape); // fail before any sampling
         }
 
-        using var _ = no_grad();
+        // Inference mode: no autograd bookkeeping at all (cheaper than no_grad). The concatenation (or copy) below
+        // runs outside it, so the caller gets an ordinary tensor (in-place ops on it stay allowed); cat of a single
+        // tensor would hand back an inference tensor, hence the clone.
         var results = new List<Tensor>();
-        int batches = (indices.Count + options.BatchSize - 1) / options.BatchSize;
-        for (int bi = 0; bi < batches; bi++)
+        using (inference_mode())
         {
-            var batch = indices.Skip(bi * options.BatchSize).Take(options.BatchSize).ToArray();
-            using var scope = NewDisposeScope();
-            using var noise = new NoiseSource(batch.Select(options.SampleSeed));
-            var xT = initNoise is not null
-                ? initNoise.narrow(0, bi * options.BatchSize, batch.Length).to_type(ScalarType.Float32)
-                : noise.Randn(sampleShape);
-            Tensor? labels = null;
-            if (model.IsClassConditional)
-                labels = tensor(batch.Select(i => (long)(options.Labels is { } l ? l[(int)(i % l.Count)] : model.NullClass!.Value)).ToArray());
-            using var policyGen = new Generator((ulong)options.SampleSeed(batch[0]) ^ 0x5bd1e995UL);
-            var denoiser = CreateDenoiser(model, spec, options, labels, policyGen);
-            var sw = Stopwatch.StartNew();
-            void Report(StepInfo s) => progress?.Report(new SamplingProgress(s.Step, s.Total, bi, batches, s.Step / Math.Max(sw.Elapsed.TotalSeconds, 1e-9)));
-            var x = options.Sampler == SamplerKind.Ddim
-                ? Samplers.Ddim(denoiser, xT, diffusion, options.Eta, options.ClipDenoised, noise, Report, cancellation)
-                : Samplers.Ddpm(denoiser, xT, diffusion, options.ClipDenoised, noise, Report, cancellation);
-            results.Add(x.MoveToOuterDisposeScope());
+            int batches = (indices.Count + options.BatchSize - 1) / options.BatchSize;
+            for (int bi = 0; bi < batches; bi++)
+            {
+                var batch = indices.Skip(bi * options.BatchSize).Take(options.BatchSize).ToArray();
+                using var scope = NewDisposeScope();
+                using var noise = new NoiseSource(batch.Select(options.SampleSeed));
+                var xT = initNoise is not null
+                    ? initNoise.narrow(0, bi * options.BatchSize, batch.Length).to_type(ScalarType.Float32)
+                    : noise.Randn(sampleShape);
+                Tensor? labels = null;
+                if (model.IsClassConditional)
+                    labels = tensor(batch.Select(i => (long)(options.Labels is { } l ? l[(int)(i % l.Count)] : model.NullClass!.Value)).ToArray());
+                using var policyGen = new Generator((ulong)options.SampleSeed(batch[0]) ^ 0x5bd1e995UL);
+                var denoiser = CreateDenoiser(model, spec, options, labels, policyGen);
+                var sw = Stopwatch.StartNew();
+                void Report(StepInfo s) => progress?.Report(new SamplingProgress(s.Step, s.Total, bi, batches, s.Step / Math.Max(sw.Elapsed.TotalSeconds, 1e-9)));
+                var x = options.Sampler == SamplerKind.Ddim
+                    ? Samplers.Ddim(denoiser, xT, diffusion, options.Eta, options.ClipDenoised, noise, Report, cancellation)
+                    : Samplers.Ddpm(denoiser, xT, diffusion, options.ClipDenoised, noise, Report, cancellation);
+                results.Add(x.MoveToOuterDisposeScope());
+            }
         }
-        var all = cat(results.ToArray(), 0);
+        var all = results.Count == 1 ? results[0].clone() : cat(results.ToArray(), 0);
         foreach (var r in results) r.Dispose();
         return all;
     }

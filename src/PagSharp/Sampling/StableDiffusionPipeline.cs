@@ -70,59 +70,65 @@ public static class StableDiffusionPipeline
 
         var latents = (noise * scheduler.InitNoiseSigma).DetachFromDisposeScope();
         var timesteps = scheduler.Timesteps;
-        using var _ = no_grad();
-        for (int i = 0; i < timesteps.Count; i++)
+        // Inference mode for the loop (no autograd bookkeeping); the result is cloned outside it, so the caller
+        // gets an ordinary tensor.
+        using (inference_mode())
         {
-            cancellation.ThrowIfCancellationRequested();
-            var scope = NewDisposeScope();
-            float t = timesteps[i];
-            var input = fed == 1 ? latents : cat(Enumerable.Repeat(latents, fed).ToArray(), 0);
-            input = scheduler.ScaleModelInput(input, i);
-            using var tt = tensor(t);
-            ControlNetResiduals? residuals = null;
-            float keep = control?.Keep(i, timesteps.Count) ?? 0f;
-            if (control is not null && keep > 0)
+            for (int i = 0; i < timesteps.Count; i++)
             {
-                double scale = control.ConditioningScale * keep;
-                if (control.EffectiveGuessMode && cfg)
+                cancellation.ThrowIfCancellationRequested();
+                var scope = NewDisposeScope();
+                float t = timesteps[i];
+                var input = fed == 1 ? latents : cat(Enumerable.Repeat(latents, fed).ToArray(), 0);
+                input = scheduler.ScaleModelInput(input, i);
+                using var tt = tensor(t);
+                ControlNetResiduals? residuals = null;
+                float keep = control?.Keep(i, timesteps.Count) ?? 0f;
+                if (control is not null && keep > 0)
                 {
-                    // Only the cond (and fed perturbed) entries; the uncond entries get zero residuals.
-                    long rest = input.shape[0] - b;
-                    using var part = control.Net.Forward(input.narrow(0, b, rest), tt, emb.narrow(0, b, rest),
-                        Repeat(controlImage!, (int)(rest / b)), scale, true);
-                    residuals = new ControlNetResiduals(
-                        part.Down.Select(d => cat(new[] { zeros_like(d.narrow(0, 0, b)), d }, 0)).ToList(),
-                        cat(new[] { zeros_like(part.Mid.narrow(0, 0, b)), part.Mid }, 0));
+                    double scale = control.ConditioningScale * keep;
+                    if (control.EffectiveGuessMode && cfg)
+                    {
+                        // Only the cond (and fed perturbed) entries; the uncond entries get zero residuals.
+                        long rest = input.shape[0] - b;
+                        using var part = control.Net.Forward(input.narrow(0, b, rest), tt, emb.narrow(0, b, rest),
+                            Repeat(controlImage!, (int)(rest / b)), scale, true);
+                        residuals = new ControlNetResiduals(
+                            part.Down.Select(d => cat(new[] { zeros_like(d.narrow(0, 0, b)), d }, 0)).ToList(),
+                            cat(new[] { zeros_like(part.Mid.narrow(0, 0, b)), part.Mid }, 0));
+                    }
+                    else
+                        residuals = control.Net.Forward(input, tt, emb, Repeat(controlImage!, fed), scale, control.EffectiveGuessMode);
                 }
+                var output = unet.Forward(input, tt, emb, plan, residuals);
+                residuals?.Dispose();
+                var chunks = output.chunk(blocks, 0);
+                Tensor guided;
+                var c = chunks[condBlock];
+                if (pag)
+                {
+                    float s = guidance.PagScaleAt(t);
+                    var p = chunks[blocks - 1];
+                    guided = cfg
+                        ? chunks[0] + (float)guidance.GuidanceScale * (c - chunks[0]) + s * (c - p)
+                        : c + s * (c - p);
+                }
+                else if (cfg)
+                    guided = chunks[0] + (float)guidance.GuidanceScale * (c - chunks[0]);
                 else
-                    residuals = control.Net.Forward(input, tt, emb, Repeat(controlImage!, fed), scale, control.EffectiveGuessMode);
-            }
-            var output = unet.Forward(input, tt, emb, plan, residuals);
-            residuals?.Dispose();
-            var chunks = output.chunk(blocks, 0);
-            Tensor guided;
-            var c = chunks[condBlock];
-            if (pag)
-            {
-                float s = guidance.PagScaleAt(t);
-                var p = chunks[blocks - 1];
-                guided = cfg
-                    ? chunks[0] + (float)guidance.GuidanceScale * (c - chunks[0]) + s * (c - p)
-                    : c + s * (c - p);
-            }
-            else if (cfg)
-                guided = chunks[0] + (float)guidance.GuidanceScale * (c - chunks[0]);
-            else
-                guided = output;
-            if (cfg && guidance.GuidanceRescale > 0) guided = RescaleNoiseCfg(guided, c, guidance.GuidanceRescale);
+                    guided = output;
+                if (cfg && guidance.GuidanceRescale > 0) guided = RescaleNoiseCfg(guided, c, guidance.GuidanceRescale);
 
-            var next = scheduler.Step(guided, i, latents, noiseSource).DetachFromDisposeScope();
-            scope.Dispose();
-            latents.Dispose();
-            latents = next;
-            onStep?.Invoke(new SdStep(i, timesteps.Count, t, latents));
+                var next = scheduler.Step(guided, i, latents, noiseSource).DetachFromDisposeScope();
+                scope.Dispose();
+                latents.Dispose();
+                latents = next;
+                onStep?.Invoke(new SdStep(i, timesteps.Count, t, latents));
+            }
         }
-        return latents;
+        var result = latents.clone();
+        latents.Dispose();
+        return result;
     }
 
     /// <summary>

@@ -250,6 +250,7 @@ public class DdimParityTests(AdmSamplingFixture fx) : IClassFixture<AdmSamplingF
         Close.AssertDiffer(xTAll, shifted, 0.5, "x_T for another seed");
         TensorAssert.BitwiseEqual(xTAll[1..], shifted[..3], "x_T(seed + 1, i) vs x_T(seed, i + 1)");
         Assert.InRange(xTAll.std().item<float>(), 0.9f, 1.1f);
+        a.mul_(1); // sampling runs in inference mode, the result is an ordinary tensor: in-place ops work
     }
 
     /// <summary>Records x at the first model call of each batch (the t = T−1 step), the unguided branch only.</summary>
