@@ -4,8 +4,9 @@ namespace PagSharp.Imaging;
 /// A built-in 5×7 pixel font for printable ASCII (32–126), so labels and charts render the same everywhere without
 /// depending on installed system fonts (SkiaSharp's dependency-free native build has no fontconfig). Glyph bodies are
 /// 5×7 cells (baseline on row 6); g, j, p, q, y, ',' and ';' use an eighth row as descender. Characters advance by 6
-/// cells, lines by 10, and everything is drawn scaled by an integer factor. Characters outside printable ASCII are
-/// drawn as '?'.
+/// cells, lines by 10, and everything is drawn scaled by an integer factor. Labels pass through <see cref="Printable"/>
+/// first, which spells common typographic characters (…, ×, −, ≤, Greek letters, …) in ASCII; any other character
+/// outside printable ASCII is drawn as '?'.
 /// </summary>
 internal static class BitmapFont
 {
@@ -149,6 +150,28 @@ internal static class BitmapFont
         if ((uint)x >= GlyphWidth || (uint)y >= GlyphHeight) return false;
         int g = c is >= ' ' and <= '~' ? c - ' ' : '?' - ' ';
         return (Rows[g * GlyphHeight + y] & (1 << (GlyphWidth - 1 - x))) != 0;
+    }
+
+    private static readonly Dictionary<char, string> AsciiSpellings = new()
+    {
+        ['…'] = "...", ['×'] = "x", ['÷'] = "/", ['·'] = "*", ['−'] = "-", ['–'] = "-", ['—'] = "-", ['≤'] = "<=",
+        ['≥'] = ">=", ['≈'] = "~", ['→'] = "->", ['±'] = "+-", ['‘'] = "'", ['’'] = "'", ['“'] = "\"", ['”'] = "\"",
+        ['ε'] = "eps", ['σ'] = "sigma", ['η'] = "eta", ['λ'] = "lambda", ['ζ'] = "zeta", ['α'] = "alpha", ['β'] = "beta",
+        ['γ'] = "gamma", ['Δ'] = "Delta", ['ŝ'] = "s^", ['²'] = "^2",
+    };
+
+    /// <summary>
+    /// <paramref name="text"/> with the typographic characters the project's labels use spelled in printable ASCII
+    /// (e.g. "…" → "...", "≤" → "&lt;=", "σ" → "sigma"); other characters are kept (and drawn as '?' when not ASCII).
+    /// </summary>
+    public static string Printable(string text)
+    {
+        if (text.All(c => c is >= ' ' and <= '~')) return text;
+        var sb = new System.Text.StringBuilder(text.Length + 8);
+        foreach (char c in text)
+            if (AsciiSpellings.TryGetValue(c, out var spelled)) sb.Append(spelled);
+            else sb.Append(c);
+        return sb.ToString();
     }
 
     /// <summary>Width in pixels of one line of <paramref name="text"/> drawn at <paramref name="scale"/> (no trailing spacing).</summary>

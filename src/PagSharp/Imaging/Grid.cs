@@ -53,7 +53,7 @@ public static class Grid
     /// <paramref name="columnLabels"/> (a column widens, up to twice the tile width, to fit its label; longer labels wrap onto
     /// several lines), and when
     /// <paramref name="rowLabels"/> is given a column on the left shows one label per row. Text is black on white,
-    /// drawn with a built-in 5×7 pixel font (printable ASCII; other characters show as '?'), so no system fonts are
+    /// drawn with a built-in 5×7 pixel font (printable ASCII; common typographic characters are spelled in ASCII, others show as '?'), so no system fonts are
     /// needed. The file is written atomically.
     /// </summary>
     /// <exception cref="PagSharpException">The shape or label counts do not match, or an argument is out of range.</exception>
@@ -72,6 +72,8 @@ public static class Grid
         if (columnLabels.Count != cols) throw new PagSharpException($"{ctx}: {columnLabels.Count} column labels for {cols} columns; give exactly one per column.");
         if (rowLabels is not null && rowLabels.Count != rows) throw new PagSharpException($"{ctx}: {rowLabels.Count} row labels for {rows} rows; give exactly one per row, or none.");
 
+        columnLabels = columnLabels.Select(l => BitmapFont.Printable(l ?? "")).ToArray();
+        rowLabels = rowLabels?.Select(l => BitmapFont.Printable(l ?? "")).ToArray();
         int c = (int)images.shape[1], h = (int)images.shape[2], w = (int)images.shape[3];
         int tileW = w * scale, tileH = h * scale;
         const int gap = 2, margin = 4;

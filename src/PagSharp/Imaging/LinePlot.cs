@@ -41,9 +41,10 @@ public static class LinePlot
         string ctx = $"Cannot write chart '{path}'";
         if (width < 200 || height < 150 || width > 8000 || height > 8000)
             throw new PagSharpException($"{ctx}: size {width}x{height} is out of range; width must be 200 to 8000 and height 150 to 8000 pixels.");
-        title ??= "";
-        xLabel ??= "";
-        yLabel ??= "";
+        title = BitmapFont.Printable(title ?? "");
+        xLabel = BitmapFont.Printable(xLabel ?? "");
+        yLabel = BitmapFont.Printable(yLabel ?? "");
+        series = series.Select(s => (BitmapFont.Printable(s.name ?? ""), s.points)).ToArray();
 
         bool Usable((double x, double y) p) => double.IsFinite(p.x) && double.IsFinite(p.y) && (!logY || p.y > 0);
         var usable = series.SelectMany(s => s.points ?? []).Where(Usable).ToList();

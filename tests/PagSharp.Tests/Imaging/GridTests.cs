@@ -145,6 +145,22 @@ public class GridTests
     }
 
     [Fact]
+    public void SaveLabelled_TypographicCharacters_DrawAsTheirAsciiSpelling()
+    {
+        Assert.Equal("... x <= sigma eps -> plain", BitmapFont.Printable("… × ≤ σ ε → plain"));
+        Assert.Equal("?", BitmapFont.Printable("?"));
+        using var dir = new TempDir();
+        var (fancy, a) = WriteLabelled(dir.File("fancy.png"), ["… c2", "s≤2", "σ=1"], null);
+        var (ascii, b) = WriteLabelled(dir.File("ascii.png"), ["... c2", "s<=2", "sigma=1"], null);
+        var (unknown, c) = WriteLabelled(dir.File("unknown.png"), ["? c2", "s?2", "?=1"], null);
+        using var _1 = fancy; using var _2 = a; using var _3 = ascii; using var _4 = b; using var _5 = unknown; using var _6 = c;
+        Assert.Equal(ascii.shape, fancy.shape);
+        Assert.Equal(0f, (fancy - ascii).abs().max().item<float>());
+        Assert.True(!unknown.shape.SequenceEqual(fancy.shape) || (unknown - fancy).abs().max().item<float>() > 1f,
+            "typographic characters were drawn as '?'");
+    }
+
+    [Fact]
     public void BitmapFont_CoversPrintableAscii()
     {
         Assert.Equal(95, BitmapFont.GlyphCount);
