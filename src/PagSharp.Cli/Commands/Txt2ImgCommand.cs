@@ -322,6 +322,8 @@ public sealed class Txt2ImgCommand : Command<Txt2ImgSettings>
                                        SdControl? control, string? controlNetPath)
     {
         var o = BaseSettings(s, sd, scheduler, g, count, width, height, control);
+        // Keys for newer options only when they are used, so run.json of earlier runs still matches on resume.
+        if (g.UsesPag && g.PagCacheInterval != 1) o["pag_cache_interval"] = g.PagCacheInterval;
         if (control is null) return o;
         // Only ControlNet runs carry these, so run.json of earlier runs still matches on resume.
         o["controlnet"] = FullSpec(controlNetPath!);

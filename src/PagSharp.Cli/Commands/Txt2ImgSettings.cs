@@ -27,6 +27,8 @@ public sealed class Txt2ImgSettings : CommandSettings
     public double PagScale { get; init; } = 3;
     [CommandOption("--pag-adaptive-scale <A>")][Description("diffusers' pag_adaptive_scale: s(t) = max(0, s - A*(1000 - t)).")]
     public double PagAdaptiveScale { get; init; }
+    [CommandOption("--pag-cache-interval <N>")][Description("Approximation for speed (not in diffusers): run the perturbed branch at one step in N and reuse its direction eps - eps_perturbed at the others. Default 1 = exact PAG.")]
+    public int PagCacheInterval { get; init; } = 1;
     [CommandOption("--pag-layers <SPEC>")][Description("Self-attention layers to perturb: diffusers identifiers (mid, down_blocks.1, up_blocks.0.attentions.1, regular expressions), groups input/middle/output/all, globs or exact names. Default mid.")]
     public string PagLayers { get; init; } = "mid";
     [CommandOption("--perturbation <POLICY>")][Description("What the perturbed layers compute: identity (PAG), mask:R, mask-nodiag:R, noise:S, noise-logits:S, blur:S, soft:L.")]
@@ -104,6 +106,7 @@ public sealed class Txt2ImgSettings : CommandSettings
             Perturbation = PerturbationSpec.Parse(Perturbation),
             PagLayers = pag > 0 ? DiffusersLayerSpec.Resolve(PagLayers, layers) : Array.Empty<string>(),
             SharedPrefix = !NoSharedPrefix,
+            PagCacheInterval = PagCacheInterval,
         };
         g.Validate();
         return g;

@@ -90,8 +90,7 @@ public sealed record GuidanceSettings
         if (GuidanceInterval is { } gi && gi.Hi < gi.Lo)
             throw new PagSharpException($"guidance interval {gi.Hi}:{gi.Lo} must be written t_hi:t_lo with t_hi ≥ t_lo");
         PagScale?.Validate("PAG scale");
-        if (PagCacheInterval < 1)
-            throw new PagSharpException($"PAG cache interval must be an integer ≥ 1 (got {PagCacheInterval}); 1 computes the perturbed branch at every step");
+        PagDirectionCache.Validate(PagCacheInterval);
         if (PagInterval is { } iv && iv.Hi < iv.Lo)
             throw new PagSharpException($"PAG interval {iv.Hi}:{iv.Lo} must be written t_hi:t_lo with t_hi ≥ t_lo");
         if (UsesCfg && Formula == PagFormula.Official && UsesPag)

@@ -17,8 +17,8 @@ namespace PagSharp.Guidance;
 /// their schedules and intervals (<see cref="GuidanceSettings.CfgScaleAt"/>, <see cref="GuidanceSettings.PagScaleAt"/>);
 /// a step where CFG is off skips the unconditional branch. Settings with SAG belong to <see cref="SagDenoiser"/>.
 /// With <see cref="GuidanceSettings.PagCacheInterval"/> N &gt; 1 the perturbed branch runs only at the first of every N
-/// PAG steps of a trajectory; the others add s·Δ with the last computed Δ = ε(c) − ε̂(c) (official formula: (g − 1)·Δ,
-/// its equal). A trajectory starts when t does not decrease from one call to the next, or the batch shape changes.
+/// PAG steps of a trajectory (<see cref="PagDirectionCache"/>); the others add s·Δ with the last computed
+/// Δ = ε(c) − ε̂(c) (official formula: (g − 1)·Δ, its equal).
 /// </summary>
 public sealed class GuidedDenoiser : IDenoiser
 {
@@ -27,10 +27,7 @@ public sealed class GuidedDenoiser : IDenoiser
     private readonly Tensor? _labels;
     private readonly int _totalSteps;
     private readonly Generator? _policyGenerator;
-    // PAG cache (PagCacheInterval > 1): the last guidance direction, and where the trajectory stands.
-    private Tensor? _cachedDirection;
-    private int _pagSteps, _lastT = int.MinValue;
-    private bool _lastComputed;
+    private readonly PagDirectionCache _pagCache;
 
     /// <param name="model">The network.</param>
     /// <param name="settings">Guidance settings (validated here).</param>
@@ -57,6 +54,7 @@ public sealed class GuidedDenoiser : IDenoiser
         _labels = labels;
         _totalSteps = totalSteps;
         _policyGenerator = policyGenerator;
+        _pagCache = new PagDirectionCache(settings.PagCacheInterval);
     }
 
     /// <summary>PAG scale at model timestep <paramref name="t"/>, or 0 when PAG is off there.</summary>
@@ -70,7 +68,7 @@ public sealed class GuidedDenoiser : IDenoiser
         int tv = (int)t[0].item<long>();
         double s = PagScaleAt(tv), w = CfgScaleAt(tv);
         bool pag = s != 0, cfg = w > 1;
-        bool reuse = pag && !ComputeDirectionAt(tv, x);
+        bool reuse = pag && !_pagCache.ComputesAt(tv, x.shape);
         if (reuse) pag = false; // this step's perturbed branch is replaced by the cached direction
         if (!pag && !cfg && !reuse) return _model.Forward(x, t, _labels, null);
 
@@ -124,13 +122,9 @@ public sealed class GuidedDenoiser : IDenoiser
         {
             var basis = cfg ? eps[0] + w * (epsC - eps[0]) : epsC;
             double coef = !cfg && _g.Formula == PagFormula.Official ? s - 1 : s;
-            return new EpsOutput(basis + coef * _cachedDirection!, varValues);
+            return new EpsOutput(basis + coef * _pagCache.Direction, varValues);
         }
-        if (pag && _g.PagCacheInterval > 1)
-        {
-            _cachedDirection?.Dispose();
-            _cachedDirection = (epsC - eps[nb - 1]).detach().DetachFromDisposeScope();
-        }
+        if (pag) _pagCache.Store(epsC - eps[nb - 1]);
         if (cfg)
         {
             guided = eps[0] + w * (epsC - eps[0]);
@@ -141,25 +135,5 @@ public sealed class GuidedDenoiser : IDenoiser
         else
             guided = epsC + s * (epsC - eps[nb - 1]);
         return new EpsOutput(guided, varValues);
-    }
-
-    /// <summary>
-    /// Whether the perturbed branch runs at this PAG step (always with a cache interval of 1). A call whose t is not
-    /// below the previous one's starts a new trajectory (a repeated t repeats the previous decision).
-    /// </summary>
-    private bool ComputeDirectionAt(int t, Tensor x)
-    {
-        int n = _g.PagCacheInterval;
-        if (n <= 1) return true;
-        if (t == _lastT && _cachedDirection is not null && _cachedDirection.shape.SequenceEqual(x.shape)) return _lastComputed;
-        if (t > _lastT || _cachedDirection is null || !_cachedDirection.shape.SequenceEqual(x.shape))
-        {
-            _pagSteps = 0;
-            _cachedDirection?.Dispose();
-            _cachedDirection = null;
-        }
-        _lastT = t;
-        _lastComputed = _pagSteps++ % n == 0;
-        return _lastComputed;
     }
 }

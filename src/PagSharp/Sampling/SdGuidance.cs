@@ -26,6 +26,13 @@ public sealed record SdGuidance
     /// <summary>Fork the perturbed branch from the conditional one at the first perturbed layer (same result, less work).</summary>
     public bool SharedPrefix { get; init; } = true;
 
+    /// <summary>
+    /// 1 (default) = exact PAG. N &gt; 1 = an <b>approximation</b> for speed (not in diffusers): the perturbed branch
+    /// runs at the first of every N steps and the steps between reuse its direction c − p
+    /// (<see cref="Guidance.PagDirectionCache"/>, as <see cref="Guidance.GuidanceSettings.PagCacheInterval"/>).
+    /// </summary>
+    public int PagCacheInterval { get; init; } = 1;
+
     public bool UsesCfg => GuidanceScale > 1;
     public bool UsesPag => PagScale > 0 && PagLayers.Count > 0;
 
@@ -43,6 +50,7 @@ public sealed record SdGuidance
         if (Bad(GuidanceScale)) throw new PagSharpException($"guidance scale must be a finite number ≥ 0 (got {GuidanceScale}); values ≤ 1 disable CFG");
         if (Bad(PagScale)) throw new PagSharpException($"PAG scale must be a finite number ≥ 0 (got {PagScale}); 0 disables PAG");
         if (Bad(PagAdaptiveScale)) throw new PagSharpException($"PAG adaptive scale must be a finite number ≥ 0 (got {PagAdaptiveScale})");
+        Guidance.PagDirectionCache.Validate(PagCacheInterval);
         if (Bad(GuidanceRescale) || GuidanceRescale > 1) throw new PagSharpException($"guidance rescale must be in [0, 1] (got {GuidanceRescale})");
     }
 }

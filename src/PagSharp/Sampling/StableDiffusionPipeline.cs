@@ -50,23 +50,12 @@ public static class StableDiffusionPipeline
         Tensor? controlImage = control is null ? null : PrepareControl(unet, control, noise);
         bool cfg = guidance.UsesCfg, pag = guidance.UsesPag;
         long b = noise.shape[0];
-
-        // Text conditioning in diffusers' order; with a shared prefix the perturbed block is forked, not fed.
-        var embList = new List<Tensor>();
-        if (cfg) embList.Add(negativeEmbeds!);
-        embList.Add(promptEmbeds);
-        int blocks = embList.Count + (pag ? 1 : 0), condBlock = cfg ? 1 : 0;
-        if (pag && !guidance.SharedPrefix) embList.Add(promptEmbeds);
-        using var emb = cat(embList.ToArray(), 0);
-        int fed = embList.Count;
-
-        PerturbationPlan? plan = null;
-        if (pag)
-        {
-            var pert = Range(b * (blocks - 1), b);
-            plan = PerturbationPlan.Perturb(guidance.PagLayers, guidance.Perturbation, pert, policyGenerator,
-                guidance.SharedPrefix ? Range(b * condBlock, b) : null);
-        }
+        int condBlock = cfg ? 1 : 0;
+        using var full = BatchLayout.Create(guidance, promptEmbeds, negativeEmbeds, b, pag, policyGenerator);
+        // With a PAG cache interval, the steps that reuse the cached direction run without the perturbed block.
+        using var pagCache = new PagSharp.Guidance.PagDirectionCache(guidance.PagCacheInterval);
+        using var withoutPag = pag && guidance.PagCacheInterval > 1
+            ? BatchLayout.Create(guidance, promptEmbeds, negativeEmbeds, b, false, null) : null;
 
         var latents = (noise * scheduler.InitNoiseSigma).DetachFromDisposeScope();
         var timesteps = scheduler.Timesteps;
@@ -79,6 +68,8 @@ public static class StableDiffusionPipeline
                 cancellation.ThrowIfCancellationRequested();
                 var scope = NewDisposeScope();
                 float t = timesteps[i];
+                bool reuse = pag && !pagCache.ComputesAt(t, latents.shape);
+                var (emb, fed, blocks, plan) = reuse ? withoutPag! : full;
                 var input = fed == 1 ? latents : cat(Enumerable.Repeat(latents, fed).ToArray(), 0);
                 input = scheduler.ScaleModelInput(input, i);
                 using var tt = tensor(t);
@@ -107,11 +98,13 @@ public static class StableDiffusionPipeline
                 var c = chunks[condBlock];
                 if (pag)
                 {
+                    // c − p; with a cache interval, computed at one PAG step in N and reused in between.
                     float s = guidance.PagScaleAt(t);
-                    var p = chunks[blocks - 1];
+                    var direction = reuse ? pagCache.Direction : c - chunks[blocks - 1];
+                    if (!reuse) pagCache.Store(direction);
                     guided = cfg
-                        ? chunks[0] + (float)guidance.GuidanceScale * (c - chunks[0]) + s * (c - p)
-                        : c + s * (c - p);
+                        ? chunks[0] + (float)guidance.GuidanceScale * (c - chunks[0]) + s * direction
+                        : c + s * direction;
                 }
                 else if (cfg)
                     guided = chunks[0] + (float)guidance.GuidanceScale * (c - chunks[0]);
@@ -142,6 +135,31 @@ public static class StableDiffusionPipeline
         var stdCfg = noiseCfg.std(dims, unbiased: true, keepdim: true);
         var rescaled = noiseCfg * (stdText / stdCfg);
         return (float)phi * rescaled + (float)(1 - phi) * noiseCfg;
+    }
+
+    /// <summary>
+    /// One U-Net batch layout in diffusers' order, [uncond], cond, [perturbed], each block B entries: the text
+    /// conditioning fed in, how many blocks are fed, how many come out, and the perturbation plan. With a shared
+    /// prefix the perturbed block is not fed; the U-Net forks it from the cond block at the first perturbed layer.
+    /// </summary>
+    private sealed record BatchLayout(Tensor Embeddings, int Fed, int Blocks, PerturbationPlan? Plan) : IDisposable
+    {
+        public static BatchLayout Create(SdGuidance guidance, Tensor promptEmbeds, Tensor? negativeEmbeds, long b, bool pag, Generator? policyGenerator)
+        {
+            bool cfg = guidance.UsesCfg;
+            var embList = new List<Tensor>();
+            if (cfg) embList.Add(negativeEmbeds!);
+            embList.Add(promptEmbeds);
+            int blocks = embList.Count + (pag ? 1 : 0), condBlock = cfg ? 1 : 0;
+            if (pag && !guidance.SharedPrefix) embList.Add(promptEmbeds);
+            PerturbationPlan? plan = pag
+                ? PerturbationPlan.Perturb(guidance.PagLayers, guidance.Perturbation, Range(b * (blocks - 1), b), policyGenerator,
+                    guidance.SharedPrefix ? Range(b * condBlock, b) : null)
+                : null;
+            return new BatchLayout(cat(embList.ToArray(), 0), embList.Count, blocks, plan);
+        }
+
+        public void Dispose() => Embeddings.Dispose();
     }
 
     private static Tensor Repeat(Tensor x, int times) => times == 1 ? x : cat(Enumerable.Repeat(x, times).ToArray(), 0);

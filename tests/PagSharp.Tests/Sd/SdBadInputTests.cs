@@ -119,6 +119,7 @@ public sealed class SdBadInputTests : IDisposable
         AssertBad(Latent("--steps", "2000"), "exceed num_train_timesteps");
         AssertBad(Latent("--output-type", "jpeg"), "--output-type");
         AssertBad(Latent("--width", "60"), "multiples of 8");
+        AssertBad(Latent("--pag-cache-interval", "0"), "cache interval", "≥ 1");
         AssertBad(Latent("--init-noise", Sampling + ":prompt_embeds"), "--init-noise");
         AssertBad(Pag.Run("txt2img", "--model", _sd.Root, "--output", _sd.Dir.File("n")), "--prompt");
     }
