@@ -57,6 +57,40 @@ public sealed class GuidedDenoiser : IDenoiser
         _pagCache = new PagDirectionCache(settings.PagCacheInterval);
     }
 
+    /// <summary>
+    /// What a batched call feeds besides x and t for one branch layout: how many copies of x, their labels, and the
+    /// plan. Built on first use and kept, so steps allocate none of it.
+    /// </summary>
+    private sealed record BatchLayout(int Fed, Tensor? Labels, PerturbationPlan? Plan);
+    private readonly Dictionary<(long B, bool Cfg, bool Pag, bool InferenceMode), BatchLayout> _layouts = new();
+
+    private BatchLayout LayoutFor(long b, bool cfg, bool pag)
+    {
+        // Keyed on inference mode too: labels made there cannot enter autograd (DPS) later.
+        var key = (b, cfg, pag, is_inference_mode_enabled());
+        if (_layouts.TryGetValue(key, out var layout)) return layout;
+        int nb = (cfg ? 1 : 0) + 1 + (pag ? 1 : 0), condIdx = cfg ? 1 : 0;
+        // Shared prefix: the perturbed branch equals the conditional one up to the first perturbed layer, so it is not
+        // fed in; the network forks the conditional entries there (see PerturbationPlan.ForkSource).
+        int fed = pag && _g.SharedPrefix ? nb - 1 : nb;
+        Tensor? labels = null;
+        if (_labels is not null)
+        {
+            using var nullLabels = cfg ? full(b, _model.NullClass!.Value, dtype: ScalarType.Int64, device: _labels.device) : null;
+            var parts = Enumerable.Repeat(_labels, fed).ToArray();
+            if (nullLabels is not null) parts[0] = nullLabels;
+            labels = cat(parts, 0).DetachFromDisposeScope();
+        }
+        PerturbationPlan? plan = null;
+        if (pag)
+        {
+            static long[] Range(long start, long count) => Enumerable.Range(0, (int)count).Select(i => start + i).ToArray();
+            plan = PerturbationPlan.Perturb(_g.PagLayers, _g.Perturbation, Range(b * (nb - 1), b), _policyGenerator,
+                _g.SharedPrefix ? Range(b * condIdx, b) : null);
+        }
+        return _layouts[key] = new BatchLayout(fed, labels, plan);
+    }
+
     /// <summary>PAG scale at model timestep <paramref name="t"/>, or 0 when PAG is off there.</summary>
     public double PagScaleAt(int t) => _g.PagScaleAt(t, _totalSteps);
 
@@ -73,14 +107,8 @@ public sealed class GuidedDenoiser : IDenoiser
         if (!pag && !cfg && !reuse) return _model.Forward(x, t, _labels, null);
 
         long b = x.shape[0];
-        Tensor? nullLabels = cfg ? full(b, _model.NullClass!.Value, dtype: ScalarType.Int64, device: x.device) : null;
         // Branch order: [uncond], cond, [perturbed].
-        var xs = new List<Tensor>(); var ys = new List<Tensor?>();
-        if (cfg) { xs.Add(x); ys.Add(nullLabels); }
-        xs.Add(x); ys.Add(_labels);
-        if (pag) { xs.Add(x); ys.Add(_labels); }
-        int nb = xs.Count, condIdx = cfg ? 1 : 0;
-
+        int nb = (cfg ? 1 : 0) + 1 + (pag ? 1 : 0), condIdx = cfg ? 1 : 0;
         var eps = new Tensor[nb];
         Tensor? varValues;
         if (_g.SplitBatch)
@@ -90,27 +118,16 @@ public sealed class GuidedDenoiser : IDenoiser
             {
                 bool perturbed = pag && i == nb - 1;
                 var plan = perturbed ? PerturbationPlan.Perturb(_g.PagLayers, _g.Perturbation, null, _policyGenerator) : null;
-                var o = _model.Forward(x, t, ys[i], plan);
+                using var nullLabels = cfg && i == 0 ? full(b, _model.NullClass!.Value, dtype: ScalarType.Int64, device: x.device) : null;
+                var o = _model.Forward(x, t, nullLabels ?? _labels, plan);
                 eps[i] = o.Eps;
                 if (i == condIdx) varValues = o.VarValues;
             }
         }
         else
         {
-            // Shared prefix: the perturbed branch equals the conditional one up to the first perturbed layer, so
-            // it is not fed in; the network forks the conditional entries there (see PerturbationPlan.ForkSource).
-            int fed = pag && _g.SharedPrefix ? nb - 1 : nb;
-            var xb = cat(xs.Take(fed).ToArray(), 0);
-            var tb = t.repeat(fed);
-            Tensor? yb = _labels is null ? null : cat(ys.Take(fed).Select(y => y!).ToArray(), 0);
-            PerturbationPlan? plan = null;
-            if (pag)
-            {
-                var idx = Enumerable.Range((int)(b * (nb - 1)), (int)b).Select(i => (long)i).ToArray();
-                var fork = _g.SharedPrefix ? Enumerable.Range((int)(b * condIdx), (int)b).Select(i => (long)i).ToArray() : null;
-                plan = PerturbationPlan.Perturb(_g.PagLayers, _g.Perturbation, idx, _policyGenerator, fork);
-            }
-            var o = _model.Forward(xb, tb, yb, plan);
+            var layout = LayoutFor(b, cfg, pag);
+            var o = _model.Forward(cat(Enumerable.Repeat(x, layout.Fed).ToArray(), 0), t.repeat(layout.Fed), layout.Labels, layout.Plan);
             var chunks = o.Eps.chunk(nb, 0);
             for (int i = 0; i < nb; i++) eps[i] = chunks[i];
             varValues = o.VarValues?.chunk(nb, 0)[condIdx];
