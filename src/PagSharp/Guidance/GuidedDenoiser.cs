@@ -133,24 +133,16 @@ public sealed class GuidedDenoiser : IDenoiser
             varValues = o.VarValues?.chunk(nb, 0)[condIdx];
         }
 
-        Tensor guided;
         var epsC = eps[condIdx];
-        if (reuse)
-        {
-            var basis = cfg ? eps[0] + w * (epsC - eps[0]) : epsC;
-            double coef = !cfg && _g.Formula == PagFormula.Official ? s - 1 : s;
-            return new EpsOutput(basis + coef * _pagCache.Direction, varValues);
-        }
-        if (pag) _pagCache.Store(epsC - eps[nb - 1]);
-        if (cfg)
-        {
-            guided = eps[0] + w * (epsC - eps[0]);
-            if (pag) guided = guided + s * (epsC - eps[nb - 1]);
-        }
-        else if (_g.Formula == PagFormula.Official)
-            guided = eps[nb - 1] + s * (epsC - eps[nb - 1]);
+        Tensor guided = cfg ? eps[0] + w * (epsC - eps[0]) : epsC;
+        if (!pag && !reuse) return new EpsOutput(guided, varValues);
+        // Δ = ε(c) − ε̂(c): computed this step, or (cache interval) the last one computed.
+        var direction = reuse ? _pagCache.Direction : epsC - eps[nb - 1];
+        if (!reuse) _pagCache.Store(direction);
+        if (!cfg && _g.Formula == PagFormula.Official)
+            guided = reuse ? epsC + (s - 1) * direction : eps[nb - 1] + s * direction; // ε̂ + g·Δ = ε + (g − 1)·Δ
         else
-            guided = epsC + s * (epsC - eps[nb - 1]);
+            guided = guided + s * direction;
         return new EpsOutput(guided, varValues);
     }
 }
