@@ -75,11 +75,18 @@ public sealed class BenchCommand : Command<BenchCommand.Settings>
                 measured[c].Add((sec, mb));
                 AnsiConsole.MarkupLine($"  {sec:F3} s/step, peak RSS {mb:F0} MB");
             }
+        // Multiply-adds per step, from each model's structure (random weights; nothing is run).
+        var macs = new Dictionary<Case, double>();
+        foreach (var group in cases.GroupBy(c => c.Model))
+        {
+            using var net = new AdmUNet(ConfigOf(group.First()));
+            foreach (var c in group) macs[c] = StepMacs(net, c);
+        }
         var results = cases.Select(c =>
         {
             var secs = measured[c].Select(m => m.Sec).OrderBy(v => v).ToArray();
             double median = secs.Length % 2 == 1 ? secs[secs.Length / 2] : (secs[secs.Length / 2 - 1] + secs[secs.Length / 2]) / 2;
-            return (c, median, (secs[^1] - secs[0]) / median, measured[c].Max(m => m.PeakMb));
+            return (c, median, (secs[^1] - secs[0]) / median, measured[c].Max(m => m.PeakMb), macs[c]);
         }).ToList();
         AtomicFile.WriteAllText(s.Output, Report(results, s.Runs, s.Rounds));
         AnsiConsole.MarkupLine($"wrote {Markup.Escape(s.Output)}");
@@ -102,28 +109,72 @@ public sealed class BenchCommand : Command<BenchCommand.Settings>
         return (doc.GetProperty("sec_per_step").GetDouble(), doc.GetProperty("peak_mb").GetDouble());
     }
 
+    /// <summary>A method name split into its guidance method and suffixes.</summary>
+    private sealed record Variant(string Method, bool ChannelsLast, bool NoSplit, bool Cache)
+    {
+        public static Variant Parse(string name)
+        {
+            foreach (var suffix in new[] { ChannelsLastSuffix, NoSplitSuffix, CacheSuffix })
+                if (name.EndsWith(suffix, StringComparison.Ordinal))
+                    return new Variant(name[..^suffix.Length], suffix == ChannelsLastSuffix, suffix == NoSplitSuffix, suffix == CacheSuffix);
+            return new Variant(name, false, false, false);
+        }
+    }
+
+    private static AdmConfig ConfigOf(Case c) => c.Model == "mnist"
+        ? ModelStore.ResolveConfig(null, null)
+        : AdmPresets.Get("adm-256-cond") with { NullClass = 0 };  // class-conditional so CFG can be timed
+
+    private static readonly string[] MidLayers = { "middle_block.1" };
+
+    /// <summary>
+    /// "deep": the official ImageNet-256 default (input_blocks.14.1, 16.1, 17.1, middle_block.1) where present, else the
+    /// input-side attention layers plus the middle block.
+    /// </summary>
+    private static string[] DeepLayers(IReadOnlyList<AttentionLayerInfo> layers)
+    {
+        string[] official = { "input_blocks.14.1", "input_blocks.16.1", "input_blocks.17.1", "middle_block.1" };
+        return official.All(n => layers.Any(l => l.Name == n)) ? official
+            : layers.Where(l => l.Group is "input" or "middle").Select(l => l.Name).ToArray();
+    }
+
+    /// <summary>
+    /// Multiply-adds of one step of <paramref name="c"/> as PagSharp runs it (<see cref="AdmCost"/>); SAG is its two
+    /// passes, a <c>+cache2</c> step the mean of a step with and one without the perturbed branch.
+    /// </summary>
+    private static double StepMacs(AdmUNet net, Case c)
+    {
+        var v = Variant.Parse(c.Method);
+        net.SplitSkips = !v.NoSplit;
+        long b = c.Batch;
+        long Step(bool cfg, string[]? layers, bool shared = true) => AdmCost.Forward(net, AdmCost.GuidedStep(b, cfg, layers, shared));
+        double macs = v.Method switch
+        {
+            "none" => Step(false, null),
+            "pag-mid" => Step(false, MidLayers),
+            "pag-deep" => Step(false, DeepLayers(net.AttentionLayers)),
+            "naive-pag-mid" => Step(false, MidLayers, shared: false),
+            "cfg" => Step(true, null),
+            "cfg+pag-mid" => Step(true, MidLayers),
+            "naive-cfg+pag-mid" => Step(true, MidLayers, shared: false),
+            "sag" => 2.0 * Step(false, null),
+            _ => throw new PagSharpException($"unknown benchmark method {c.Method}"),
+        };
+        if (v.Cache) macs = (macs + Step(v.Method.StartsWith("cfg", StringComparison.Ordinal), null)) / 2;
+        net.SplitSkips = true;
+        return macs;
+    }
+
     private static int RunChild(Case c, int runs)
     {
-        var cfg = c.Model == "mnist"
-            ? ModelStore.ResolveConfig(null, null)
-            : AdmPresets.Get("adm-256-cond") with { NullClass = 0 };  // class-conditional so CFG can be timed
+        var cfg = ConfigOf(c);
         using var net = new AdmUNet(cfg);
         net.eval();
-        bool channelsLast = c.Method.EndsWith(ChannelsLastSuffix, StringComparison.Ordinal);
-        bool noSplit = c.Method.EndsWith(NoSplitSuffix, StringComparison.Ordinal);
-        bool cache = c.Method.EndsWith(CacheSuffix, StringComparison.Ordinal);
-        string method = channelsLast ? c.Method[..^ChannelsLastSuffix.Length] : noSplit ? c.Method[..^NoSplitSuffix.Length]
-            : cache ? c.Method[..^CacheSuffix.Length] : c.Method;
+        var (method, channelsLast, noSplit, cache) = Variant.Parse(c.Method);
         if (channelsLast) MemoryLayout.ToChannelsLast(net);
         net.SplitSkips = !noSplit;
         var model = new AdmDiffusionModel(net);
-        var layers = net.AttentionLayers;
-        string[] mid = { "middle_block.1" };
-        // "deep": the official ImageNet-256 default (input_blocks.14.1, 16.1, 17.1, middle_block.1) where present,
-        // else the input-side attention layers plus the middle block.
-        string[] official = { "input_blocks.14.1", "input_blocks.16.1", "input_blocks.17.1", "middle_block.1" };
-        string[] deep = official.All(n => layers.Any(l => l.Name == n)) ? official
-            : layers.Where(l => l.Group is "input" or "middle").Select(l => l.Name).ToArray();
+        string[] mid = MidLayers, deep = DeepLayers(net.AttentionLayers);
         var g = method switch
         {
             "none" => new GuidanceSettings(),
@@ -167,7 +218,7 @@ public sealed class BenchCommand : Command<BenchCommand.Settings>
         return double.NaN;
     }
 
-    private static string Report(List<(Case Case, double Sec, double Spread, double PeakMb)> results, int runs, int rounds)
+    private static string Report(List<(Case Case, double Sec, double Spread, double PeakMb, double Macs)> results, int runs, int rounds)
     {
         var sb = new StringBuilder();
         string cpu = File.Exists("/proc/cpuinfo")
@@ -177,19 +228,26 @@ public sealed class BenchCommand : Command<BenchCommand.Settings>
         sb.AppendLine($"Generated by `pag bench` on {DateTime.UtcNow:yyyy-MM-dd}: {cpu}, {Environment.ProcessorCount} cores, torch threads = {Environment.ProcessorCount}, TorchSharp-cpu 0.107.0 (libtorch 2.10). " +
                       $"Seconds per DDIM step: each configuration runs in its own process, once per round and in turn ({rounds} rounds; 256×256: {Math.Min(rounds, 2)}), " +
                       $"a round's value being the median of {runs} runs of 5 steps after one warm-up run (256×256: a run of one step after a warm-up run; `+cache2` rows 6 and 2 steps, half of them running the perturbed branch); the table gives the median over rounds, " +
-                      "the spread (max − min of the rounds ÷ median) and the largest peak RSS (the process's VmHWM). The allocator is tuned as in every `pag` command (`CpuRuntime`).");
+                      "the spread (max − min of the rounds ÷ median) and the largest peak RSS (the process's VmHWM). The allocator is tuned as in every `pag` command (`CpuRuntime`). " +
+                      "GMACs/step: multiply-adds of the step as PagSharp runs it, counted from the model's structure (`AdmCost`: convolutions, linears and attention products, " +
+                      "with the shared prefix, split skips and identity attention; SAG as its two passes; `+cache2` the mean of a step with and one without the perturbed branch). " +
+                      "Its ratios are the work ratios; the measured ones differ from them only as far as this CPU runs the parts of a step at different speeds (the forked part, for one, runs at a larger batch).");
         sb.AppendLine();
         foreach (var group in results.GroupBy(r => (r.Case.Model, r.Case.Batch)))
         {
-            double none = group.FirstOrDefault(r => r.Case.Method == "none").Sec;
-            double cfg = group.FirstOrDefault(r => r.Case.Method == "cfg").Sec;
+            var none = group.FirstOrDefault(r => r.Case.Method == "none");
+            var cfg = group.FirstOrDefault(r => r.Case.Method == "cfg");
+            static string Ratio(double v, double by) => by > 0 ? (v / by).ToString("F2", CultureInfo.InvariantCulture) : "–";
             sb.AppendLine($"## {(group.Key.Model == "mnist" ? "Built-in MNIST model" : "ADM 256×256 (OpenAI 256 configuration, random weights)")}, batch {group.Key.Batch}");
             sb.AppendLine();
-            sb.AppendLine("| method | s/step | spread | ÷ none | ÷ CFG | peak RSS (MB) |");
-            sb.AppendLine("|---|---:|---:|---:|---:|---:|");
+            sb.AppendLine("| method | s/step | spread | ÷ none | ÷ CFG | GMACs/step | MACs ÷ none | MACs ÷ CFG | peak RSS (MB) |");
+            sb.AppendLine("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
             foreach (var r in group)
-                sb.AppendLine($"| {r.Case.Method} | {r.Sec:F4} | {r.Spread * 100:F0}% | {(none > 0 ? (r.Sec / none).ToString("F2", CultureInfo.InvariantCulture) : "–")} | " +
-                              $"{(cfg > 0 && r.Case.Method.Contains("cfg") ? (r.Sec / cfg).ToString("F2", CultureInfo.InvariantCulture) : "–")} | {r.PeakMb:F0} |");
+            {
+                bool withCfg = r.Case.Method.Contains("cfg", StringComparison.Ordinal);
+                sb.AppendLine($"| {r.Case.Method} | {r.Sec:F4} | {r.Spread * 100:F0}% | {Ratio(r.Sec, none.Sec)} | {(withCfg ? Ratio(r.Sec, cfg.Sec) : "–")} | " +
+                              $"{r.Macs / 1e9:F1} | {Ratio(r.Macs, none.Macs)} | {(withCfg ? Ratio(r.Macs, cfg.Macs) : "–")} | {r.PeakMb:F0} |");
+            }
             sb.AppendLine();
         }
         return sb.ToString();

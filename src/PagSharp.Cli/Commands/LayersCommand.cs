@@ -1,4 +1,5 @@
 using System.ComponentModel;
+using System.Globalization;
 using PagSharp.Models;
 using PagSharp.Models.Adm;
 using PagSharp.Models.Sd;
@@ -33,11 +34,17 @@ public sealed class LayersCommand : Command<LayersCommand.Settings>
         }
         var cfg = ModelStore.ResolveConfig(settings.Preset, settings.Config);
         using var net = new AdmUNet(cfg);
-        var table = new Table().AddColumns("layer", "group", "resolution", "channels", "heads");
+        // Multiply-adds of one step with PAG at this layer alone ÷ one unguided step (shared prefix, split skips, batch 1).
+        long none = AdmCost.Forward(net, new AdmCost.Call(1));
+        string Cost(string layer) =>
+            ((double)AdmCost.Forward(net, AdmCost.GuidedStep(1, cfg: false, new[] { layer })) / none).ToString("F2", CultureInfo.InvariantCulture);
+        var table = new Table().AddColumns("layer", "group", "resolution", "channels", "heads", "PAG cost");
         foreach (var l in net.AttentionLayers)
-            table.AddRow(l.Name, l.Group, $"{l.Resolution}×{l.Resolution}", l.Channels.ToString(), l.Heads.ToString());
+            table.AddRow(l.Name, l.Group, $"{l.Resolution}×{l.Resolution}", l.Channels.ToString(), l.Heads.ToString(), Cost(l.Name));
         AnsiConsole.Write(table);
         AnsiConsole.MarkupLine($"{net.AttentionLayers.Count} layers. Groups: input, middle, output, all; filters like @16; globs like output_blocks.*");
+        AnsiConsole.MarkupLine(Markup.Escape($"PAG cost: multiply-adds of a PAG step perturbing that layer alone ÷ an unguided step ({none / 1e9:F2} G per sample), " +
+            "as PagSharp runs it (the perturbed branch forks at the layer; a later layer is cheaper). Several layers cost as much as the first of them."));
         return 0;
     }
 }

@@ -44,6 +44,9 @@ internal sealed class Upsample : Module<Tensor, Tensor>
         RegisterComponents();
     }
 
+    /// <summary>The 3×3 conv after upsampling, if any.</summary>
+    internal Conv2d? Conv => conv;
+
     public override Tensor forward(Tensor x)
     {
         var h = functional.interpolate(x, scale_factor: new[] { 2.0, 2.0 }, mode: InterpolationMode.Nearest);
@@ -64,6 +67,9 @@ internal sealed class Downsample : Module<Tensor, Tensor>
         else if (channels != outChannels) throw new ArgumentException("average-pool downsampling keeps the channel count");
         RegisterComponents();
     }
+
+    /// <summary>The stride-2 conv, if any (else average pooling).</summary>
+    internal Conv2d? Conv => op;
 
     public override Tensor forward(Tensor x) => op is null ? functional.avg_pool2d(x, 2, 2) : op.forward(x);
 }
@@ -96,6 +102,17 @@ internal sealed class ResBlock : Module
         _scaleShift = useScaleShiftNorm;
         RegisterComponents();
     }
+
+    /// <summary>GN→SiLU→<b>conv</b> of in_layers.</summary>
+    internal Conv2d InConv => (Conv2d)in_layers[2];
+    /// <summary>The zero-initialised conv that ends out_layers.</summary>
+    internal Conv2d OutConv => (Conv2d)out_layers[3];
+    /// <summary>The timestep-embedding projection.</summary>
+    internal Linear EmbLinear => (Linear)emb_layers[1];
+    /// <summary>The skip connection's conv (null = identity).</summary>
+    internal Conv2d? SkipConv => skip_connection as Conv2d;
+    /// <summary>Resampling inside the block: −1 down (÷2), +1 up (×2), 0 none.</summary>
+    internal int Resample => _hUpd switch { Downsample => -1, Upsample => 1, _ => 0 };
 
     public Tensor Forward(Tensor x, Tensor emb)
     {

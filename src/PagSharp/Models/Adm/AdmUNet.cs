@@ -104,6 +104,15 @@ public sealed class AdmUNet : Module
 
     public bool IsClassConditional => label_emb is not null;
 
+    /// <summary>The blocks in forward order with their key prefixes: input_blocks.i, middle_block, output_blocks.j.</summary>
+    internal IEnumerable<(string Path, TimestepBlock Block)> Blocks =>
+        input_blocks.Select((b, i) => ($"input_blocks.{i}", b))
+            .Append(("middle_block", middle_block))
+            .Concat(output_blocks.Select((b, j) => ($"output_blocks.{j}", b)));
+
+    /// <summary>The time-embedding MLP's two linears and the final conv (GN→SiLU→conv).</summary>
+    internal (Linear First, Linear Second, Conv2d Out) Ends => ((Linear)time_embed[0], (Linear)time_embed[2], (Conv2d)@out[2]);
+
     /// <summary>
     /// After a shared-prefix fork, compute the part of each decoder ResBlock that depends only on a pre-fork skip
     /// connection once instead of once per branch (same result within float rounding). On by default; off for A/B
@@ -230,6 +239,9 @@ public sealed class TimestepBlock : Module
     /// A decoder block on cat([h, skip], 1). After a shared-prefix fork a skip stored before it still has the pre-fork
     /// batch; the first ResBlock then computes its skip-only part once (<see cref="ResBlock.ForwardSplitSkip"/>).
     /// </summary>
+    /// <summary>The block's layers in order (children 0, 1, …).</summary>
+    internal IReadOnlyList<Module> Layers => _layers;
+
     public Tensor ForwardWithSkip(Tensor h, Tensor skip, ForwardState state)
     {
         if (state.SharesSkip(h, skip) && _layers[0] is ResBlock r && r.ForwardSplitSkip(h, skip, state.Widening, state.Emb) is { } first)
