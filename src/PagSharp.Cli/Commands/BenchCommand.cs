@@ -29,7 +29,7 @@ public sealed class BenchCommand : Command<BenchCommand.Settings>
         public int Runs { get; init; } = 5;
         [CommandOption("--rounds <N>")][Description("Rounds: every configuration is measured once per round, in turn, so that drift of a shared machine hits all alike; the median over rounds is reported (256×256: at most 2 rounds of 1 run).")]
         public int Rounds { get; init; } = 3;
-        [CommandOption("--quick")][Description("Skip the 256×256 ADM configurations.")]
+        [CommandOption("--quick")][Description("Skip the 256×256 ADM and the Stable Diffusion configurations.")]
         public bool Quick { get; init; }
         [CommandOption("--child <SPEC>")][Description("Internal: measure one configuration and print JSON.")]
         public string? Child { get; init; }
@@ -62,13 +62,16 @@ public sealed class BenchCommand : Command<BenchCommand.Settings>
         foreach (var m in Methods) cases.Add(new Case("mnist", 16, m.EndsWith(CacheSuffix, StringComparison.Ordinal) ? 6 : 5, m));
         cases.Add(new Case("mnist", 64, 2, "cfg+pag-mid"));
         if (!s.Quick)
+        {
             foreach (var m in Methods) cases.Add(new Case("adm-256", 1, m.EndsWith(CacheSuffix, StringComparison.Ordinal) ? 2 : 1, m));
+            foreach (var m in SdBench.Methods) cases.Add(new Case(SdBench.Model, 1, m.EndsWith(CacheSuffix, StringComparison.Ordinal) ? 2 : 1, m));
+        }
         if (s.Runs < 1 || s.Rounds < 1) throw new PagSharpException($"--runs and --rounds must be ≥ 1 (got {s.Runs}, {s.Rounds})");
         var measured = cases.ToDictionary(c => c, _ => new List<(double Sec, double PeakMb)>());
         for (int round = 0; round < s.Rounds; round++)
             foreach (var c in cases)
             {
-                bool big = c.Model == "adm-256";
+                bool big = c.Model != "mnist";
                 if (big && round >= 2) continue;
                 AnsiConsole.MarkupLine($"round {round + 1}/{s.Rounds}: {c.Model} batch {c.Batch} {c.Method} …");
                 var (sec, mb) = Spawn(c, big ? 1 : s.Runs);
@@ -79,6 +82,16 @@ public sealed class BenchCommand : Command<BenchCommand.Settings>
         var macs = new Dictionary<Case, double>();
         foreach (var group in cases.GroupBy(c => c.Model))
         {
+            if (group.Key == SdBench.Model)
+            {
+                using var unet = SdBench.CreateUNet();
+                foreach (var c in group)
+                {
+                    var v = Variant.Parse(c.Method);
+                    macs[c] = SdBench.StepMacs(unet, c, v.Method, v.Cache);
+                }
+                continue;
+            }
             using var net = new AdmUNet(ConfigOf(group.First()));
             foreach (var c in group) macs[c] = StepMacs(net, c);
         }
@@ -147,7 +160,7 @@ public sealed class BenchCommand : Command<BenchCommand.Settings>
         var v = Variant.Parse(c.Method);
         net.SplitSkips = !v.NoSplit;
         long b = c.Batch;
-        long Step(bool cfg, string[]? layers, bool shared = true) => AdmCost.Forward(net, AdmCost.GuidedStep(b, cfg, layers, shared));
+        long Step(bool cfg, string[]? layers, bool shared = true) => AdmCost.Forward(net, MacCall.GuidedStep(b, cfg, layers, shared));
         double macs = v.Method switch
         {
             "none" => Step(false, null),
@@ -167,6 +180,11 @@ public sealed class BenchCommand : Command<BenchCommand.Settings>
 
     private static int RunChild(Case c, int runs)
     {
+        if (c.Model == SdBench.Model)
+        {
+            var v = Variant.Parse(c.Method);
+            return Answer(SdBench.Time(c, v.Method, v.Cache, runs));
+        }
         var cfg = ConfigOf(c);
         using var net = new AdmUNet(cfg);
         net.eval();
@@ -204,8 +222,13 @@ public sealed class BenchCommand : Command<BenchCommand.Settings>
             Samplers.Ddim(denoiser, x, diffusion, 0, true, null).Dispose();
             times.Add(sw.Elapsed.TotalSeconds / c.Steps);
         }
-        var timed = times.Skip(1).OrderBy(v => v).ToArray(); // first run is warm-up
-        double median = timed[timed.Length / 2];
+        return Answer(times.Skip(1).ToList()); // first run is warm-up
+    }
+
+    /// <summary>A child's answer: the median of its timed runs and its peak RSS, as one JSON line.</summary>
+    private static int Answer(List<double> timed)
+    {
+        double median = timed.OrderBy(v => v).ElementAt(timed.Count / 2);
         Console.WriteLine(JsonSerializer.Serialize(new { sec_per_step = median, peak_mb = PeakRssMb() }));
         return 0;
     }
@@ -214,7 +237,7 @@ public sealed class BenchCommand : Command<BenchCommand.Settings>
     {
         foreach (var line in File.ReadLines("/proc/self/status"))
             if (line.StartsWith("VmHWM:", StringComparison.Ordinal))
-                return double.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1], CultureInfo.InvariantCulture) / 1024;
+                return double.Parse(line.Split(new[] { ' ', '\t' }, StringSplitOptions.RemoveEmptyEntries)[1], CultureInfo.InvariantCulture) / 1024;
         return double.NaN;
     }
 
@@ -226,10 +249,10 @@ public sealed class BenchCommand : Command<BenchCommand.Settings>
         sb.AppendLine("# Performance");
         sb.AppendLine();
         sb.AppendLine($"Generated by `pag bench` on {DateTime.UtcNow:yyyy-MM-dd}: {cpu}, {Environment.ProcessorCount} cores, torch threads = {Environment.ProcessorCount}, TorchSharp-cpu 0.107.0 (libtorch 2.10). " +
-                      $"Seconds per DDIM step: each configuration runs in its own process, once per round and in turn ({rounds} rounds; 256×256: {Math.Min(rounds, 2)}), " +
-                      $"a round's value being the median of {runs} runs of 5 steps after one warm-up run (256×256: a run of one step after a warm-up run; `+cache2` rows 6 and 2 steps, half of them running the perturbed branch); the table gives the median over rounds, " +
+                      $"Seconds per DDIM step: each configuration runs in its own process, once per round and in turn ({rounds} rounds; ADM 256×256 and SD: {Math.Min(rounds, 2)}), " +
+                      $"a round's value being the median of {runs} runs of 5 steps after one warm-up run (ADM 256×256 and SD: a run of one step after a warm-up run; `+cache2` rows 6 and 2 steps, half of them running the perturbed branch); the table gives the median over rounds, " +
                       "the spread (max − min of the rounds ÷ median) and the largest peak RSS (the process's VmHWM). The allocator is tuned as in every `pag` command (`CpuRuntime`). " +
-                      "GMACs/step: multiply-adds of the step as PagSharp runs it, counted from the model's structure (`AdmCost`: convolutions, linears and attention products, " +
+                      "GMACs/step: multiply-adds of the step as PagSharp runs it, counted from the model's structure (`AdmCost`, `SdCost`: convolutions, linears and attention products, " +
                       "with the shared prefix, split skips and identity attention; SAG as its two passes; `+cache2` the mean of a step with and one without the perturbed branch). " +
                       "Its ratios are the work ratios; the measured ones differ from them only as far as this CPU runs the parts of a step at different speeds (the forked part, for one, runs at a larger batch).");
         sb.AppendLine();
@@ -238,7 +261,13 @@ public sealed class BenchCommand : Command<BenchCommand.Settings>
             var none = group.FirstOrDefault(r => r.Case.Method == "none");
             var cfg = group.FirstOrDefault(r => r.Case.Method == "cfg");
             static string Ratio(double v, double by) => by > 0 ? (v / by).ToString("F2", CultureInfo.InvariantCulture) : "–";
-            sb.AppendLine($"## {(group.Key.Model == "mnist" ? "Built-in MNIST model" : "ADM 256×256 (OpenAI 256 configuration, random weights)")}, batch {group.Key.Batch}");
+            string title = group.Key.Model switch
+            {
+                "mnist" => "Built-in MNIST model",
+                SdBench.Model => "Stable Diffusion 1.5 UNet (its unet config, random weights), 64×64 latents (512×512 images), 77 text tokens",
+                _ => "ADM 256×256 (OpenAI 256 configuration, random weights)",
+            };
+            sb.AppendLine($"## {title}, batch {group.Key.Batch}");
             sb.AppendLine();
             sb.AppendLine("| method | s/step | spread | ÷ none | ÷ CFG | GMACs/step | MACs ÷ none | MACs ÷ CFG | peak RSS (MB) |");
             sb.AppendLine("|---|---:|---:|---:|---:|---:|---:|---:|---:|");

@@ -24,10 +24,15 @@ public sealed class LayersCommand : Command<LayersCommand.Settings>
             if (settings.Preset is not null || settings.Config is not null || settings.Checkpoint is not null)
                 throw new PagSharpException("--model (a diffusers folder) cannot be combined with --preset, --config or --checkpoint");
             using var unet = new SdUNet(DiffusersFolder.Open(settings.Model).UnetConfig());
-            var t = new Table().AddColumns("layer", "group", "resolution", "channels", "heads");
+            long sdNone = SdCost.Forward(unet, new MacCall(1));
+            var t = new Table().AddColumns("layer", "group", "resolution", "channels", "heads", "PAG cost", "CFG+PAG ÷ CFG");
             foreach (var l in unet.AttentionLayers)
-                t.AddRow(l.Name, l.Group, $"{l.Resolution}×{l.Resolution}", l.Channels.ToString(), l.Heads.ToString());
+                t.AddRow(l.Name, l.Group, $"{l.Resolution}×{l.Resolution}", l.Channels.ToString(), l.Heads.ToString(),
+                    Ratio(SdCost.Forward(unet, MacCall.GuidedStep(1, false, new[] { l.Name })), sdNone),
+                    Ratio(SdCost.Forward(unet, MacCall.GuidedStep(1, true, new[] { l.Name })), 2 * sdNone));
             AnsiConsole.Write(t);
+            AnsiConsole.MarkupLine(Markup.Escape($"PAG cost: multiply-adds of a UNet step with PAG at that layer alone ÷ an unguided step ({sdNone / 1e9:F1} G), " +
+                "as PagSharp runs it (the perturbed branch forks at the layer's transformer); the last column with CFG. diffusers' PAG pipelines run a full third branch: 1.50."));
             AnsiConsole.MarkupLine(Markup.Escape($"{unet.AttentionLayers.Count} self-attention layers (resolution in latent pixels at sample_size {unet.Config.SampleSize?.ToString() ?? "64"}). " +
                 "--pag-layers takes diffusers identifiers (mid, down_blocks.1, up_blocks.0.attentions.1, regular expressions), groups input, middle, output, all (@RES filters), globs or these names."));
             return 0;
@@ -35,9 +40,8 @@ public sealed class LayersCommand : Command<LayersCommand.Settings>
         var cfg = ModelStore.ResolveConfig(settings.Preset, settings.Config);
         using var net = new AdmUNet(cfg);
         // Multiply-adds of one step with PAG at this layer alone ÷ one unguided step (shared prefix, split skips, batch 1).
-        long none = AdmCost.Forward(net, new AdmCost.Call(1));
-        string Cost(string layer) =>
-            ((double)AdmCost.Forward(net, AdmCost.GuidedStep(1, cfg: false, new[] { layer })) / none).ToString("F2", CultureInfo.InvariantCulture);
+        long none = AdmCost.Forward(net, new MacCall(1));
+        string Cost(string layer) => Ratio(AdmCost.Forward(net, MacCall.GuidedStep(1, cfg: false, new[] { layer })), none);
         var table = new Table().AddColumns("layer", "group", "resolution", "channels", "heads", "PAG cost");
         foreach (var l in net.AttentionLayers)
             table.AddRow(l.Name, l.Group, $"{l.Resolution}×{l.Resolution}", l.Channels.ToString(), l.Heads.ToString(), Cost(l.Name));
@@ -47,4 +51,6 @@ public sealed class LayersCommand : Command<LayersCommand.Settings>
             "as PagSharp runs it (the perturbed branch forks at the layer; a later layer is cheaper). Several layers cost as much as the first of them."));
         return 0;
     }
+
+    private static string Ratio(long macs, long by) => ((double)macs / by).ToString("F2", CultureInfo.InvariantCulture);
 }

@@ -21,10 +21,10 @@ public sealed class LayersAndForwardTests : IDisposable
         Assert.Contains("8×8", output);
         // Each row ends with the PAG cost of that layer: multiply-adds of a PAG step ÷ an unguided step.
         using var net = new PagSharp.Models.Adm.AdmUNet(AdmA.Config());
-        double none = PagSharp.Models.Adm.AdmCost.Forward(net, new(1));
+        double none = PagSharp.Models.Adm.AdmCost.Forward(net, new PagSharp.Models.MacCall(1));
         foreach (var l in net.AttentionLayers)
         {
-            string cost = (PagSharp.Models.Adm.AdmCost.Forward(net, PagSharp.Models.Adm.AdmCost.GuidedStep(1, false, new[] { l.Name })) / none)
+            string cost = (PagSharp.Models.Adm.AdmCost.Forward(net, PagSharp.Models.MacCall.GuidedStep(1, false, new[] { l.Name })) / none)
                 .ToString("F2", System.Globalization.CultureInfo.InvariantCulture);
             Assert.Contains(output.Split('\n'), line => line.Contains(l.Name + " ", StringComparison.Ordinal) && line.Contains(" " + cost + " ", StringComparison.Ordinal));
         }

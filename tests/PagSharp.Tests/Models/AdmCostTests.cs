@@ -1,3 +1,4 @@
+using PagSharp.Models;
 using PagSharp.Models.Adm;
 
 namespace PagSharp.Tests.Models;
@@ -39,8 +40,8 @@ public class AdmCostTests
     {
         using var net = Small();
         Assert.Equal(16_236_544, None);
-        Assert.Equal(None, AdmCost.Forward(net, new AdmCost.Call(1)));
-        Assert.Equal(3 * None, AdmCost.Forward(net, new AdmCost.Call(3)));
+        Assert.Equal(None, AdmCost.Forward(net, new MacCall(1)));
+        Assert.Equal(3 * None, AdmCost.Forward(net, new MacCall(3)));
     }
 
     [Fact]
@@ -49,14 +50,14 @@ public class AdmCostTests
         using var net = Small();
         string[] mid = { "middle_block.1" };
         long suffix = AttnLinear + Mid + Out0 - Out0Shared + Attn + Out1 + Attn + Up + Out2 + Out3 - Out3Shared + OutConv;
-        Assert.Equal(None + suffix, AdmCost.Forward(net, AdmCost.GuidedStep(1, cfg: false, mid)));
+        Assert.Equal(None + suffix, AdmCost.Forward(net, MacCall.GuidedStep(1, cfg: false, mid)));
         // CFG + PAG: two full branches plus the same suffix.
-        Assert.Equal(2 * None + suffix, AdmCost.Forward(net, AdmCost.GuidedStep(1, cfg: true, mid)));
+        Assert.Equal(2 * None + suffix, AdmCost.Forward(net, MacCall.GuidedStep(1, cfg: true, mid)));
         // Without split skips the copies pay the whole decoder.
         using var plain = Small(splitSkips: false);
-        Assert.Equal(None + suffix + Out0Shared + Out3Shared, AdmCost.Forward(plain, AdmCost.GuidedStep(1, cfg: false, mid)));
+        Assert.Equal(None + suffix + Out0Shared + Out3Shared, AdmCost.Forward(plain, MacCall.GuidedStep(1, cfg: false, mid)));
         // Naive: a full second pass whose middle attention forms no products.
-        Assert.Equal(2 * None - AttnCore, AdmCost.Forward(net, AdmCost.GuidedStep(1, cfg: false, mid, sharedPrefix: false)));
+        Assert.Equal(2 * None - AttnCore, AdmCost.Forward(net, MacCall.GuidedStep(1, cfg: false, mid, sharedPrefix: false)));
     }
 
     [Fact]
@@ -66,7 +67,7 @@ public class AdmCostTests
         string[] layers = { "input_blocks.3.1", "middle_block.1" };
         // From input_blocks.3.1 on; the skip of input_blocks.3 is made after the fork, so output_blocks.0 cannot split.
         long suffix = AttnLinear + Mid + AttnLinear + Mid + Out0 + Attn + Out1 + Attn + Up + Out2 + Out3 - Out3Shared + OutConv;
-        Assert.Equal(None + suffix, AdmCost.Forward(net, AdmCost.GuidedStep(1, cfg: false, layers)));
+        Assert.Equal(None + suffix, AdmCost.Forward(net, MacCall.GuidedStep(1, cfg: false, layers)));
     }
 
     /// <summary>
@@ -79,15 +80,15 @@ public class AdmCostTests
     public void OpenAiModelsMatchThePublishedCount(string preset, double published)
     {
         using var net = new AdmUNet(AdmPresets.Get(preset));
-        Assert.InRange(AdmCost.Forward(net, new AdmCost.Call(1)) / published, 0.998, 1.002);
+        Assert.InRange(AdmCost.Forward(net, new MacCall(1)) / published, 0.998, 1.002);
     }
 
     [Fact]
     public void LaterPerturbedLayersAreCheaperOnTheOpenAi256Model()
     {
         using var net = new AdmUNet(AdmPresets.Get("adm-256-uncond"));
-        long none = AdmCost.Forward(net, new AdmCost.Call(1));
-        var ratios = net.AttentionLayers.Select(l => (double)AdmCost.Forward(net, AdmCost.GuidedStep(1, false, new[] { l.Name })) / none).ToArray();
+        long none = AdmCost.Forward(net, new MacCall(1));
+        var ratios = net.AttentionLayers.Select(l => (double)AdmCost.Forward(net, MacCall.GuidedStep(1, false, new[] { l.Name })) / none).ToArray();
         for (int i = 1; i < ratios.Length; i++) Assert.True(ratios[i] < ratios[i - 1], $"{net.AttentionLayers[i].Name}: {ratios[i]} ≥ {ratios[i - 1]}");
         // Everything from 32×32 upwards in the decoder runs twice: even the last attention layer costs half a pass.
         Assert.InRange(ratios[^1], 1.45, 1.55);
@@ -98,9 +99,9 @@ public class AdmCostTests
     public void BadCallsAreRejectedWithTheValidNames()
     {
         using var net = Small();
-        var e = Assert.Throws<PagSharpException>(() => AdmCost.Forward(net, AdmCost.GuidedStep(1, false, new[] { "middle_block.2" })));
+        var e = Assert.Throws<PagSharpException>(() => AdmCost.Forward(net, MacCall.GuidedStep(1, false, new[] { "middle_block.2" })));
         Assert.Contains("middle_block.1", e.Message);
-        Assert.Throws<PagSharpException>(() => AdmCost.Forward(net, new AdmCost.Call(1, Copies: 1)));
-        Assert.Throws<PagSharpException>(() => AdmCost.Forward(net, new AdmCost.Call(0)));
+        Assert.Throws<PagSharpException>(() => AdmCost.Forward(net, new MacCall(1, Copies: 1)));
+        Assert.Throws<PagSharpException>(() => AdmCost.Forward(net, new MacCall(0)));
     }
 }

@@ -63,6 +63,17 @@ public sealed class Txt2ImgCliTests : IDisposable
         Assert.Contains("up_blocks.0.attentions.2.transformer_blocks.0.attn1", log);
         Assert.Contains("6 self-attention layers", log);
         Assert.DoesNotContain("attn2", log);
+        // Each row ends with the layer's PAG cost (multiply-adds ÷ an unguided step) and the same with CFG.
+        using var unet = new PagSharp.Models.Sd.SdUNet(PagSharp.Models.Sd.DiffusersFolder.Open(_sd.Root).UnetConfig());
+        double none = PagSharp.Models.Sd.SdCost.Forward(unet, new PagSharp.Models.MacCall(1));
+        static string F(double v) => v.ToString("F2", System.Globalization.CultureInfo.InvariantCulture);
+        foreach (var l in unet.AttentionLayers)
+        {
+            string pag = F(PagSharp.Models.Sd.SdCost.Forward(unet, PagSharp.Models.MacCall.GuidedStep(1, false, new[] { l.Name })) / none);
+            string cfg = F(PagSharp.Models.Sd.SdCost.Forward(unet, PagSharp.Models.MacCall.GuidedStep(1, true, new[] { l.Name })) / (2 * none));
+            Assert.Contains(log.Split('\n'), line => line.Contains(l.Name + " ", StringComparison.Ordinal) && line.Contains($" {pag} ", StringComparison.Ordinal)
+                                                         && line.Contains($" {cfg} ", StringComparison.Ordinal));
+        }
     }
 
     [Fact]

@@ -27,6 +27,8 @@ internal sealed class ResnetBlock2D : Module
     private readonly long _groups;
     /// <summary>norm1's group count.</summary>
     public long Groups => _groups;
+    /// <summary>The first 3×3 conv (on the block input) and the 1×1 shortcut conv (null = identity).</summary>
+    internal (Conv2d Conv1, Conv2d? Shortcut) InputConvs => (conv1, conv_shortcut);
     private readonly double _eps;
 
     public ResnetBlock2D(long inChannels, long outChannels, long? tembChannels, int groups, double eps, string act,
@@ -107,6 +109,9 @@ internal sealed class Downsample2D : Module<Tensor, Tensor>
         RegisterComponents();
     }
 
+    /// <summary>The stride-2 conv and its padding (0: the input is padded right and bottom by one first).</summary>
+    internal (Conv2d Conv, long Padding) Layout => (conv, _padding);
+
     public override Tensor forward(Tensor x)
     {
         if (_padding == 0) x = functional.pad(x, new long[] { 0, 1, 0, 1 }, mode: TorchSharp.PaddingModes.Constant, value: 0);
@@ -129,6 +134,8 @@ internal sealed class Upsample2D : Module
         conv = SdNn.Conv(channels, outChannels);
         RegisterComponents();
     }
+
+    internal Conv2d Conv => conv;
 
     public Tensor Forward(Tensor x, long[]? size = null)
     {

@@ -91,6 +91,10 @@ public sealed class SdUNet : Module
     /// </summary>
     public bool SplitSkips { get; set; } = true;
 
+    /// <summary>The modules in forward order, for <see cref="SdCost"/>.</summary>
+    internal (Conv2d ConvIn, Module TimeEmbedding, IReadOnlyList<SdDownBlock> Down, SdMidBlock Mid, IReadOnlyList<SdUpBlock> Up, Conv2d ConvOut) Parts =>
+        (conv_in, time_embedding, down_blocks.ToList(), mid_block, up_blocks.ToList(), conv_out);
+
     /// <summary>
     /// The predicted noise (or v) for latents <paramref name="sample"/> [B, C, H, W] at <paramref name="timesteps"/>
     /// (a scalar, [1] or [B]; integer or float) with text conditioning <paramref name="encoderHiddenStates"/>

@@ -56,6 +56,10 @@ internal sealed class SdDownBlock : Module
 
     public IEnumerable<Transformer2D> Transformers => attentions ?? Enumerable.Empty<Transformer2D>();
 
+    /// <summary>Resnets with their Transformer2D (null in a DownBlock2D), in forward order, and the downsampler if any.</summary>
+    internal (IReadOnlyList<(ResnetBlock2D Resnet, Transformer2D? Attention)> Layers, Downsample2D? Downsampler) Parts =>
+        (resnets.Select((r, i) => (r, attentions?[i])).ToList(), downsamplers?[0]);
+
     public Tensor Forward(Tensor h, SdForwardState state, List<Tensor> skips)
     {
         for (int i = 0; i < resnets.Count; i++)
@@ -94,6 +98,10 @@ internal sealed class SdMidBlock : Module
     }
 
     public IEnumerable<Transformer2D> Transformers => attentions;
+
+    /// <summary>The first resnet, then (Transformer2D, resnet) pairs.</summary>
+    internal (ResnetBlock2D First, IReadOnlyList<(Transformer2D Attention, ResnetBlock2D Resnet)> Pairs) Parts =>
+        (resnets[0], attentions.Select((a, i) => (a, resnets[i + 1])).ToList());
 
     public Tensor Forward(Tensor h, SdForwardState state)
     {
@@ -138,6 +146,10 @@ internal sealed class SdUpBlock : Module
 
     public int Layers => resnets.Count;
     public IEnumerable<Transformer2D> Transformers => attentions ?? Enumerable.Empty<Transformer2D>();
+
+    /// <summary>Resnets (each on cat([h, skip])) with their Transformer2D (null in an UpBlock2D), and the upsampler if any.</summary>
+    internal (IReadOnlyList<(ResnetBlock2D Resnet, Transformer2D? Attention)> Layers, Upsample2D? Upsampler) Parts =>
+        (resnets.Select((r, i) => (r, attentions?[i])).ToList(), upsamplers?[0]);
 
     /// <summary>Consumes <see cref="Layers"/> skip connections from the end of <paramref name="skips"/>.</summary>
     public Tensor Forward(Tensor h, List<Tensor> skips, SdForwardState state, long[]? upsampleSize)
