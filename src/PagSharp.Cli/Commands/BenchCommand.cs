@@ -67,18 +67,7 @@ public sealed class BenchCommand : Command<BenchCommand.Settings>
             foreach (var m in SdBench.Methods) cases.Add(new Case(SdBench.Model, 1, m.EndsWith(CacheSuffix, StringComparison.Ordinal) ? 2 : 1, m));
         }
         if (s.Runs < 1 || s.Rounds < 1) throw new PagSharpException($"--runs and --rounds must be ≥ 1 (got {s.Runs}, {s.Rounds})");
-        var measured = cases.ToDictionary(c => c, _ => new List<(double Sec, double PeakMb)>());
-        for (int round = 0; round < s.Rounds; round++)
-            foreach (var c in cases)
-            {
-                bool big = c.Model != "mnist";
-                if (big && round >= 2) continue;
-                AnsiConsole.MarkupLine($"round {round + 1}/{s.Rounds}: {c.Model} batch {c.Batch} {c.Method} …");
-                var (sec, mb) = Spawn(c, big ? 1 : s.Runs);
-                measured[c].Add((sec, mb));
-                AnsiConsole.MarkupLine($"  {sec:F3} s/step, peak RSS {mb:F0} MB");
-            }
-        // Multiply-adds per step, from each model's structure (random weights; nothing is run).
+        // Multiply-adds per step, from each model's structure (random weights; nothing is run), first: a bad case fails at once.
         var macs = new Dictionary<Case, double>();
         foreach (var group in cases.GroupBy(c => c.Model))
         {
@@ -95,6 +84,17 @@ public sealed class BenchCommand : Command<BenchCommand.Settings>
             using var net = new AdmUNet(ConfigOf(group.First()));
             foreach (var c in group) macs[c] = StepMacs(net, c);
         }
+        var measured = cases.ToDictionary(c => c, _ => new List<(double Sec, double PeakMb)>());
+        for (int round = 0; round < s.Rounds; round++)
+            foreach (var c in cases)
+            {
+                bool big = c.Model != "mnist";
+                if (big && round >= 2) continue;
+                AnsiConsole.MarkupLine($"round {round + 1}/{s.Rounds}: {c.Model} batch {c.Batch} {c.Method} …");
+                var (sec, mb) = Spawn(c, big ? 1 : s.Runs);
+                measured[c].Add((sec, mb));
+                AnsiConsole.MarkupLine($"  {sec:F3} s/step, peak RSS {mb:F0} MB");
+            }
         var results = cases.Select(c =>
         {
             var secs = measured[c].Select(m => m.Sec).OrderBy(v => v).ToArray();
@@ -233,9 +233,12 @@ public sealed class BenchCommand : Command<BenchCommand.Settings>
         return 0;
     }
 
-    private static double PeakRssMb()
+    private static double PeakRssMb() => PeakRssMb(File.ReadLines("/proc/self/status"));
+
+    /// <summary>VmHWM of a /proc/PID/status text in MB ("VmHWM:\t  391000 kB"; no padding from 10 GB on), NaN if absent.</summary>
+    internal static double PeakRssMb(IEnumerable<string> status)
     {
-        foreach (var line in File.ReadLines("/proc/self/status"))
+        foreach (var line in status)
             if (line.StartsWith("VmHWM:", StringComparison.Ordinal))
                 return double.Parse(line.Split(new[] { ' ', '\t' }, StringSplitOptions.RemoveEmptyEntries)[1], CultureInfo.InvariantCulture) / 1024;
         return double.NaN;

@@ -1,0 +1,44 @@
+using System.Text.Json;
+using PagSharp.Cli.Commands;
+
+namespace PagSharp.Tests.Cli;
+
+[Collection(CliCollection.Name)]
+public sealed class BenchCommandTests
+{
+    [Fact]
+    public void Child_PrintsSecondsPerStepAndPeakRss()
+    {
+        // The child answers its parent on standard output, not through the console renderer.
+        var stdout = new StringWriter();
+        var previous = Console.Out;
+        Console.SetOut(stdout);
+        int exit;
+        string log;
+        try { (exit, log) = Pag.Run("bench", "--child", "{\"Model\":\"mnist\",\"Batch\":2,\"Steps\":1,\"Method\":\"cfg+pag-mid\"}", "--runs", "1"); }
+        finally { Console.SetOut(previous); }
+        string output = stdout.ToString();
+        Assert.True(exit == 0, log + output);
+        var json = JsonDocument.Parse(output.Split('\n').Last(l => l.StartsWith('{'))).RootElement;
+        Assert.True(json.GetProperty("sec_per_step").GetDouble() > 0, output);
+        Assert.True(json.GetProperty("peak_mb").GetDouble() > 10, output);
+    }
+
+    [Fact]
+    public void Child_UnknownMethod_Exits2()
+    {
+        var (exit, output) = Pag.Run("bench", "--child", "{\"Model\":\"mnist\",\"Batch\":1,\"Steps\":1,\"Method\":\"pag-everywhere\"}", "--runs", "1");
+        Assert.True(exit == 2, output);
+        Assert.Contains("pag-everywhere", output);
+    }
+
+    [Theory]
+    [InlineData("VmHWM:\t  391000 kB", 391000)]
+    [InlineData("VmHWM:\t11153012 kB", 11153012)]  // from 10 GB on /proc pads no more
+    public void PeakRss_ReadsVmHwm(string line, long kb)
+    {
+        double mb = BenchCommand.PeakRssMb(new[] { "Name:\tpag", "VmPeak:\t 1 kB", line, "VmRSS:\t 1 kB" });
+        Assert.Equal(kb / 1024.0, mb, 6);
+        Assert.True(double.IsNaN(BenchCommand.PeakRssMb(new[] { "Name:\tpag" })));
+    }
+}
