@@ -26,7 +26,10 @@ public sealed class LayersAndForwardTests : IDisposable
         {
             string cost = (PagSharp.Models.Adm.AdmCost.Forward(net, PagSharp.Models.MacCall.GuidedStep(1, false, new[] { l.Name })) / none)
                 .ToString("F2", System.Globalization.CultureInfo.InvariantCulture);
-            Assert.Contains(output.Split('\n'), line => line.Contains(l.Name + " ", StringComparison.Ordinal) && line.Contains(" " + cost + " ", StringComparison.Ordinal));
+            string cfg = (PagSharp.Models.Adm.AdmCost.Forward(net, PagSharp.Models.MacCall.GuidedStep(1, true, new[] { l.Name })) / (2 * none))
+                .ToString("F2", System.Globalization.CultureInfo.InvariantCulture);
+            Assert.Contains(output.Split('\n'), line => line.Contains(l.Name + " ", StringComparison.Ordinal) && line.Contains(" " + cost + " ", StringComparison.Ordinal)
+                                                       && line.Contains(" " + cfg + " ", StringComparison.Ordinal));
         }
     }
 
