@@ -48,7 +48,7 @@ public sealed class LayersCommand : Command<LayersCommand.Settings>
         AnsiConsole.Write(table);
         AnsiConsole.MarkupLine($"{net.AttentionLayers.Count} layers. Groups: input, middle, output, all; filters like @16; globs like output_blocks.*");
         AnsiConsole.MarkupLine(Markup.Escape($"PAG cost: multiply-adds of a PAG step perturbing that layer alone ÷ an unguided step ({none / 1e9:F2} G per sample), " +
-            "as PagSharp runs it (the perturbed branch forks at the layer; a later layer is cheaper); with CFG: CFG+PAG ÷ CFG. Perturbing several layers costs what the earliest of them costs."));
+            "as PagSharp runs it (the perturbed branch forks at the layer; a later layer is cheaper); with CFG: CFG+PAG ÷ CFG. Perturbing several layers costs about what the earliest of them costs."));
         return 0;
     }
 
