@@ -268,7 +268,7 @@ public sealed class BenchCommand : Command<BenchCommand.Settings>
             {
                 "mnist" => "Built-in MNIST model",
                 SdBench.Model => "Stable Diffusion 1.5 UNet (its unet config, random weights), 64×64 latents (512×512 images), 77 text tokens",
-                _ => "ADM 256×256 (OpenAI 256 configuration, random weights)",
+                _ => "ADM 256×256 (OpenAI's 256×256 configuration with random weights; class-conditional so that CFG can be timed, which adds only a label-embedding lookup to the unconditional model)",
             };
             sb.AppendLine($"## {title}, batch {group.Key.Batch}");
             sb.AppendLine();
