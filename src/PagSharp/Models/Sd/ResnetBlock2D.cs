@@ -135,6 +135,7 @@ internal sealed class Upsample2D : Module
         RegisterComponents();
     }
 
+    /// <summary>The 3×3 conv after upsampling.</summary>
     internal Conv2d Conv => conv;
 
     public Tensor Forward(Tensor x, long[]? size = null)
