@@ -15,27 +15,35 @@ public static class App
     {
         CpuRuntime.Configure();
         var app = new CommandApp();
+        var commands = new Dictionary<string, Type>(StringComparer.Ordinal);
         app.Configure(c =>
         {
             c.SetApplicationName("pag");
+            // Unknown options and stray arguments are errors (exit 2), never silently ignored.
+            c.UseStrictParsing();
             c.ConfigureConsole(AnsiConsole.Console); // the current console (tests swap it), not the one Spectre caches on first use
-            c.AddCommand<SampleCommand>("sample").WithDescription("Generate images (built-in MNIST model by default) with none / CFG / PAG / SAG guidance (PAG or SAG combine with CFG).");
-            c.AddCommand<Txt2ImgCommand>("txt2img").WithDescription("Stable Diffusion 1.x/2.x text-to-image from a diffusers folder with CFG and PAG, as diffusers' StableDiffusionPAGPipeline.");
-            c.AddCommand<CompareCommand>("compare").WithDescription("One labelled grid: rows = seeds, columns = guidance methods, all from the same noise.");
-            c.AddCommand<LayersCommand>("layers").WithDescription("List the perturbable self-attention layers of a model.");
-            c.AddCommand<ForwardCommand>("forward").WithDescription("Run the network once and save its raw output (for checks against PyTorch).");
-            c.AddCommand<BenchCommand>("bench").WithDescription("Benchmark seconds per step and peak memory of each guidance method; writes docs/performance.md.");
-            c.AddCommand<RestoreCommand>("restore").WithDescription("Inpainting, super-resolution and deblurring with DPS, with or without PAG.");
-            c.AddCommand<TrainCommand>("train").WithDescription("Train an ADM U-Net (improved-DDPM hybrid loss, EMA, checkpoints, resume).");
-            c.AddCommand<EvalCommand>("eval").WithDescription("FID, Inception Score, precision and recall of generated images against a reference set or saved statistics.");
-            c.AddCommand<SweepCommand>("sweep").WithDescription("Run a plan of sampling configurations, evaluate each (FID, IS, precision, recall) and write a report with tables, grids and charts.");
-            c.AddCommand<TrainClassifierCommand>("train-classifier").WithDescription("Train the MNIST classifier that pag eval uses as its feature network.");
+            Add<SampleCommand>(c, commands, "sample").WithDescription("Generate images (built-in MNIST model by default) with none / CFG / PAG / SAG guidance (PAG or SAG combine with CFG).");
+            Add<Txt2ImgCommand>(c, commands, "txt2img").WithDescription("Stable Diffusion 1.x/2.x text-to-image from a diffusers folder with CFG and PAG, as diffusers' StableDiffusionPAGPipeline.");
+            Add<CompareCommand>(c, commands, "compare").WithDescription("One labelled grid: rows = seeds, columns = guidance methods, all from the same noise.");
+            Add<LayersCommand>(c, commands, "layers").WithDescription("List the perturbable self-attention layers of a model.");
+            Add<ForwardCommand>(c, commands, "forward").WithDescription("Run the network once and save its raw output (for checks against PyTorch).");
+            Add<BenchCommand>(c, commands, "bench").WithDescription("Benchmark seconds per step and peak memory of each guidance method; writes docs/performance.md.");
+            Add<RestoreCommand>(c, commands, "restore").WithDescription("Inpainting, super-resolution and deblurring with DPS, with or without PAG.");
+            Add<TrainCommand>(c, commands, "train").WithDescription("Train an ADM U-Net (improved-DDPM hybrid loss, EMA, checkpoints, resume).");
+            Add<EvalCommand>(c, commands, "eval").WithDescription("FID, Inception Score, precision and recall of generated images against a reference set or saved statistics.");
+            Add<SweepCommand>(c, commands, "sweep").WithDescription("Run a plan of sampling configurations, evaluate each (FID, IS, precision, recall) and write a report with tables, grids and charts.");
+            Add<TrainClassifierCommand>(c, commands, "train-classifier").WithDescription("Train the MNIST classifier that pag eval uses as its feature network.");
             c.SetExceptionHandler((ex, _) =>
             {
                 var e = ex is CommandRuntimeException { InnerException: { } inner } ? inner : ex;
                 switch (e)
                 {
-                    case PagSharpException or CommandParseException or CommandRuntimeException:
+                    case CommandParseException:
+                        var valid = args.Length > 0 && commands.TryGetValue(args[0], out var type) && OptionSuggestions.SettingsTypeOf(type) is { } st
+                            ? OptionSuggestions.OptionsOf(st) : [];
+                        AnsiConsole.MarkupLine($"[red]error:[/] {Markup.Escape(OptionSuggestions.Explain(e.Message, valid))}");
+                        return ExitBadInput;
+                    case PagSharpException or CommandRuntimeException:
                         AnsiConsole.MarkupLine($"[red]error:[/] {Markup.Escape(e.Message)}");
                         return ExitBadInput;
                     case OperationCanceledException:
@@ -48,6 +56,12 @@ public static class App
             });
         });
         return app.Run(args);
+    }
+
+    private static ICommandConfigurator Add<T>(IConfigurator c, Dictionary<string, Type> commands, string name) where T : class, ICommand
+    {
+        commands[name] = typeof(T);
+        return c.AddCommand<T>(name);
     }
 
     /// <summary>A token cancelled by Ctrl-C (the first press; a second press ends the process).</summary>

@@ -67,7 +67,8 @@ public class GuidanceOptionSettings : ModelSettings
     public int? Label { get; init; }
     [CommandOption("--labels <LIST>")][Description("Comma-separated class labels, cycled over samples (e.g. 0,1,2).")]
     public string? Labels { get; init; }
-    [CommandOption("--batch-size <N>")] public int BatchSize { get; init; } = 16;
+    [CommandOption("--batch-size <N>")][Description("Samples per forward batch (default 16); it changes memory and speed, not the samples.")]
+    public int BatchSize { get; init; } = 16;
     [CommandOption("--seed <N>")][Description("Run seed; sample i uses seed + i.")]
     public long Seed { get; init; }
 

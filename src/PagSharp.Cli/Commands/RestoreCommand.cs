@@ -39,7 +39,8 @@ public sealed class RestoreCommand : Command<RestoreCommand.Settings>
         public string GradFrom { get; init; } = "unguided";
         [CommandOption("--count <N>")][Description("Restorations per input (seeds seed, seed+1, …).")]
         public int Count { get; init; } = 1;
-        [CommandOption("--output <DIR>")] public string Output { get; init; } = Path.Combine("out", "restore");
+        [CommandOption("--output <DIR>")][Description("Folder for the restorations, inputs, measurements and grid (default out/restore).")]
+        public string Output { get; init; } = Path.Combine("out", "restore");
         [CommandOption("--save-tensor <FILE>")][Description("Save the restorations as float32 [[N,C,H,W]] .npy in [[-1,1]].")]
         public string? SaveTensor { get; init; }
     }

@@ -17,10 +17,14 @@ public sealed class TrainClassifierCommand : Command<TrainClassifierCommand.Sett
     {
         [CommandOption("--output <DIR>")][Description("Folder for model.safetensors and training.json.")]
         public string Output { get; init; } = MnistClassifier.BuiltInFolder;
-        [CommandOption("--epochs <N>")] public int Epochs { get; init; } = new ClassifierTrainOptions().Epochs;
-        [CommandOption("--seed <N>")] public long Seed { get; init; }
-        [CommandOption("--batch-size <N>")] public int BatchSize { get; init; } = new ClassifierTrainOptions().BatchSize;
-        [CommandOption("--lr <LR>")] public double LearningRate { get; init; } = new ClassifierTrainOptions().LearningRate;
+        [CommandOption("--epochs <N>")][Description("Passes over the training digits.")]
+        public int Epochs { get; init; } = new ClassifierTrainOptions().Epochs;
+        [CommandOption("--seed <N>")][Description("Seed of the initial weights and batch order (default 0).")]
+        public long Seed { get; init; }
+        [CommandOption("--batch-size <N>")][Description("Digits per optimiser step.")]
+        public int BatchSize { get; init; } = new ClassifierTrainOptions().BatchSize;
+        [CommandOption("--lr <LR>")][Description("Learning rate.")]
+        public double LearningRate { get; init; } = new ClassifierTrainOptions().LearningRate;
     }
 
     public override int Execute(CommandContext context, Settings s, CancellationToken cancellationToken)

@@ -27,38 +27,66 @@ public sealed class TrainCommand : Command<TrainCommand.Settings>
         public string Dataset { get; init; } = "mnist";
         [CommandOption("--data <FOLDER>")][Description("Train on a folder of PNG/JPEG images instead (class subfolders optional).")]
         public string? Data { get; init; }
-        [CommandOption("--steps <N>")] public int Steps { get; init; } = 20000;
-        [CommandOption("--batch-size <N>")] public int BatchSize { get; init; } = 64;
-        [CommandOption("--lr <LR>")] public double LearningRate { get; init; } = 2e-4;
-        [CommandOption("--weight-decay <WD>")] public double WeightDecay { get; init; }
-        [CommandOption("--ema-rate <R>")] public double EmaRate { get; init; } = 0.999;
-        [CommandOption("--grad-clip <NORM>")] public double GradClip { get; init; } = 1.0;
-        [CommandOption("--label-drop <P>")][Description("Probability of training a sample with the null class (enables CFG).")]
+        [CommandOption("--steps <N>")][Description("Train until this optimiser step (default 20000).")]
+        public int Steps { get; init; } = 20000;
+        [CommandOption("--batch-size <N>")][Description("Images per optimiser step (default 64).")]
+        public int BatchSize { get; init; } = 64;
+        [CommandOption("--lr <LR>")][Description("AdamW learning rate (default 2e-4).")]
+        public double LearningRate { get; init; } = 2e-4;
+        [CommandOption("--weight-decay <WD>")][Description("AdamW decoupled weight decay (default 0).")]
+        public double WeightDecay { get; init; }
+        [CommandOption("--ema-rate <R>")][Description("EMA rate of the weights that are saved as the model (default 0.999).")]
+        public double EmaRate { get; init; } = 0.999;
+        [CommandOption("--grad-clip <NORM>")][Description("Clip the global gradient norm to this value (default 1; 0 = off).")]
+        public double GradClip { get; init; } = 1.0;
+        [CommandOption("--label-drop <P>")][Description("Probability of training a sample with the null class (enables CFG and unconditional sampling; default 0.1).")]
         public double LabelDrop { get; init; } = 0.1;
-        [CommandOption("--checkpoint-every <N>")] public int CheckpointEvery { get; init; } = 250;
-        [CommandOption("--sample-every <N>")] public int SampleEvery { get; init; } = 1000;
-        [CommandOption("--seed <N>")] public long Seed { get; init; }
-        [CommandOption("--resume")][Description("Continue the run in --output from its checkpoint.")]
+        [CommandOption("--checkpoint-every <N>")][Description("Write the resumable checkpoint, EMA weights and loss curve every N steps (default 250).")]
+        public int CheckpointEvery { get; init; } = 250;
+        [CommandOption("--sample-every <N>")][Description("Write a DDIM-50 sample grid of the EMA weights every N steps (default 1000).")]
+        public int SampleEvery { get; init; } = 1000;
+        [CommandOption("--seed <N>")][Description("Seed of batches, timesteps, noise and initial weights (default 0).")]
+        public long Seed { get; init; }
+        [CommandOption("--precision <TYPE>")][Description("float32 (default) or bfloat16: forward/backward in bfloat16 with float32 master weights, optimizer, EMA and loss.")]
+        public string Precision { get; init; } = "float32";
+        [CommandOption("--init-from <WEIGHTS>")][Description("Start a new run from these weights (safetensors with the config's keys), e.g. models/mnist/model.safetensors.")]
+        public string? InitFrom { get; init; }
+        [CommandOption("--snapshot-at <STEPS>")][Description("Comma list of steps whose EMA weights are kept in snapshots/ (weaker versions of the model, e.g. for autoguidance).")]
+        public string? SnapshotAt { get; init; }
+        [CommandOption("--resume")][Description("Continue the run in --output from its checkpoint (same settings; --steps may grow).")]
         public bool Resume { get; init; }
     }
 
     public override int Execute(CommandContext context, Settings s, CancellationToken cancellationToken)
     {
         var cfg = ModelStore.ResolveConfig(null, s.Config);
+        string ckpt = Path.Combine(s.Output, Trainer.CheckpointName);
+        if (s.Resume && !File.Exists(ckpt))
+            throw new PagSharpException($"--resume: {s.Output} holds no checkpoint ({Trainer.CheckpointName}); drop --resume to start a new run there");
+        if (!s.Resume && File.Exists(ckpt))
+            throw new PagSharpException($"{ckpt} exists: pass --resume to continue that run, or choose another --output");
+        if (s.InitFrom is not null && !File.Exists(s.InitFrom))
+            throw new PagSharpException($"--init-from: '{s.InitFrom}' does not exist");
         var (images, labels) = LoadData(s, cfg);
         var options = new TrainOptions
         {
             Model = cfg, Steps = s.Steps, BatchSize = s.BatchSize, LearningRate = s.LearningRate, WeightDecay = s.WeightDecay,
             EmaRate = s.EmaRate, GradClip = s.GradClip, LabelDropProb = s.LabelDrop, CheckpointEvery = s.CheckpointEvery,
-            SampleEvery = s.SampleEvery, Seed = s.Seed,
+            SampleEvery = s.SampleEvery, Seed = s.Seed, Precision = s.Precision, InitFrom = s.InitFrom,
+            SnapshotSteps = ParseSteps(s.SnapshotAt),
         };
         using var trainer = new Trainer(options, images, labels);
-        string ckpt = Path.Combine(s.Output, Trainer.CheckpointName);
-        if (File.Exists(ckpt))
+        if (s.Resume)
         {
-            if (!s.Resume) throw new PagSharpException($"{ckpt} exists: pass --resume to continue that run, or choose another --output");
             trainer.LoadCheckpoint(s.Output);
             AnsiConsole.MarkupLine($"resumed from step {trainer.Step}");
+        }
+        else if (s.InitFrom is not null)
+        {
+            var weights = SafeTensors.Load(s.InitFrom);
+            trainer.InitializeFrom(weights, s.InitFrom);
+            foreach (var w in weights.Values) w.Dispose();
+            AnsiConsole.MarkupLine($"initialised from {Markup.Escape(s.InitFrom)}");
         }
         Directory.CreateDirectory(s.Output);
         AtomicFile.WriteAllText(Path.Combine(s.Output, "config.json"), cfg.ToJson());
@@ -105,6 +133,13 @@ public sealed class TrainCommand : Command<TrainCommand.Settings>
         if (s.Dataset != "mnist") throw new PagSharpException($"unknown dataset '{s.Dataset}'; valid: mnist, or --data FOLDER");
         var mnist = MnistDataset.Load();
         return (mnist.TrainImages, mnist.TrainLabels);
+    }
+
+    private static long[] ParseSteps(string? spec)
+    {
+        if (string.IsNullOrWhiteSpace(spec)) return [];
+        return spec.Split(',').Select(p => long.TryParse(p.Trim(), NumberStyles.None, CultureInfo.InvariantCulture, out long k) && k >= 1
+            ? k : throw new PagSharpException($"--snapshot-at: '{p}' is not a step ≥ 1; give a comma list such as 300,1500,4500")).ToArray();
     }
 
     /// <summary>EMA weights + loss curve (each checkpoint) and a sample grid (every --sample-every steps).</summary>

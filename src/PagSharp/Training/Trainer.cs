@@ -24,6 +24,9 @@ public sealed class Trainer : IDisposable
     private readonly Tensor? _labels;
     private readonly GaussianDiffusion _diffusion;
     private readonly (string Name, Tensor Param)[] _params;
+    /// <summary>With <see cref="TrainOptions.Precision"/> bfloat16: the bfloat16 working copy that runs forward and backward.</summary>
+    private readonly AdmUNet? _work;
+    private readonly (Tensor Master, Tensor Work)[] _workPairs = [];
 
     public AdmUNet Model { get; }
     public AdamW Optimizer { get; }
@@ -62,6 +65,27 @@ public sealed class Trainer : IDisposable
         _params = Model.named_parameters().Select(p => (p.name, (Tensor)p.parameter)).ToArray();
         Optimizer = new AdamW(_params, options.LearningRate) { WeightDecay = options.WeightDecay };
         Ema = new Ema(_params, options.EmaRate);
+        if (options.ComputeDtype != ScalarType.Float32)
+        {
+            // Mixed precision without autocast: float32 master weights (optimizer, EMA, checkpoints), a low-precision
+            // copy refreshed from them before every forward; its gradients are up-cast into the masters' .grad.
+            _work = new AdmUNet(cfg);
+            _work.to(options.ComputeDtype);
+            var work = _work.named_parameters().ToDictionary(p => p.name, p => (Tensor)p.parameter);
+            _workPairs = _params.Select(p => (p.Param, work[p.Name])).ToArray();
+        }
+    }
+
+    /// <summary>
+    /// Starts training from existing weights (e.g. the previous built-in model): the model and its EMA both take them;
+    /// the optimizer starts fresh. Strict name + shape match.
+    /// </summary>
+    public void InitializeFrom(IReadOnlyDictionary<string, Tensor> weights, string source)
+    {
+        if (Step != 0) throw new PagSharpException($"weights can only be loaded into a new run (this one is at step {Step})");
+        StateDictLoader.LoadStrict(Model, weights, source);
+        using (no_grad())
+            foreach (var (n, p) in _params) Ema.Shadow[n].copy_(p);
     }
 
     /// <summary>One optimiser step on a random batch drawn from the step's seed; returns (loss, mse, vb).</summary>
@@ -93,7 +117,16 @@ public sealed class Trainer : IDisposable
     public (Tensor Loss, Tensor Mse, Tensor Vb) ComputeLoss(Tensor x0, Tensor? y, Tensor t, Tensor noise)
     {
         var xt = _diffusion.QSample(x0, t, noise);
-        var output = new AdmDiffusionModel(Model).Forward(xt, t, y, null);
+        EpsOutput output;
+        if (_work is null) output = new AdmDiffusionModel(Model).Forward(xt, t, y, null);
+        else
+        {
+            using (no_grad())
+                foreach (var (master, work) in _workPairs) work.copy_(master);
+            var low = new AdmDiffusionModel(_work).Forward(xt.to_type(_o.ComputeDtype), t, y, null);
+            // The loss (and the diffusion arithmetic inside it) stays in float32.
+            output = new EpsOutput(low.Eps.to_type(ScalarType.Float32), low.VarValues?.to_type(ScalarType.Float32));
+        }
         var (mse, vb) = Losses.Hybrid(_diffusion, x0, xt, t, noise, output.Eps, output.VarValues);
         return ((mse + _o.VlbWeight * (_diffusion.NumSteps / 1000.0) * vb).mean(), mse.mean(), vb.mean());
     }
@@ -103,9 +136,17 @@ public sealed class Trainer : IDisposable
     {
         using var scope = NewDisposeScope();
         Model.train();
+        _work?.train();
         var (loss, mse, vb) = ComputeLoss(x0, y, t, noise);
         Optimizer.ZeroGrad();
+        foreach (var (_, work) in _workPairs) work.grad?.zero_();
         loss.backward();
+        foreach (var (master, work) in _workPairs)
+        {
+            if (work.grad is not { } g) continue;
+            if (master.grad is null) master.grad = g.to_type(ScalarType.Float32).DetachFromDisposeScope();
+            else master.grad.copy_(g);
+        }
         Optimizer.ClipGradNorm(_o.GradClip);
         Optimizer.StepUpdate();
         Ema.Update(_params);
@@ -133,10 +174,28 @@ public sealed class Trainer : IDisposable
             TrainSeconds = before + sw.Elapsed.TotalSeconds;
             double rate = (Step - startStep) / Math.Max(sw.Elapsed.TotalSeconds, 1e-9);
             progress?.Report(new TrainProgress(Step, _o.Steps, l, m, v, rate));
+            if (_o.SnapshotSteps.Contains(Step)) SaveSnapshot(outputDir);
             if (Step % _o.CheckpointEvery == 0) SaveCheckpoint(outputDir);
             if (onSample is not null && Step % _o.SampleEvery == 0) onSample(this);
         }
         SaveCheckpoint(outputDir);
+    }
+
+    /// <summary>Folder (inside a run folder) of the EMA snapshots taken at <see cref="TrainOptions.SnapshotSteps"/>.</summary>
+    public const string SnapshotFolder = "snapshots";
+
+    /// <summary>Path of the EMA snapshot of <paramref name="step"/> in run folder <paramref name="dir"/>.</summary>
+    public static string SnapshotPath(string dir, long step) => Path.Combine(dir, SnapshotFolder, $"ema_step_{step:D7}.safetensors");
+
+    /// <summary>Writes the current EMA weights atomically to <see cref="SnapshotPath"/>.</summary>
+    public void SaveSnapshot(string dir)
+    {
+        Directory.CreateDirectory(Path.Combine(dir, SnapshotFolder));
+        SafeTensors.Save(SnapshotPath(dir, Step), Ema.Shadow, new Dictionary<string, string>
+        {
+            ["step"] = Step.ToString(CultureInfo.InvariantCulture),
+            ["config"] = _o.Model.ToJson(),
+        });
     }
 
     /// <summary>Writes model, EMA, optimizer state, step and loss history atomically to <c>checkpoint.safetensors</c>.</summary>
@@ -169,6 +228,32 @@ public sealed class Trainer : IDisposable
         var saved = AdmConfig.FromJson(meta["config"], path);
         if (saved != _o.Model)
             throw new PagSharpException($"{path} was trained with a different model config; resume with the same config or start a new output folder.\n saved: {saved.ToJson()}\n now: {_o.Model.ToJson()}");
+        if (meta.TryGetValue("options", out var optJson))
+        {
+            // A resumed run must continue the same optimisation; only its length and the I/O intervals may change.
+            using var doc = JsonDocument.Parse(optJson);
+            var was = doc.RootElement;
+            var diffs = new List<string>();
+            void Same(string name, object now)
+            {
+                string nowText = Convert.ToString(now, CultureInfo.InvariantCulture)!;
+                string? wasText = was.TryGetProperty(name, out var v) ? v.ValueKind == JsonValueKind.String ? v.GetString() : v.GetRawText() : null;
+                if (wasText is null && name == nameof(TrainOptions.Precision)) wasText = "float32"; // runs before the option
+                if (wasText is not null && now is double d && double.TryParse(wasText, CultureInfo.InvariantCulture, out double w) && w == d) return;
+                if (wasText != nowText) diffs.Add($"{name} {wasText ?? "(absent)"} (now {nowText})");
+            }
+            Same(nameof(TrainOptions.BatchSize), _o.BatchSize);
+            Same(nameof(TrainOptions.LearningRate), _o.LearningRate);
+            Same(nameof(TrainOptions.WeightDecay), _o.WeightDecay);
+            Same(nameof(TrainOptions.EmaRate), _o.EmaRate);
+            Same(nameof(TrainOptions.GradClip), _o.GradClip);
+            Same(nameof(TrainOptions.LabelDropProb), _o.LabelDropProb);
+            Same(nameof(TrainOptions.VlbWeight), _o.VlbWeight);
+            Same(nameof(TrainOptions.Seed), _o.Seed);
+            Same(nameof(TrainOptions.Precision), _o.Precision);
+            if (diffs.Count > 0)
+                throw new PagSharpException($"{path} was trained with different settings: {string.Join("; ", diffs)}. Resume with the run's settings or start a new output folder.");
+        }
         var all = SafeTensors.Load(path);
         Dictionary<string, Tensor> Part(string prefix) => all.Where(kv => kv.Key.StartsWith(prefix, StringComparison.Ordinal))
             .ToDictionary(kv => kv.Key[prefix.Length..], kv => kv.Value);
@@ -205,5 +290,6 @@ public sealed class Trainer : IDisposable
     public void Dispose()
     {
         Model.Dispose();
+        _work?.Dispose();
     }
 }

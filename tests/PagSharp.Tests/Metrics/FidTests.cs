@@ -59,7 +59,7 @@ public sealed class FidTests
         using var b = q.mm(q.t()) + eye(24, dtype: ScalarType.Float64) * 0.1;
         using var eig = linalg.eigvals(a.mm(b));
         double expected = eig.real.clamp_min(0).sqrt().sum().item<double>();
-        Assert.Equal(expected, Fid.TraceSqrtProduct(a, b), 1e-8);
+        Tolerance.Close(expected, Fid.TraceSqrtProduct(a, b), rel: 1e-10, abs: 1e-10, what: "tr (AB)^½");
     }
 
     [Fact]

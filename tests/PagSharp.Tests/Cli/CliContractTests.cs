@@ -1,0 +1,99 @@
+using System.ComponentModel;
+using System.Reflection;
+using PagSharp.Cli;
+using Spectre.Console.Cli;
+
+namespace PagSharp.Tests.Cli;
+
+/// <summary>The contract of every command: unknown options and stray arguments fail (exit 2) naming the option and
+/// suggesting the closest valid one; every option has a description in --help.</summary>
+[Collection(CliCollection.Name)]
+public sealed class CliContractTests
+{
+    /// <summary>Every command class of the CLI (by reflection, so a new command is covered without editing this test).</summary>
+    public static TheoryData<string> Commands()
+    {
+        var data = new TheoryData<string>();
+        foreach (var name in CommandNames()) data.Add(name);
+        return data;
+    }
+
+    private static IEnumerable<string> CommandNames() => typeof(App).Assembly.GetTypes()
+        .Where(t => !t.IsAbstract && typeof(ICommand).IsAssignableFrom(t) && t.Namespace == "PagSharp.Cli.Commands")
+        .Select(t => t.Name.Replace("Command", "", StringComparison.Ordinal))
+        .Select(n => string.Concat(n.Select((c, i) => char.IsUpper(c) && i > 0 ? "-" + char.ToLowerInvariant(c) : char.ToLowerInvariant(c).ToString())))
+        .Select(n => n == "txt2-img" ? "txt2img" : n);
+
+    [Fact]
+    public void ReflectionFindsEveryCommandOfTheHelpPage()
+    {
+        var names = CommandNames().ToList();
+        var (_, help) = Pag.Run("--help");
+        foreach (var n in names) Assert.Contains(" " + n + " ", help.Replace("\n", " "));
+        Assert.Contains("sample", names);
+        Assert.Contains("train-classifier", names);
+    }
+
+    [Theory]
+    [MemberData(nameof(Commands))]
+    public void AMisspelledOptionFailsWithASuggestion(string command)
+    {
+        using var dir = new TempDir();
+        // Take the command's first long option and swap two of its letters: a typo a user makes.
+        var type = typeof(App).Assembly.GetTypes().Single(t => typeof(ICommand).IsAssignableFrom(t) && !t.IsAbstract && Matches(t, command));
+        var valid = OptionSuggestions.OptionsOf(OptionSuggestions.SettingsTypeOf(type)!);
+        string option = valid.First(o => o.StartsWith("--", StringComparison.Ordinal) && o.Length > 6 && o != "--help");
+        string typo = option[..4] + option[5] + option[4] + option[6..];
+        var before = FolderSnapshot.Of(dir.Path);
+        var (exit, output) = Pag.Run(command, typo, "1", "--output", dir.File("out"));
+        Assert.True(exit == 2, $"pag {command} {typo}: exit {exit}\n{output}");
+        Assert.Contains($"unknown option '{typo}'", output);
+        Assert.Contains($"did you mean '{option}'", output);
+        Assert.DoesNotContain("   at ", output); // no stack trace
+        before.AssertUnchanged(dir.Path, $"pag {command} {typo}");
+    }
+
+    [Theory]
+    [InlineData("sample", "--pag-sclae", "--pag-scale")]
+    [InlineData("sample", "--outptu", "--output")]
+    [InlineData("txt2img", "--guidence-scale", "--guidance-scale")]
+    public void TheIssuesExamplesFail(string command, string typo, string meant)
+    {
+        var (exit, output) = Pag.Run(command, typo, "2");
+        Assert.Equal(2, exit);
+        Assert.Contains($"did you mean '{meant}'", output);
+    }
+
+    [Fact]
+    public void AStrayArgumentFails()
+    {
+        var (exit, output) = Pag.Run("layers", "stray");
+        Assert.Equal(2, exit);
+        Assert.Contains("stray", output);
+    }
+
+    [Fact]
+    public void AnOptionFarFromEveryValidOneGetsNoGuess()
+    {
+        Assert.Null(OptionSuggestions.Closest("--zzzzzzzzzz", ["--pag-scale", "--output"]));
+        Assert.Equal("--pag-scale", OptionSuggestions.Closest("pag-sacle", ["--pag-scale", "--output"]));
+        Assert.Equal(1, OptionSuggestions.Distance("ab", "ba"));
+        Assert.Equal(3, OptionSuggestions.Distance("kitten", "sitting"));
+    }
+
+    [Fact]
+    public void EveryOptionOfEveryCommandHasADescription()
+    {
+        var missing = typeof(App).Assembly.GetTypes()
+            .Where(t => typeof(CommandSettings).IsAssignableFrom(t))
+            .SelectMany(t => t.GetProperties(BindingFlags.Public | BindingFlags.Instance)
+                .Where(p => p.GetCustomAttribute<CommandOptionAttribute>() is not null
+                         && string.IsNullOrWhiteSpace(p.GetCustomAttribute<DescriptionAttribute>()?.Description))
+                .Select(p => $"{t.Name}.{p.Name}"))
+            .Distinct().ToList();
+        Assert.True(missing.Count == 0, "options without a description: " + string.Join(", ", missing));
+    }
+
+    private static bool Matches(Type t, string command) =>
+        string.Equals(t.Name, command.Replace("-", "", StringComparison.Ordinal) + "Command", StringComparison.OrdinalIgnoreCase);
+}
