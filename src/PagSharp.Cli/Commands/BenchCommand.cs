@@ -1,3 +1,6 @@
+using PagSharp.Pipelines;
+using PagSharp.Denoisers;
+using PagSharp.Attention;
 using System.ComponentModel;
 using System.Diagnostics;
 using System.Globalization;
@@ -191,7 +194,6 @@ public sealed class BenchCommand : Command<BenchCommand.Settings>
         var (method, channelsLast, noSplit, cache) = Variant.Parse(c.Method);
         if (channelsLast) MemoryLayout.ToChannelsLast(net);
         net.SplitSkips = !noSplit;
-        var model = new AdmDiffusionModel(net);
         string[] mid = MidLayers, deep = DeepLayers(net.AttentionLayers);
         var g = method switch
         {
@@ -207,10 +209,10 @@ public sealed class BenchCommand : Command<BenchCommand.Settings>
         };
         if (cache) g = g with { PagCacheInterval = 2 };
         var labels = cfg.ResolvedNumClasses is null ? null : zeros(c.Batch, dtype: ScalarType.Int64);
-        IDenoiser denoiser = g.UsesSag
-            ? new SagDenoiser(model, g, labels, GaussianDiffusion.Create(cfg.NoiseSchedule, cfg.DiffusionSteps, "", VarianceType.LearnedRange))
-            : new GuidedDenoiser(model, g, labels, cfg.DiffusionSteps);
-        var diffusion = GaussianDiffusion.Create(cfg.NoiseSchedule, cfg.DiffusionSteps, c.Steps.ToString(CultureInfo.InvariantCulture), VarianceType.LearnedRange);
+        var model = new AdmDenoiser(net, labels, c.Batch);
+        var options = new SamplingOptions { Scheduler = "ddim", Steps = c.Steps, TimestepRespacing = c.Steps.ToString(CultureInfo.InvariantCulture), Guidance = g };
+        var spec = DiffusionSpec.Of(cfg) with { Variance = VarianceType.LearnedRange };
+        var denoiser = Sampler.CreateDenoiser(model, spec, options);
         using var noise = new NoiseSource(Enumerable.Range(0, c.Batch).Select(i => (long)i));
         var x = noise.Randn(cfg.InChannels, cfg.ImageSize, cfg.ImageSize);
         if (channelsLast) x = MemoryLayout.ChannelsLast(x);
@@ -219,7 +221,8 @@ public sealed class BenchCommand : Command<BenchCommand.Settings>
         for (int r = 0; r <= runs; r++)
         {
             var sw = Stopwatch.StartNew();
-            Samplers.Ddim(denoiser, x, diffusion, 0, true, null).Dispose();
+            var scheduler = Sampler.CreateScheduler(options, spec);
+            SamplingLoop.Run(scheduler, denoiser, x, null).Dispose();
             times.Add(sw.Elapsed.TotalSeconds / c.Steps);
         }
         return Answer(times.Skip(1).ToList()); // first run is warm-up

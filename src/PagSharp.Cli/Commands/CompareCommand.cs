@@ -1,3 +1,4 @@
+using PagSharp.Pipelines;
 using System.ComponentModel;
 using System.Globalization;
 using PagSharp.Imaging;
@@ -66,9 +67,7 @@ public sealed class CompareCommand : Command<CompareCommand.Settings>
         var indices = Enumerable.Range(0, s.Rows).Select(i => (long)i).ToArray();
         // Build (and so validate) every column's options before sampling anything.
         var columns = methods.Select(m => s.BuildSampling(s.BuildGuidance(loaded.Net.AttentionLayers, m.Pag, m.Cfg, m.Sag))).ToArray();
-        using (var probe = loaded.Net.IsClassConditional ? zeros(1, dtype: ScalarType.Int64) : null)
-            foreach (var c in columns)
-                Sampler.CreateDenoiser(loaded.Model, loaded.Spec, c, probe, null, loaded.SampleShape);
+        foreach (var c in columns) Sampler.Validate(loaded.Net, c);
 
         var ct = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, App.CtrlC()).Token;
         var results = new Tensor[columns.Length];
@@ -77,7 +76,7 @@ public sealed class CompareCommand : Command<CompareCommand.Settings>
             for (int c = 0; c < columns.Length; c++)
             {
                 var task = ctx.AddTask(methods[c].Label);
-                results[c] = Sampler.Sample(loaded.Model, loaded.Spec, columns[c], loaded.SampleShape, indices, null,
+                results[c] = Sampler.Sample(loaded.Net, columns[c], indices, null,
                     new SyncProgress<SamplingProgress>(p => task.Value = 100.0 * p.Step / p.StepsPerBatch), ct);
                 task.Value = 100;
             }

@@ -1,3 +1,4 @@
+using PagSharp.Pipelines;
 using System.ComponentModel;
 using System.Globalization;
 using PagSharp.Attention;
@@ -11,9 +12,9 @@ namespace PagSharp.Cli.Commands;
 /// <summary>Sampler and guidance options shared by <c>sample</c> and <c>compare</c> (diffusers names in kebab-case).</summary>
 public class GuidanceOptionSettings : ModelSettings
 {
-    [CommandOption("--sampler <NAME>")][Description("ddim (default) or ddpm.")]
-    public string Sampler { get; init; } = "ddim";
-    [CommandOption("--steps|--num-inference-steps <N>")][Description("Sampling steps (respaced from the model's diffusion steps). Default 50.")]
+    [CommandOption("--scheduler|--sampler <NAME>")][Description("ddim (default) or ddpm (guided-diffusion's samplers on the respaced process), or euler, euler-a, dpmpp-2m (diffusers' schedulers over the model's noise schedule).")]
+    public string? Sampler { get; init; }
+    [CommandOption("--steps|--num-inference-steps <N>")][Description("Sampling steps (ddpm/ddim: respaced from the model's diffusion steps). Default 50.")]
     public int Steps { get; init; } = 50;
     [CommandOption("--timestep-respacing <SPEC>")][Description("guided-diffusion respacing: ddimN, N, or \"10,10,10\" (overrides --steps).")]
     public string? TimestepRespacing { get; init; }
@@ -175,7 +176,7 @@ public class GuidanceOptionSettings : ModelSettings
         };
     }
 
-    private static (int Hi, int Lo)? ParseInterval(string? spec, string option)
+    internal static (int Hi, int Lo)? ParseInterval(string? spec, string option)
     {
         if (spec is null) return null;
         var parts = spec.Split(':');
@@ -187,12 +188,7 @@ public class GuidanceOptionSettings : ModelSettings
 
     public SamplingOptions BuildSampling(GuidanceSettings guidance) => new()
     {
-        Sampler = Sampler switch
-        {
-            "ddim" => SamplerKind.Ddim,
-            "ddpm" => SamplerKind.Ddpm,
-            _ => throw new PagSharpException($"unknown sampler '{Sampler}'; valid: ddim, ddpm"),
-        },
+        Scheduler = Diffusion.Schedulers.Schedulers.Check(Sampler ?? "ddim"),
         Steps = Steps,
         TimestepRespacing = TimestepRespacing,
         Eta = Eta,

@@ -1,3 +1,4 @@
+using PagSharp.Models.Adm;
 using System.ComponentModel;
 using PagSharp.Models;
 using Spectre.Console.Cli;

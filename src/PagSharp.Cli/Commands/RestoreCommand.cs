@@ -1,3 +1,5 @@
+using PagSharp.Denoisers;
+using PagSharp.Pipelines;
 using System.ComponentModel;
 using System.Globalization;
 using System.Text.Json;
@@ -51,7 +53,6 @@ public sealed class RestoreCommand : Command<RestoreCommand.Settings>
             throw new PagSharpException("give exactly one input: --image FILE, --digit LIST or --degraded FILE");
         if (s.Degradation is null) throw new PagSharpException($"--degradation is required; valid forms: {OperatorSpec.ValidForms}");
         if (s.Count < 1) throw new PagSharpException($"--count must be ≥ 1 (got {s.Count})");
-        if (s.Sampler != "ddpm" && s.Sampler != "ddim") throw new PagSharpException($"unknown sampler '{s.Sampler}'");
         var gradFrom = s.GradFrom switch
         {
             "unguided" => DpsGradientSource.Unguided,
@@ -67,7 +68,9 @@ public sealed class RestoreCommand : Command<RestoreCommand.Settings>
         var guidance = s.BuildGuidance(loaded.Net.AttentionLayers);
         if (guidance.PagCacheInterval != 1)
             throw new PagSharpException($"--pag-cache-interval {guidance.PagCacheInterval} is not valid for restore: DPS differentiates the guided prediction at every step, so the perturbed branch runs at every step (use 1, the default)");
-        var options = s.BuildSampling(guidance) with { Sampler = SamplerKind.Ddpm };
+        if (s.Sampler is not null && s.Sampler != "ddpm")
+            throw new PagSharpException($"--scheduler {s.Sampler}: restore runs DPS on the ancestral DDPM chain; give --scheduler ddpm or leave it out");
+        var options = s.BuildSampling(guidance) with { Scheduler = "ddpm" };
         options.Validate();
         string respacing = options.ResolvedRespacing(cfg.DiffusionSteps);
 
@@ -94,10 +97,12 @@ public sealed class RestoreCommand : Command<RestoreCommand.Settings>
         var labelTensor = !loaded.Net.IsClassConditional ? null
             : tensor(Enumerable.Range(0, (int)(inputs * s.Count)).Select(i => (long)(labels is null ? cfg.NullClass ?? 0 : labels[i % labels.Count])).ToArray());
         if (labels is not null && !loaded.Net.IsClassConditional) throw new PagSharpException("this model is unconditional: --label/--labels are not valid");
-        var denoiser = Sampler.CreateDenoiser(loaded.Model, loaded.Spec, options, labelTensor);
+        var model = new AdmDenoiser(loaded.Net, labelTensor, inputs * s.Count);
+        var spec = DiffusionSpec.Of(cfg);
+        var denoiser = Sampler.CreateDenoiser(model, spec, options);
 
         Directory.CreateDirectory(s.Output);
-        var diffusion = GaussianDiffusion.Create(cfg.NoiseSchedule, cfg.DiffusionSteps, respacing, loaded.Spec.Variance);
+        var diffusion = GaussianDiffusion.Create(cfg.NoiseSchedule, cfg.DiffusionSteps, respacing, spec.Variance);
         var yAll = y.repeat_interleave(s.Count, 0);
         using var noise = new NoiseSource(Enumerable.Range(0, (int)(inputs * s.Count)).Select(i => s.Seed + i));
         var xT = noise.Randn(cfg.InChannels, cfg.ImageSize, cfg.ImageSize);
@@ -109,9 +114,9 @@ public sealed class RestoreCommand : Command<RestoreCommand.Settings>
             .Start(ctx =>
             {
                 var task = ctx.AddTask("DPS", maxValue: diffusion.NumSteps);
-                restored = Dps.Sample(loaded.Model, denoiser, labelTensor, diffusion, op, yAll, xT, noise,
+                restored = Dps.Sample(model, denoiser, diffusion, op, yAll, xT, noise,
                     new DpsOptions { StepSize = s.Zeta, GradientFrom = gradFrom, Clip = !s.NoClip },
-                    info => { task.Value = info.Step; task.Description = $"DPS step {info.Step}/{info.Total}"; }, ct);
+                    info => { task.Value = info.Index + 1; task.Description = $"DPS step {info.Index + 1}/{info.Count}"; }, ct);
             });
         double seconds = (DateTime.UtcNow - started).TotalSeconds;
 

@@ -1,3 +1,5 @@
+using PagSharp.Models.Adm;
+using PagSharp.Pipelines;
 using System.ComponentModel;
 using System.Text.Json;
 using System.Text.Json.Nodes;
@@ -52,9 +54,7 @@ public sealed class SampleCommand : Command<SampleCommand.Settings>
             throw new PagSharpException($"--save-tensor '{s.SaveTensor}' must be a .npy file");
 
         // Reject bad labels / guidance before anything is written.
-        using (var probe = loaded.Net.IsClassConditional ? zeros(1, dtype: ScalarType.Int64) : null)
-            Sampler.CreateDenoiser(loaded.Model, loaded.Spec, options, probe, null, loaded.SampleShape);
-        ValidateLabels(options, loaded);
+        Sampler.Validate(loaded.Net, options);
 
         int bs = options.BatchSize, batches = (count + bs - 1) / bs;
         var myBatches = Enumerable.Range(0, batches).Where(b => b % shardN == shardK).ToArray();
@@ -74,7 +74,7 @@ public sealed class SampleCommand : Command<SampleCommand.Settings>
         {
             ["model"] = loaded.Source,
             ["model_config"] = JsonNode.Parse(loaded.Config.ToJson()),
-            ["sampler"] = s.Sampler, ["timestep_respacing"] = respacing, ["eta"] = s.Eta, ["clip_denoised"] = !s.NoClip,
+            ["sampler"] = options.Scheduler, ["timestep_respacing"] = respacing, ["eta"] = s.Eta, ["clip_denoised"] = !s.NoClip,
             ["guidance_scale"] = guidance.GuidanceScale,
             ["pag_scale"] = guidance.PagScale?.ToString(), ["pag_formula"] = guidance.Formula.ToString(),
             ["pag_layers"] = new JsonArray(guidance.PagLayers.Select(l => (JsonNode)l!).ToArray()),
@@ -144,7 +144,7 @@ public sealed class SampleCommand : Command<SampleCommand.Settings>
                             task.Value = done * steps + p.Step;
                             task.Description = $"batch {Array.IndexOf(myBatches, b) + 1}/{myBatches.Length} step {p.Step}/{p.StepsPerBatch} {p.StepsPerSecond:F2} it/s";
                         });
-                        var x = Sampler.Sample(loaded.Model, loaded.Spec, options, loaded.SampleShape, idx, x0, progress, ct);
+                        var x = Sampler.Sample(loaded.Net, options, idx, x0, progress, ct);
                         if (s.SaveTensor is not null) Npy.Save(partial, x);
                         for (int j = 0; j < idx.Length; j++)
                             Png.Save(Path.Combine(s.Output, FileName(idx[j])), x[j]);
@@ -176,18 +176,8 @@ public sealed class SampleCommand : Command<SampleCommand.Settings>
 
     public static string FileName(long index) => $"{index:D5}.png";
 
-    private static int? LabelOf(SamplingOptions o, Models.LoadedAdm m, int i) =>
+    private static int? LabelOf(SamplingOptions o, LoadedAdm m, int i) =>
         !m.Net.IsClassConditional ? null : o.Labels is { } l ? l[i % l.Count] : m.Config.NullClass;
-
-    private static void ValidateLabels(SamplingOptions o, Models.LoadedAdm m)
-    {
-        if (o.Labels is null) return;
-        if (!m.Net.IsClassConditional) throw new PagSharpException("this model is unconditional: --label/--labels are not valid");
-        int n = m.Config.ResolvedNumClasses!.Value;
-        foreach (var l in o.Labels)
-            if (l < 0 || l >= n)
-                throw new PagSharpException($"label {l} is out of range; valid labels are 0..{n - 1}" + (m.Config.NullClass is int nc ? $" ({nc} = no class)" : ""));
-    }
 
     public static (int K, int N) ParseShard(string? shard)
     {

@@ -1,3 +1,5 @@
+using PagSharp.Guidance;
+using PagSharp.Pipelines;
 using System.Diagnostics;
 using PagSharp.Diffusion.Schedulers;
 using PagSharp.Models;
@@ -46,9 +48,9 @@ internal static class SdBench
         using var unet = CreateUNet();
         unet.eval();
         var (cfg, pag, shared) = Branches(method);
-        var guidance = new SdGuidance
+        var guidance = new GuidanceSettings
         {
-            GuidanceScale = cfg ? 7.5 : 1, PagScale = pag is null ? 0 : 3, PagLayers = pag ?? Array.Empty<string>(),
+            GuidanceScale = cfg ? 7.5 : 1, PagScale = pag is null ? null : new ScaleSchedule.Constant(3), PagLayers = pag ?? Array.Empty<string>(),
             SharedPrefix = shared, PagCacheInterval = cache ? 2 : 1,
         };
         using var gen = new Generator(0);

@@ -1,3 +1,4 @@
+using PagSharp.Models.Adm;
 using System.ComponentModel;
 using System.Globalization;
 using System.Text.Json;

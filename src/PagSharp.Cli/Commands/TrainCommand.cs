@@ -1,3 +1,4 @@
+using PagSharp.Pipelines;
 using System.ComponentModel;
 using System.Globalization;
 using PagSharp.Imaging;
@@ -160,11 +161,11 @@ public sealed class TrainCommand : Command<TrainCommand.Settings>
         using var ema = t.EmaModel();
         var options = new SamplingOptions
         {
-            Sampler = SamplerKind.Ddim, Steps = 50, BatchSize = 30, Seed = 0,
+            Scheduler = "ddim", Steps = 50, BatchSize = 30, Seed = 0,
             Labels = cfg.ResolvedNumClasses is null ? null : Enumerable.Range(0, 10).Concat(Enumerable.Range(0, 10)).Concat(Enumerable.Repeat(cfg.NullClass ?? 0, 10)).ToArray(),
         };
         var loaded = new LoadedAdm { Net = ema, Source = "EMA" };
-        using var samples = Sampler.Sample(loaded.Model, loaded.Spec, options, loaded.SampleShape, Enumerable.Range(0, 30).Select(i => (long)i).ToArray());
+        using var samples = Sampler.Sample(loaded.Net, options, Enumerable.Range(0, 30).Select(i => (long)i).ToArray());
         Directory.CreateDirectory(Path.Combine(dir, "samples"));
         using var grid = Grid.Make(samples, 10);
         Png.Save(Path.Combine(dir, "samples", $"step_{t.Step:D7}.png"), grid);

@@ -1,3 +1,7 @@
+using PagSharp.Guidance;
+using PagSharp.Denoisers;
+using PagSharp.Pipelines;
+using PagSharp.Diffusion;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using PagSharp.Diffusion.Schedulers;
@@ -318,7 +322,7 @@ public sealed class Txt2ImgCommand : Command<Txt2ImgSettings>
         return img;
     }
 
-    private static JsonObject Settings(Txt2ImgSettings s, StableDiffusion sd, string scheduler, SdGuidance g, int count, int width, int height,
+    private static JsonObject Settings(Txt2ImgSettings s, StableDiffusion sd, string scheduler, GuidanceSettings g, int count, int width, int height,
                                        SdControl? control, string? controlNetPath)
     {
         var o = BaseSettings(s, sd, scheduler, g, count, width, height, control);
@@ -336,7 +340,7 @@ public sealed class Txt2ImgCommand : Command<Txt2ImgSettings>
         return o;
     }
 
-    private static JsonObject BaseSettings(Txt2ImgSettings s, StableDiffusion sd, string scheduler, SdGuidance g, int count, int width, int height, SdControl? control) => new()
+    private static JsonObject BaseSettings(Txt2ImgSettings s, StableDiffusion sd, string scheduler, GuidanceSettings g, int count, int width, int height, SdControl? control) => new()
     {
         ["model"] = Path.GetFullPath(s.Model!),
         ["pipeline"] = sd.Folder.PipelineClass,
@@ -351,8 +355,8 @@ public sealed class Txt2ImgCommand : Command<Txt2ImgSettings>
         ["eta"] = s.Eta,
         ["guidance_scale"] = g.GuidanceScale,
         ["guidance_rescale"] = g.GuidanceRescale,
-        ["pag_scale"] = g.PagScale,
-        ["pag_adaptive_scale"] = g.PagAdaptiveScale,
+        ["pag_scale"] = s.PagScale,
+        ["pag_adaptive_scale"] = s.PagAdaptiveScale,
         ["pag_layers"] = new JsonArray(g.PagLayers.Select(l => (JsonNode)l!).ToArray()),
         ["perturbation"] = g.Perturbation.Spec,
         ["width"] = width,

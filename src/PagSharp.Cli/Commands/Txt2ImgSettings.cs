@@ -1,3 +1,4 @@
+using PagSharp.Guidance;
 using System.ComponentModel;
 using PagSharp.Attention;
 using PagSharp.Models.Adm;
@@ -27,6 +28,14 @@ public sealed class Txt2ImgSettings : CommandSettings
     public double PagScale { get; init; } = 3;
     [CommandOption("--pag-adaptive-scale <A>")][Description("diffusers' pag_adaptive_scale: s(t) = max(0, s - A*(1000 - t)).")]
     public double PagAdaptiveScale { get; init; }
+    [CommandOption("--pag-scale-end <S>")][Description("Linear ramp of the PAG scale from --pag-scale at t = T-1 to this value at t = 0 (not in diffusers).")]
+    public double? PagScaleEnd { get; init; }
+    [CommandOption("--pag-interval <HI:LO>")][Description("Apply PAG only for model timesteps LO <= t <= HI, e.g. 999:500 (not in diffusers).")]
+    public string? PagInterval { get; init; }
+    [CommandOption("--guidance-scale-end <W>")][Description("Linear ramp of the CFG scale from --guidance-scale at t = T-1 to this value at t = 0 (not in diffusers).")]
+    public double? GuidanceScaleEnd { get; init; }
+    [CommandOption("--guidance-interval <HI:LO>")][Description("Apply CFG only for model timesteps LO <= t <= HI (Kynkäänniemi et al. 2024; not in diffusers).")]
+    public string? GuidanceInterval { get; init; }
     [CommandOption("--pag-cache-interval <N>")][Description("Approximation for speed (not in diffusers): run the perturbed branch at one step in N and reuse its direction eps - eps_perturbed at the others. Default 1 = exact PAG.")]
     public int PagCacheInterval { get; init; } = 1;
     [CommandOption("--pag-layers <SPEC>")][Description("Self-attention layers to perturb: diffusers identifiers (mid, down_blocks.1, up_blocks.0.attentions.1, regular expressions), groups input/middle/output/all, globs or exact names. Default mid.")]
@@ -94,15 +103,22 @@ public sealed class Txt2ImgSettings : CommandSettings
     };
 
     /// <summary>The guidance these options mean for a U-Net with the given self-attention layers.</summary>
-    public SdGuidance BuildGuidance(IReadOnlyList<AttentionLayerInfo> layers, double? guidanceScale = null, double? pagScale = null)
+    public GuidanceSettings BuildGuidance(IReadOnlyList<AttentionLayerInfo> layers, double? guidanceScale = null, double? pagScale = null)
     {
         double pag = pagScale ?? PagScale;
-        var g = new SdGuidance
+        if (double.IsNaN(pag) || double.IsInfinity(pag) || pag < 0) throw new PagSharpException($"PAG scale must be a finite number ≥ 0 (got {pag}); 0 disables PAG");
+        if (PagScaleEnd is not null && PagAdaptiveScale != 0) throw new PagSharpException("give --pag-scale-end or --pag-adaptive-scale, not both");
+        var g = new GuidanceSettings
         {
             GuidanceScale = guidanceScale ?? GuidanceScale,
             GuidanceRescale = GuidanceRescale,
-            PagScale = pag,
-            PagAdaptiveScale = PagAdaptiveScale,
+            PagScale = pag <= 0 ? null
+                : PagScaleEnd is double e ? new ScaleSchedule.Linear(pag, e)
+                : PagAdaptiveScale != 0 ? new ScaleSchedule.Adaptive(pag, PagAdaptiveScale)
+                : new ScaleSchedule.Constant(pag),
+            PagInterval = GuidanceOptionSettings.ParseInterval(PagInterval, "--pag-interval"),
+            GuidanceSchedule = GuidanceScaleEnd is double we ? new ScaleSchedule.Linear(guidanceScale ?? GuidanceScale, we) : null,
+            GuidanceInterval = GuidanceOptionSettings.ParseInterval(GuidanceInterval, "--guidance-interval"),
             Perturbation = PerturbationSpec.Parse(Perturbation),
             PagLayers = pag > 0 ? DiffusersLayerSpec.Resolve(PagLayers, layers) : Array.Empty<string>(),
             SharedPrefix = !NoSharedPrefix,

@@ -15,7 +15,7 @@ public sealed class BatchFork : IDisposable
     private readonly bool _splitSkips;
 
     /// <param name="plan">The call's plan; no fork without a <see cref="PerturbationPlan.ForkSource"/>.</param>
-    /// <param name="splitSkips">Let decoder blocks compute the part that depends only on a pre-fork skip once (<see cref="SharesSkip"/>).</param>
+    /// <param name="splitSkips">Let decoder blocks compute the part that depends only on a pre-fork skip once (<see cref="CanShareSkip"/>).</param>
     public BatchFork(PerturbationPlan? plan, bool splitSkips = false)
     {
         _source = plan?.ForkSource;
@@ -66,13 +66,12 @@ public sealed class BatchFork : IDisposable
     }
 
     /// <summary>
-    /// True when a decoder block normalising cat([h, skip]) in <paramref name="groups"/> groups should compute its
-    /// skip-only part once: skip splitting is on, <paramref name="skip"/> was stored before the fork,
-    /// <paramref name="h"/> comes after it, and the split is expected to be faster (<see cref="Models.SplitSkip.Pays"/>).
+    /// True when a decoder block normalising cat([h, skip]) could compute its skip-only part once: skip splitting is
+    /// on, <paramref name="skip"/> was stored before the fork and <paramref name="h"/> comes after it. Whether that
+    /// pays is the network's cost decision (<c>Models.SplitSkip.Shares</c>).
     /// </summary>
-    public bool SharesSkip(Tensor h, Tensor skip, long groups) =>
-        _splitSkips && HasForked && skip.shape[0] == BatchBeforeFork && h.shape[0] == BatchBeforeFork + Copies
-        && Models.SplitSkip.Pays(h.shape[1], skip.shape[1], groups, h.shape[0], skip.shape[0]);
+    public bool CanShareSkip(Tensor h, Tensor skip) =>
+        _splitSkips && HasForked && skip.shape[0] == BatchBeforeFork && h.shape[0] == BatchBeforeFork + Copies;
 
     public void Dispose() => _index?.Dispose();
 }

@@ -1,5 +1,4 @@
 using System.Text.RegularExpressions;
-using PagSharp.Models.Adm;
 
 namespace PagSharp.Attention;
 

@@ -12,7 +12,7 @@ public enum PagFormula
 }
 
 /// <summary>
-/// Guidance for one sampling run: CFG, and either PAG (with any <see cref="IAttentionPerturbation"/>) or SAG.
+/// Guidance for one sampling run of any model family (one settings type for ADM and Stable Diffusion): CFG, and either PAG (with any <see cref="IAttentionPerturbation"/>) or SAG.
 /// Every scale is a <see cref="ScaleSchedule"/> of the model timestep with an optional interval:
 /// <list type="bullet">
 /// <item>CFG is active at a step when its scale w there is &gt; 1 (diffusers' convention) and the step lies in
@@ -51,6 +51,11 @@ public sealed record GuidanceSettings
     public int PagCacheInterval { get; init; } = 1;
     /// <summary>Self-Attention Guidance instead of PAG; null = off.</summary>
     public SagSettings? Sag { get; init; }
+    /// <summary>
+    /// diffusers' <c>guidance_rescale</c> φ (Lin et al. 2023, §3.4), applied after the combination at steps where CFG
+    /// is active: x_r = x·(std(c)/std(x)) per sample, then φ·x_r + (1 − φ)·x. 0 = off.
+    /// </summary>
+    public double GuidanceRescale { get; init; }
     /// <summary>Run the branches as separate forward calls instead of one batched call (less memory).</summary>
     public bool SplitBatch { get; init; }
     /// <summary>
@@ -64,10 +69,10 @@ public sealed record GuidanceSettings
     public bool UsesPag => PagScale is not null && PagLayers.Count > 0;
     public bool UsesSag => Sag is not null;
 
-    private static bool Inside((int Hi, int Lo)? interval, int t) => interval is not { } iv || (t <= iv.Hi && t >= iv.Lo);
+    private static bool Inside((int Hi, int Lo)? interval, double t) => interval is not { } iv || (t <= iv.Hi && t >= iv.Lo);
 
     /// <summary>The CFG scale in effect at model timestep <paramref name="t"/>; 1 when CFG is off there.</summary>
-    public double CfgScaleAt(int t, int totalSteps)
+    public double CfgScaleAt(double t, int totalSteps)
     {
         if (!Inside(GuidanceInterval, t)) return 1;
         double w = GuidanceSchedule?.At(t, totalSteps) ?? GuidanceScale;
@@ -75,18 +80,22 @@ public sealed record GuidanceSettings
     }
 
     /// <summary>The PAG scale at model timestep <paramref name="t"/>, or 0 when PAG is off there.</summary>
-    public double PagScaleAt(int t, int totalSteps) =>
+    public double PagScaleAt(double t, int totalSteps) =>
         UsesPag && Inside(PagInterval, t) ? PagScale!.At(t, totalSteps) : 0;
 
     /// <summary>The SAG scale (in <see cref="SagSettings.Formula"/>'s convention) at model timestep <paramref name="t"/>, or 0 when SAG is off there.</summary>
-    public double SagScaleAt(int t, int totalSteps) =>
+    public double SagScaleAt(double t, int totalSteps) =>
         Sag is { } sag && Inside(sag.Interval, t) ? sag.Scale.At(t, totalSteps) : 0;
 
     public void Validate()
     {
         if (double.IsNaN(GuidanceScale) || GuidanceScale < 0)
             throw new PagSharpException($"guidance scale must be a number ≥ 0 (got {GuidanceScale}); values ≤ 1 disable CFG");
+        if (double.IsInfinity(GuidanceScale))
+            throw new PagSharpException($"guidance scale must be finite (got {GuidanceScale})");
         GuidanceSchedule?.Validate("guidance scale");
+        if (!(GuidanceRescale >= 0 && GuidanceRescale <= 1))
+            throw new PagSharpException($"guidance rescale must be in [0, 1] (got {GuidanceRescale})");
         if (GuidanceInterval is { } gi && gi.Hi < gi.Lo)
             throw new PagSharpException($"guidance interval {gi.Hi}:{gi.Lo} must be written t_hi:t_lo with t_hi ≥ t_lo");
         PagScale?.Validate("PAG scale");

@@ -1,3 +1,4 @@
+using PagSharp.Denoisers;
 using PagSharp.Attention;
 using PagSharp.Diffusion;
 using PagSharp.Imaging;
@@ -37,34 +38,31 @@ namespace PagSharp.Guidance;
 /// <c>num_heads</c> argument even when <c>num_head_channels</c> sets a different head count, and hard-codes the
 /// map resolution per <c>sel_attn_depth</c> and 3 image channels; here the layer's real heads and grid are used.
 /// </summary>
-public sealed class SagDenoiser : IDenoiser
+public sealed class SagDenoiser : IGuidedDenoiser, IDisposable
 {
-    private readonly IDiffusionModel _model;
+    private readonly IDenoiserModel _model;
     private readonly GuidanceSettings _g;
     private readonly SagSettings _sag;
-    private readonly Tensor? _labels;
     private readonly GuidedDenoiser _plain;
     private readonly double[] _sqrtRecipAc, _sqrtRecipM1Ac, _sqrtAc, _sqrtOneMinusAc;
 
     /// <param name="model">The network.</param>
     /// <param name="settings">Guidance settings with <see cref="GuidanceSettings.Sag"/> set (validated here).</param>
-    /// <param name="labels">Class labels [B] for class-conditional models (the null class for unconditional sampling).</param>
     /// <param name="alphasCumprod">ᾱ of the original process, indexed by model timestep (length T).</param>
     /// <param name="clipXstart">Clip x̂0 to [−1, 1] before blurring (the sampler's clip setting).</param>
-    public SagDenoiser(IDiffusionModel model, GuidanceSettings settings, Tensor? labels, IReadOnlyList<double> alphasCumprod, bool clipXstart = true)
+    public SagDenoiser(IDenoiserModel model, GuidanceSettings settings, IReadOnlyList<double> alphasCumprod, bool clipXstart = true)
     {
         settings.Validate();
         _sag = settings.Sag ?? throw new PagSharpException("these guidance settings have no SAG settings; use GuidedDenoiser (Sampler.CreateDenoiser chooses)");
         if (alphasCumprod.Count == 0 || alphasCumprod.Any(a => !(a > 0 && a <= 1)))
             throw new PagSharpException("SAG needs the original process's alphas_cumprod, all in (0, 1]");
-        // Validates labels / null class / layers exactly as for the other methods.
-        _plain = new GuidedDenoiser(model, settings with { Sag = null }, labels, alphasCumprod.Count);
+        // Validates the unconditional branch and the layers exactly as for the other methods.
+        _plain = new GuidedDenoiser(model, settings with { Sag = null }, alphasCumprod.Count);
         Layer = _sag.Layer ?? DefaultLayer(model.AttentionLayers);
         if (!model.AttentionLayers.Any(l => l.Name == Layer))
             throw new PagSharpException($"SAG layer '{Layer}' is not an attention layer of this model; valid: {string.Join(", ", model.AttentionLayers.Select(l => l.Name))}");
         _model = model;
         _g = settings;
-        _labels = labels;
         TotalSteps = alphasCumprod.Count;
         ClipXstart = clipXstart;
         _sqrtRecipAc = alphasCumprod.Select(a => Math.Sqrt(1 / a)).ToArray();
@@ -75,11 +73,10 @@ public sealed class SagDenoiser : IDenoiser
 
     /// <param name="model">The network.</param>
     /// <param name="settings">Guidance settings with <see cref="GuidanceSettings.Sag"/> set.</param>
-    /// <param name="labels">Class labels, as for the other constructor.</param>
     /// <param name="originalProcess">The model's original, non-respaced process (its ᾱ is indexed by model timestep).</param>
     /// <param name="clipXstart">Clip x̂0 before blurring.</param>
-    public SagDenoiser(IDiffusionModel model, GuidanceSettings settings, Tensor? labels, GaussianDiffusion originalProcess, bool clipXstart = true)
-        : this(model, settings, labels, OriginalAlphas(originalProcess), clipXstart)
+    public SagDenoiser(IDenoiserModel model, GuidanceSettings settings, GaussianDiffusion originalProcess, bool clipXstart = true)
+        : this(model, settings, OriginalAlphas(originalProcess), clipXstart)
     {
     }
 
@@ -170,43 +167,44 @@ public sealed class SagDenoiser : IDenoiser
     }
 
     /// <summary>SAG scale at model timestep <paramref name="t"/> (in the settings' convention), or 0 when SAG is off there.</summary>
-    public double SagScaleAt(int t) => _g.SagScaleAt(t, TotalSteps);
+    public double SagScaleAt(double t) => _g.SagScaleAt(t, TotalSteps);
 
-    public EpsOutput Predict(Tensor x, Tensor t)
+    public ModelOutput Predict(Tensor x, StepContext step)
     {
-        int tv = (int)t[0].item<long>();
-        if (tv < 0 || tv >= TotalSteps)
-            throw new PagSharpException($"model timestep {tv} is outside the process's 0..{TotalSteps - 1}");
+        double tv = step.Timestep;
+        if (tv != Math.Floor(tv) || tv < 0 || tv >= TotalSteps)
+            throw new PagSharpException($"SAG needs whole model timesteps in 0..{TotalSteps - 1} (got {tv}); sample with ddpm or ddim");
         double s = SagScaleAt(tv);
-        if (s == 0) return _plain.Predict(x, t);
+        if (s == 0) return _plain.Predict(x, step);
         double w = _g.CfgScaleAt(tv, TotalSteps);
+        using var t = full(x.shape[0], (long)tv, dtype: ScalarType.Int64, device: x.device);
         bool cfg = w > 1;
         CheckImageSize(x.shape[^2], x.shape[^1]);
 
         long b = x.shape[0];
         Tensor epsC, epsGuide, map;
-        Tensor? epsU = null, varValues, guideLabels, owned = null;
+        Tensor? epsU = null, varValues, owned = null;
+        Branch guide;
         try
         {
             if (cfg)
             {
-                var nullLabels = full(b, _model.NullClass!.Value, dtype: ScalarType.Int64, device: x.device);
-                guideLabels = nullLabels;
+                guide = Branch.Unconditional;
                 if (_g.SplitBatch)
                 {
                     var plan = new PerturbationPlan().Capture(Layer);
-                    var oU = _model.Forward(x, t, nullLabels, plan);
+                    var oU = _model.Forward(x, step, [Branch.Unconditional], plan);
                     map = owned = plan.TakeCaptured(Layer);
-                    var oC = _model.Forward(x, t, _labels, null);
-                    epsU = oU.Eps; epsC = oC.Eps; varValues = oC.VarValues;
+                    var oC = _model.Forward(x, step, [Branch.Conditional], null);
+                    epsU = oU.Output; epsC = oC.Output; varValues = oC.VarValues;
                 }
                 else
                 {
                     var plan = new PerturbationPlan().Capture(Layer);
-                    var o = _model.Forward(cat(new[] { x, x }, 0), t.repeat(2), cat(new[] { nullLabels, _labels! }, 0), plan);
+                    var o = _model.Forward(cat(new[] { x, x }, 0), step, [Branch.Unconditional, Branch.Conditional], plan);
                     using var maps = plan.TakeCaptured(Layer);
                     map = maps.narrow(0, 0, b);
-                    var chunks = o.Eps.chunk(2, 0);
+                    var chunks = o.Output.chunk(2, 0);
                     epsU = chunks[0]; epsC = chunks[1];
                     varValues = o.VarValues?.chunk(2, 0)[1];
                 }
@@ -214,16 +212,16 @@ public sealed class SagDenoiser : IDenoiser
             }
             else
             {
-                guideLabels = _labels;
+                guide = Branch.Conditional;
                 var plan = new PerturbationPlan().Capture(Layer);
-                var o = _model.Forward(x, t, _labels, plan);
+                var o = _model.Forward(x, step, [Branch.Conditional], plan);
                 map = owned = plan.TakeCaptured(Layer);
-                epsC = epsGuide = o.Eps;
+                epsC = epsGuide = o.Output;
                 varValues = o.VarValues;
             }
 
             var xBar = DegradedInput(x, t, epsGuide, map);
-            var epsBar = _model.Forward(xBar, t, guideLabels, null).Eps;
+            var epsBar = _model.Forward(xBar, step, [guide], null).Output;
 
             Tensor guided;
             if (cfg)
@@ -232,11 +230,13 @@ public sealed class SagDenoiser : IDenoiser
                 guided = epsBar + s * (epsC - epsBar);
             else
                 guided = epsC + s * (epsC - epsBar);
-            return new EpsOutput(guided, varValues);
+            return new ModelOutput(guided, varValues);
         }
         finally
         {
             owned?.Dispose(); // a captured map (ownership passes to the caller of TakeCaptured)
         }
     }
+
+    public void Dispose() => _plain.Dispose();
 }

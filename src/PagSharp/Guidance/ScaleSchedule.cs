@@ -9,7 +9,7 @@ namespace PagSharp.Guidance;
 /// </summary>
 public abstract record ScaleSchedule
 {
-    public abstract double At(int t, int totalSteps);
+    public abstract double At(double t, int totalSteps);
 
     /// <summary>
     /// The largest value the schedule can take (used to decide whether a run may need a method at all). A method, not
@@ -26,7 +26,7 @@ public abstract record ScaleSchedule
     /// <summary>The same scale at every step.</summary>
     public sealed record Constant(double Scale) : ScaleSchedule
     {
-        public override double At(int t, int totalSteps) => Scale;
+        public override double At(double t, int totalSteps) => Scale;
         public override double UpperBound() => Scale;
         public override void Validate(string what)
         {
@@ -41,7 +41,7 @@ public abstract record ScaleSchedule
     /// </summary>
     public sealed record Linear(double AtStart, double AtEnd) : ScaleSchedule
     {
-        public override double At(int t, int totalSteps) =>
+        public override double At(double t, int totalSteps) =>
             totalSteps <= 1 ? AtEnd : AtEnd + (AtStart - AtEnd) * t / (totalSteps - 1.0);
         public override double UpperBound() => Math.Max(AtStart, AtEnd);
         public override void Validate(string what)
@@ -55,11 +55,16 @@ public abstract record ScaleSchedule
     /// (not the model's T). <b>Pitfall:</b> it decreases by a per timestep of the 1000-step process, not per sampling
     /// step, so it reaches 0 once 1000 − t ≥ s/a and stays 0. For s = 3, a = 0.1 that is t ≤ 970: with DDIM-50
     /// (t = 980, 960, …) only the first step gets a non-zero scale, and only 3 − 0.1·20 = 1 there. Rates around
-    /// 0.001–0.01 keep it alive for a useful part of the trajectory.
+    /// 0.001–0.01 keep it alive for a useful part of the trajectory. Computed in float32 as diffusers'
+    /// <c>_get_pag_scale</c> does (its operands are float32 there).
     /// </summary>
     public sealed record Adaptive(double Scale, double Rate) : ScaleSchedule
     {
-        public override double At(int t, int totalSteps) => Math.Max(Scale - Rate * (1000 - t), 0);
+        public override double At(double t, int totalSteps)
+        {
+            float s = (float)Scale - (float)Rate * (1000f - (float)t);
+            return s < 0 ? 0 : s;
+        }
         /// <summary>s itself (the value at t = 1000; for models with T ≤ 1000 the schedule never exceeds it).</summary>
         public override double UpperBound() => Scale;
         public override void Validate(string what)

@@ -1,6 +1,7 @@
+using PagSharp.Diffusion.Schedulers;
+using PagSharp.Denoisers;
 using PagSharp.Diffusion;
 using PagSharp.Guidance;
-using PagSharp.Models;
 using PagSharp.Sampling;
 using static TorchSharp.torch;
 
@@ -34,29 +35,49 @@ public sealed record DpsOptions
 /// </summary>
 public static class Dps
 {
-    public static Tensor Sample(IDiffusionModel model, IDenoiser guided, Tensor? labels, GaussianDiffusion diffusion,
+    /// <param name="model">The network with the samples' conditioning (for the unguided ε).</param>
+    /// <param name="guided">The guided denoiser that drives the diffusion update.</param>
+    /// <param name="diffusion">The (respaced) process; DPS runs its ancestral DDPM chain.</param>
+    /// <param name="op">The measurement operator A.</param>
+    /// <param name="y">The measurements.</param>
+    /// <param name="xT">Initial noise.</param>
+    /// <param name="noise">Per-sample noise for the ancestral steps.</param>
+    /// <param name="options">ζ, gradient source, clipping.</param>
+    /// <param name="callback">Called after every step.</param>
+    /// <param name="cancellation">Checked between steps.</param>
+    public static Tensor Sample(IDenoiserModel model, IGuidedDenoiser guided, GaussianDiffusion diffusion,
                                 IMeasurementOperator op, Tensor y, Tensor xT, NoiseSource noise, DpsOptions options,
-                                Action<StepInfo>? callback = null, CancellationToken cancellation = default)
+                                Action<LoopStep>? callback = null, CancellationToken cancellation = default)
     {
         if (!(options.StepSize >= 0)) throw new PagSharpException($"DPS step size ζ must be ≥ 0 (got {options.StepSize})");
-        return Samplers.Loop(xT, diffusion, callback, cancellation, (x, t, i) =>
+        var scheduler = new GaussianDiffusionScheduler(diffusion, ddim: false, clipDenoised: options.Clip);
+        int n = diffusion.NumSteps;
+        var x = xT.alias();
+        for (int i = 0; i < n; i++)
         {
-            var tm = diffusion.ModelTimesteps(t);
-            EpsOutput? update = null;
+            cancellation.ThrowIfCancellationRequested();
+            var scope = NewDisposeScope();
+            var step = new StepContext(i, n, scheduler.Timesteps[i]);
+            using var t = GaussianDiffusion.Steps(n - 1 - i, x.shape[0], x.device);
+            ModelOutput? update = null;
             Func<Tensor, Tensor> epsForGradient = options.GradientFrom == DpsGradientSource.Guided
-                ? xg => (update = guided.Predict(xg, tm)).Eps
-                : xg => model.Forward(xg, tm, labels, null).Eps;
+                ? xg => (update = guided.Predict(xg, step)).Output
+                : xg => model.Forward(xg, step, [Branch.Conditional], null).Output;
             var (grad, _) = MeasurementGradient(x, t, epsForGradient, diffusion, op, y, options.Clip);
-            using var _ = no_grad();
-            // The guided ε drives the diffusion update (the perturbed branch never needs autograd here).
-            var (eps, varValues) = update is { } u ? (u.Eps.detach(), u.VarValues?.detach()) : Unpack(guided.Predict(x.detach(), tm));
-            var (mean, logVar, x0) = diffusion.PMeanVariance(x, t, eps, varValues, options.Clip);
-            var next = i > 0 ? mean + (0.5 * logVar).exp() * noise.Randn(x.shape[1..]) : mean;
-            return (next - options.StepSize * grad, x0);
-        });
+            Tensor next;
+            using (no_grad())
+            {
+                // The guided ε drives the diffusion update (the perturbed branch never needs autograd here).
+                var output = update is { } u ? new ModelOutput(u.Output.detach(), u.VarValues?.detach()) : guided.Predict(x.detach(), step);
+                next = (scheduler.Step(output, i, x, noise) - options.StepSize * grad).DetachFromDisposeScope();
+            }
+            scope.Dispose();
+            x.Dispose();
+            x = next;
+            callback?.Invoke(new LoopStep(i, n, step.Timestep, x));
+        }
+        return x;
     }
-
-    private static (Tensor, Tensor?) Unpack(EpsOutput o) => (o.Eps, o.VarValues);
 
     /// <summary>
     /// ∇_{x_t} Σ_n ‖y_n − A(x̂0_n(x_t))‖ and the residual norms [N], with x̂0 = √(1/ᾱ_t)·x_t − √(1/ᾱ_t − 1)·ε(x_t)

@@ -90,7 +90,7 @@ public sealed class MnistClassifier : Module<Tensor, Tensor>
     /// <exception cref="PagSharpException">Not found.</exception>
     public static string BuiltInPath()
     {
-        string name = Path.Combine(BuiltInFolder, Models.ModelStore.WeightsFile);
+        string name = Path.Combine(BuiltInFolder, Models.Adm.ModelStore.WeightsFile);
         foreach (string start in new[] { AppContext.BaseDirectory, Directory.GetCurrentDirectory() })
             for (var dir = new DirectoryInfo(start); dir is not null; dir = dir.Parent)
             {

@@ -1,3 +1,4 @@
+using PagSharp.Attention;
 using TorchSharp.Modules;
 
 namespace PagSharp.Models;
@@ -25,7 +26,7 @@ public sealed record MacCall(long Batch, IReadOnlyCollection<string>? PerturbedL
     }
 
     /// <summary>Checks the call against the network's self-attention layers; returns the perturbed set and the fork layer (or null).</summary>
-    internal (HashSet<string> Perturbed, string? ForkLayer) Resolve(IReadOnlyList<Adm.AttentionLayerInfo> layers)
+    internal (HashSet<string> Perturbed, string? ForkLayer) Resolve(IReadOnlyList<Attention.AttentionLayerInfo> layers)
     {
         if (Batch < 1 || Copies < 0 || PerturbedEntries < 0 || PerturbedEntries > Batch + Copies)
             throw new PagSharpException($"invalid call: batch {Batch}, copies {Copies}, perturbed entries {PerturbedEntries}");

@@ -23,6 +23,13 @@ internal sealed record SkipWidening(Func<Tensor, Tensor> Widen, Func<Tensor, Ten
 internal static class SplitSkip
 {
     /// <summary>
+    /// The one decision whether a decoder block computes its skip-only part once: the fork allows it
+    /// (<see cref="Attention.BatchFork.CanShareSkip"/>) and it is expected to be faster (<see cref="Pays"/>).
+    /// </summary>
+    public static bool Shares(Attention.BatchFork fork, Tensor h, Tensor skip, long groups) =>
+        fork.CanShareSkip(h, skip) && Pays(h.shape[1], skip.shape[1], groups, h.shape[0], skip.shape[0]);
+
+    /// <summary>
     /// Whether splitting is expected to be faster than the concatenated computation for a block whose input is
     /// cat([h (<paramref name="hChannels"/>, forked batch), skip (<paramref name="skipChannels"/>, pre-fork batch)]).
     /// The first conv dominates the part that changes; oneDNN's blocked layouts round a conv's input channels up to a

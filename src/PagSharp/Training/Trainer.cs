@@ -117,18 +117,26 @@ public sealed class Trainer : IDisposable
     public (Tensor Loss, Tensor Mse, Tensor Vb) ComputeLoss(Tensor x0, Tensor? y, Tensor t, Tensor noise)
     {
         var xt = _diffusion.QSample(x0, t, noise);
-        EpsOutput output;
-        if (_work is null) output = new AdmDiffusionModel(Model).Forward(xt, t, y, null);
+        ModelOutput output;
+        if (_work is null) output = Split(Model.Forward(xt, t, y, null), xt.shape[1]);
         else
         {
             using (no_grad())
                 foreach (var (master, work) in _workPairs) work.copy_(master);
-            var low = new AdmDiffusionModel(_work).Forward(xt.to_type(_o.ComputeDtype), t, y, null);
+            var low = Split(_work.Forward(xt.to_type(_o.ComputeDtype), t, y, null), xt.shape[1]);
             // The loss (and the diffusion arithmetic inside it) stays in float32.
-            output = new EpsOutput(low.Eps.to_type(ScalarType.Float32), low.VarValues?.to_type(ScalarType.Float32));
+            output = new ModelOutput(low.Output.to_type(ScalarType.Float32), low.VarValues?.to_type(ScalarType.Float32));
         }
-        var (mse, vb) = Losses.Hybrid(_diffusion, x0, xt, t, noise, output.Eps, output.VarValues);
+        var (mse, vb) = Losses.Hybrid(_diffusion, x0, xt, t, noise, output.Output, output.VarValues);
         return ((mse + _o.VlbWeight * (_diffusion.NumSteps / 1000.0) * vb).mean(), mse.mean(), vb.mean());
+    }
+
+    /// <summary>ε, and the variance values of a learned-variance model (the second half of the channels).</summary>
+    private ModelOutput Split(Tensor o, long channels)
+    {
+        if (!_o.Model.LearnSigma) return new ModelOutput(o, null);
+        var parts = o.split(channels, 1);
+        return new ModelOutput(parts[0], parts[1]);
     }
 
     /// <summary>One optimiser step (clip, AdamW, EMA) on the given batch.</summary>

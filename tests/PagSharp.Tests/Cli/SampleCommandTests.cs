@@ -163,7 +163,7 @@ public class SampleCommandTests(SampleRunFixture fx) : IClassFixture<SampleRunFi
 
     public static TheoryData<string, string[], string> BadInputs => new()
     {
-        { "steps 0", new[] { "--steps", "0" }, "steps" },
+        { "steps 0", new[] { "--steps", "0" }, "Steps" },
         { "negative PAG scale", new[] { "--pag-scale=-1" }, "PAG scale" },
         { "negative PAG scale, separate value", new[] { "--pag-scale", "-1" }, "PAG scale" },
         { "NaN PAG scale", new[] { "--pag-scale", "NaN" }, "PAG scale" },

@@ -1,3 +1,4 @@
+using PagSharp.Pipelines;
 using PagSharp.Attention;
 using PagSharp.Diffusion;
 using PagSharp.Guidance;
@@ -83,7 +84,7 @@ public class SagTests
     {
         using var _ = no_grad();
         using var net = TestModels.Tiny(classConditional: false);
-        var d = new SagDenoiser(new AdmDiffusionModel(net), Sag(0.5), null, Original, clipXstart: false);
+        var d = new SagDenoiser(TestModels.Adm(net, null), Sag(0.5), Original, clipXstart: false);
         using var g = new Generator(3);
         var x = randn(new long[] { 2, 3, 16, 16 }, generator: g);
         var eps = randn(new long[] { 2, 3, 16, 16 }, generator: g);
@@ -108,28 +109,28 @@ public class SagTests
     {
         using var _ = no_grad();
         using var net = TestModels.Tiny(classConditional: false);
-        var model = new AdmDiffusionModel(net);
-        var d = new SagDenoiser(model, Sag(0.75), null, Original);
+        var model = TestModels.Adm(net, null);
+        var d = new SagDenoiser(model, Sag(0.75), Original);
         Assert.Equal("output_blocks.0.1", d.Layer);
         using var g = new Generator(5);
         var x = randn(new long[] { 2, 3, 16, 16 }, generator: g);
         var t = full(2, 600L);
-        var o = d.Predict(x, t);
+        var o = d.Predict(x, TestModels.At(t));
 
         var plan = new PerturbationPlan().Capture(d.Layer);
-        var plain = model.Forward(x, t, null, plan);
+        var plain = TestModels.Fwd(net, x, t, null, plan);
         var map = plan.TakeCaptured(d.Layer);
         Assert.Equal(new long[] { 2, 4, 64, 64 }, map.shape);
-        var epsBar = model.Forward(d.DegradedInput(x, t, plain.Eps, map), t, null, null).Eps;
-        TestModels.AssertClose(plain.Eps + 0.75 * (plain.Eps - epsBar), o.Eps, 1e-6, "ε + s(ε − ε̄)");
+        var epsBar = TestModels.Fwd(net, d.DegradedInput(x, t, plain.Output, map), t, null, null).Output;
+        TestModels.AssertClose(plain.Output + 0.75 * (plain.Output - epsBar), o.Output, 1e-6, "ε + s(ε − ε̄)");
         TestModels.AssertBitwiseEqual(plain.VarValues!, o.VarValues!, "variance from the unperturbed branch");
-        Assert.True(TestModels.MaxAbsDiff(plain.Eps, o.Eps) > 1e-3, "SAG did not change ε");
+        Assert.True(TestModels.MaxAbsDiff(plain.Output, o.Output) > 1e-3, "SAG did not change ε");
 
         // Official convention: g = 1 + s gives the same guidance.
-        var official = new SagDenoiser(model, Sag(1.75, formula: SagFormula.Official), null, Original).Predict(x, t);
-        TestModels.AssertClose(o.Eps, official.Eps, 1e-5, "official g = 1 + s");
+        var official = new SagDenoiser(model, Sag(1.75, formula: SagFormula.Official), Original).Predict(x, TestModels.At(t));
+        TestModels.AssertClose(o.Output, official.Output, 1e-5, "official g = 1 + s");
         // Scale 0 is plain sampling.
-        TestModels.AssertBitwiseEqual(plain.Eps, new SagDenoiser(model, Sag(0), null, Original).Predict(x, t).Eps, "s = 0");
+        TestModels.AssertBitwiseEqual(plain.Output, new SagDenoiser(model, Sag(0), Original).Predict(x, TestModels.At(t)).Output, "s = 0");
     }
 
     [Theory]
@@ -139,25 +140,25 @@ public class SagTests
     {
         using var _ = no_grad();
         using var net = TestModels.Tiny(classConditional: true);
-        var model = new AdmDiffusionModel(net);
         var y = tensor(new long[] { 0, 1 });
-        var d = new SagDenoiser(model, Sag(0.5, w: 3, split: splitBatch), y, Original);
+        var model = TestModels.Adm(net, y);
+        var d = new SagDenoiser(model, Sag(0.5, w: 3, split: splitBatch), Original);
         using var g = new Generator(6);
         var x = randn(new long[] { 2, 3, 16, 16 }, generator: g);
         var t = full(2, 500L);
-        var o = d.Predict(x, t);
+        var o = d.Predict(x, TestModels.At(t));
 
         var nul = full(2, 2L);
         var plan = new PerturbationPlan().Capture(d.Layer);
-        var u = model.Forward(x, t, nul, plan);
-        var c = model.Forward(x, t, y, null);
-        var epsBar = model.Forward(d.DegradedInput(x, t, u.Eps, plan.TakeCaptured(d.Layer)), t, nul, null).Eps;
-        var expected = u.Eps + 3 * (c.Eps - u.Eps) + 0.5 * (u.Eps - epsBar);
-        TestModels.AssertClose(expected, o.Eps, 1e-5, "CFG + SAG");
+        var u = TestModels.Fwd(net, x, t, nul, plan);
+        var c = TestModels.Fwd(net, x, t, y, null);
+        var epsBar = TestModels.Fwd(net, d.DegradedInput(x, t, u.Output, plan.TakeCaptured(d.Layer)), t, nul, null).Output;
+        var expected = u.Output + 3 * (c.Output - u.Output) + 0.5 * (u.Output - epsBar);
+        TestModels.AssertClose(expected, o.Output, 1e-5, "CFG + SAG");
         TestModels.AssertClose(c.VarValues!, o.VarValues!, 1e-5, "variance from the conditional branch");
 
-        var cfgOnly = new GuidedDenoiser(model, new GuidanceSettings { GuidanceScale = 3 }, y, 1000).Predict(x, t);
-        Assert.True(TestModels.MaxAbsDiff(cfgOnly.Eps, o.Eps) > 1e-3, "SAG did not change ε under CFG");
+        var cfgOnly = new GuidedDenoiser(model, new GuidanceSettings { GuidanceScale = 3 }, 1000).Predict(x, TestModels.At(t));
+        Assert.True(TestModels.MaxAbsDiff(cfgOnly.Output, o.Output) > 1e-3, "SAG did not change ε under CFG");
     }
 
     [Fact]
@@ -165,48 +166,47 @@ public class SagTests
     {
         using var _ = no_grad();
         using var net = TestModels.Tiny(classConditional: true);
-        var model = new AdmDiffusionModel(net);
         var y = tensor(new long[] { 1, 0 });
-        var d = new SagDenoiser(model, Sag(0.5), y, Original);
+        var d = new SagDenoiser(TestModels.Adm(net, y), Sag(0.5), Original);
         using var g = new Generator(7);
         var x = randn(new long[] { 2, 3, 16, 16 }, generator: g);
         var t = full(2, 250L);
         var plan = new PerturbationPlan().Capture(d.Layer);
-        var c = model.Forward(x, t, y, plan);
-        var epsBar = model.Forward(d.DegradedInput(x, t, c.Eps, plan.TakeCaptured(d.Layer)), t, y, null).Eps;
-        TestModels.AssertClose(c.Eps + 0.5 * (c.Eps - epsBar), d.Predict(x, t).Eps, 1e-6, "conditional SAG");
+        var c = TestModels.Fwd(net, x, t, y, plan);
+        var epsBar = TestModels.Fwd(net, d.DegradedInput(x, t, c.Output, plan.TakeCaptured(d.Layer)), t, y, null).Output;
+        TestModels.AssertClose(c.Output + 0.5 * (c.Output - epsBar), d.Predict(x, TestModels.At(t)).Output, 1e-6, "conditional SAG");
     }
 
     [Fact]
     public void Sampler_RunsSagWithCfg_EndToEnd()
     {
         using var net = TestModels.Tiny(classConditional: true);
-        var model = new AdmDiffusionModel(net);
-        var spec = new DiffusionSpec("linear", 1000, VarianceType.LearnedRange);
+        var spec = DiffusionSpec.Of(net.Config);
+        var model = TestModels.Adm(net, tensor(new long[] { 0 }));
         var baseOptions = new SamplingOptions { Steps = 3, Labels = new[] { 0, 1 }, Seed = 4, BatchSize = 2, Guidance = new GuidanceSettings { GuidanceScale = 2 } };
-        var cfg = Sampler.Sample(model, spec, baseOptions, new long[] { 3, 16, 16 }, new long[] { 0, 1 });
-        var sag = Sampler.Sample(model, spec, baseOptions with { Guidance = Sag(0.8, w: 2) }, new long[] { 3, 16, 16 }, new long[] { 0, 1 });
+        var cfg = Sampler.Sample(net, baseOptions, new long[] { 0, 1 });
+        var sag = Sampler.Sample(net, baseOptions with { Guidance = Sag(0.8, w: 2) }, new long[] { 0, 1 });
         Assert.False(sag.isnan().any().item<bool>());
         Assert.True(TestModels.MaxAbsDiff(cfg, sag) > 1e-4, "SAG changed nothing");
-        Assert.IsType<SagDenoiser>(Sampler.CreateDenoiser(model, spec, baseOptions with { Guidance = Sag(0.8) }, tensor(new long[] { 0 })));
-        Assert.IsType<GuidedDenoiser>(Sampler.CreateDenoiser(model, spec, baseOptions, tensor(new long[] { 0 })));
+        Assert.IsType<SagDenoiser>(Sampler.CreateDenoiser(model, spec, baseOptions with { Guidance = Sag(0.8) }));
+        Assert.IsType<GuidedDenoiser>(Sampler.CreateDenoiser(model, spec, baseOptions));
     }
 
     [Fact]
     public void InvalidSettings_AreRejectedWithClearMessages()
     {
         using var net = TestModels.Tiny(classConditional: true);
-        var model = new AdmDiffusionModel(net);
         var y = tensor(new long[] { 0 });
+        var model = TestModels.Adm(net, y);
         PagSharpException Fails(Action a) => Assert.Throws<PagSharpException>(a);
 
-        Assert.Contains("cannot be combined", Fails(() => new SagDenoiser(model, Sag(1) with { PagScale = new ScaleSchedule.Constant(1), PagLayers = new[] { "middle_block.1" } }, y, Original)).Message);
-        Assert.Contains("official-ADM SAG formula", Fails(() => new SagDenoiser(model, Sag(1.5, w: 3, formula: SagFormula.Official), y, Original)).Message);
-        Assert.Contains("input_blocks.3.1", Fails(() => new SagDenoiser(model, Sag(1) with { Sag = Sag(1).Sag! with { Layer = "nope" } }, y, Original)).Message);
-        Assert.Contains("non-respaced", Fails(() => new SagDenoiser(model, Sag(1), y, GaussianDiffusion.Create("linear", 1000, "ddim10", VarianceType.LearnedRange))).Message);
-        Assert.Contains("positive odd", Fails(() => new SagDenoiser(model, Sag(1) with { Sag = Sag(1).Sag! with { KernelSize = 4 } }, y, Original)).Message);
-        Assert.Contains("SagDenoiser", Fails(() => new GuidedDenoiser(model, Sag(1), y, 1000)).Message);
+        Assert.Contains("cannot be combined", Fails(() => new SagDenoiser(model, Sag(1) with { PagScale = new ScaleSchedule.Constant(1), PagLayers = new[] { "middle_block.1" } }, Original)).Message);
+        Assert.Contains("official-ADM SAG formula", Fails(() => new SagDenoiser(model, Sag(1.5, w: 3, formula: SagFormula.Official), Original)).Message);
+        Assert.Contains("input_blocks.3.1", Fails(() => new SagDenoiser(model, Sag(1) with { Sag = Sag(1).Sag! with { Layer = "nope" } }, Original)).Message);
+        Assert.Contains("non-respaced", Fails(() => new SagDenoiser(model, Sag(1), GaussianDiffusion.Create("linear", 1000, "ddim10", VarianceType.LearnedRange))).Message);
+        Assert.Contains("positive odd", Fails(() => new SagDenoiser(model, Sag(1) with { Sag = Sag(1).Sag! with { KernelSize = 4 } }, Original)).Message);
+        Assert.Contains("SagDenoiser", Fails(() => new GuidedDenoiser(model, Sag(1), 1000)).Message);
         var big = new SamplingOptions { Steps = 2, Labels = new[] { 0 }, Guidance = Sag(1) with { Sag = Sag(1).Sag! with { KernelSize = 33 } } };
-        Assert.Contains("--sag-kernel ≤ 31", Fails(() => Sampler.Sample(model, new DiffusionSpec("linear", 1000, VarianceType.LearnedRange), big, new long[] { 3, 16, 16 }, new long[] { 0 })).Message);
+        Assert.Contains("--sag-kernel ≤ 31", Fails(() => Sampler.Sample(net, big, new long[] { 0 })).Message);
     }
 }

@@ -22,15 +22,17 @@ public class ScheduleTests
     [Fact]
     public void Adaptive_IsDiffusersFormula_AndReachesZeroQuicklyForLargeRates()
     {
+        // diffusers computes s − a·(1000 − t) with float32 operands (_get_pag_scale); so does PagSharp, for every family.
         var gentle = new ScaleSchedule.Adaptive(Scale: 3, Rate: 0.001);
-        Assert.Equal(2.999, gentle.At(999, 1000), 12);
-        Assert.Equal(2.5, gentle.At(500, 1000), 12);
-        Assert.Equal(2.0, gentle.At(0, 1000), 12);
+        Assert.Equal((double)(3f - 0.001f * 1f), gentle.At(999, 1000));
+        Assert.Equal(2.999, gentle.At(999, 1000), 6);
+        Assert.Equal(2.5, gentle.At(500, 1000), 6);
+        Assert.Equal(2.0, gentle.At(0, 1000), 6);
 
         // The pitfall: with a = 0.1 the scale is already 1 at DDIM-50's first step (t = 980) and 0 from t = 970 on.
         var steep = new ScaleSchedule.Adaptive(Scale: 3, Rate: 0.1);
-        Assert.Equal(2.9, steep.At(999, 1000), 12);
-        Assert.Equal(1.0, steep.At(980, 1000), 9);
+        Assert.Equal(2.9, steep.At(999, 1000), 6);
+        Assert.Equal(1.0, steep.At(980, 1000), 6);
         Assert.Equal(0.0, steep.At(970, 1000), 9);
         Assert.Equal(0.0, steep.At(960, 1000));
         Assert.Equal(0.0, steep.At(0, 1000));
@@ -90,22 +92,22 @@ public class ScheduleTests
     {
         using var _ = no_grad();
         using var net = TestModels.Tiny(classConditional: true);
-        var model = new AdmDiffusionModel(net);
         using var gen = new Generator(4);
         var x = randn(new long[] { 2, 3, 16, 16 }, generator: gen);
         var y = tensor(new long[] { 0, 1 });
+        var model = TestModels.Adm(net, y);
         var settings = new GuidanceSettings { GuidanceScale = 3, GuidanceInterval = (600, 0) };
-        var d = new GuidedDenoiser(model, settings, y, 1000);
+        var d = new GuidedDenoiser(model, settings, 1000);
 
         var tOut = full(2, 800L);
-        var plain = model.Forward(x, tOut, y, null).Eps;
-        TestModels.AssertBitwiseEqual(plain, d.Predict(x, tOut).Eps, "outside the interval: conditional ε");
+        var plain = TestModels.Fwd(net, x, tOut, y, null).Output;
+        TestModels.AssertBitwiseEqual(plain, d.Predict(x, TestModels.At(tOut)).Output, "outside the interval: conditional ε");
 
         var tIn = full(2, 400L);
-        var cond = model.Forward(x, tIn, y, null).Eps;
-        var uncond = model.Forward(x, tIn, full(2, 2L), null).Eps;
+        var cond = TestModels.Fwd(net, x, tIn, y, null).Output;
+        var uncond = TestModels.Fwd(net, x, tIn, full(2, 2L), null).Output;
         // One batched [uncond, cond] call vs two separate calls: float32 rounding differs slightly.
-        TestModels.AssertClose(uncond + 3 * (cond - uncond), d.Predict(x, tIn).Eps, 1e-4, "inside: CFG");
+        TestModels.AssertClose(uncond + 3 * (cond - uncond), d.Predict(x, TestModels.At(tIn)).Output, 1e-4, "inside: CFG");
     }
 
     /// <summary>
@@ -121,17 +123,17 @@ public class ScheduleTests
     {
         using var _ = no_grad();
         using var net = TestModels.Tiny(classConditional: true);
-        var model = new AdmDiffusionModel(net);
         using var gen = new Generator(5);
         var x = randn(new long[] { 2, 3, 16, 16 }, generator: gen);
         var y = tensor(new long[] { 0, 1 });
+        var model = TestModels.Adm(net, y);
         double s = formula == PagFormula.Official ? 2.5 : 1.5, w = cfg ? 3 : 1;
         var exactSettings = new GuidanceSettings
         {
             GuidanceScale = w, PagScale = new ScaleSchedule.Constant(s), PagLayers = new[] { "middle_block.1" }, Formula = formula,
         };
-        var exact = new GuidedDenoiser(model, exactSettings, y, 1000);
-        var cached = new GuidedDenoiser(model, exactSettings with { PagCacheInterval = 3 }, y, 1000);
+        var exact = new GuidedDenoiser(model, exactSettings, 1000);
+        var cached = new GuidedDenoiser(model, exactSettings with { PagCacheInterval = 3 }, 1000);
         var plan = PagSharp.Attention.PerturbationPlan.Perturb(exactSettings.PagLayers, PagSharp.Attention.IdentityPerturbation.Instance);
 
         Tensor? direction = null;
@@ -140,22 +142,22 @@ public class ScheduleTests
             for (int i = 0; i < ts.Length; i++)
             {
                 var t = full(2, (long)ts[i]);
-                var got = cached.Predict(x, t).Eps;
+                var got = cached.Predict(x, TestModels.At(t)).Output;
                 if (i % 3 == 0)
                 {
-                    TestModels.AssertClose(exact.Predict(x, t).Eps, got, 1e-6, $"computed step {i}");
-                    direction = model.Forward(x, t, y, null).Eps - model.Forward(x, t, y, plan).Eps;
+                    TestModels.AssertClose(exact.Predict(x, TestModels.At(t)).Output, got, 1e-6, $"computed step {i}");
+                    direction = TestModels.Fwd(net, x, t, y, null).Output - TestModels.Fwd(net, x, t, y, plan).Output;
                 }
                 else
                 {
-                    var cond = model.Forward(x, t, y, null).Eps;
-                    var basis = cfg ? model.Forward(x, t, full(2, 2L), null).Eps * (1 - w) + w * cond : cond;
+                    var cond = TestModels.Fwd(net, x, t, y, null).Output;
+                    var basis = cfg ? TestModels.Fwd(net, x, t, full(2, 2L), null).Output * (1 - w) + w * cond : cond;
                     double coef = formula == PagFormula.Official ? s - 1 : s;
                     TestModels.AssertClose(basis + coef * direction!, got, 1e-4, $"reused step {i} (trajectory {trajectory})");
                     // …and it is not exact PAG: the direction is from an earlier step.
-                    Assert.True(TestModels.MaxAbsDiff(exact.Predict(x, t).Eps, got) > 1e-4, $"step {i} should differ from exact PAG");
+                    Assert.True(TestModels.MaxAbsDiff(exact.Predict(x, TestModels.At(t)).Output, got) > 1e-4, $"step {i} should differ from exact PAG");
                 }
             }
-        Assert.Throws<PagSharpException>(() => new GuidedDenoiser(model, exactSettings with { PagCacheInterval = 0 }, y, 1000));
+        Assert.Throws<PagSharpException>(() => new GuidedDenoiser(model, exactSettings with { PagCacheInterval = 0 }, 1000));
     }
 }

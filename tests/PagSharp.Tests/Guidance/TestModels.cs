@@ -1,3 +1,6 @@
+using PagSharp.Attention;
+using PagSharp.Diffusion;
+using PagSharp.Denoisers;
 using System.Text.Json;
 using PagSharp.IO;
 using PagSharp.Models;
@@ -54,4 +57,14 @@ internal static class TestModels
     public static void AssertBitwiseEqual(Tensor expected, Tensor actual, string what = "") => TensorAssert.BitwiseEqual(expected.contiguous(), actual.contiguous(), what);
 
     public static double MaxAbsDiff(Tensor a, Tensor b) => (a - b).abs().max().item<float>();
+
+    /// <summary>The network on the denoiser contract with labels <paramref name="y"/> (or <paramref name="batch"/> unconditional samples).</summary>
+    public static AdmDenoiser Adm(AdmUNet net, Tensor? y, long batch = 2) => new(net, y, y?.shape[0] ?? batch);
+
+    /// <summary>A step at model timestep <paramref name="t"/> (all entries of <paramref name="t"/> equal).</summary>
+    public static StepContext At(Tensor t) => new(0, 1, t[0].item<long>());
+
+    /// <summary>One conditional forward of the raw network with labels <paramref name="y"/> (ε and variance values).</summary>
+    public static ModelOutput Fwd(AdmUNet net, Tensor x, Tensor t, Tensor? y, PerturbationPlan? plan) =>
+        Adm(net, y, x.shape[0]).Forward(x, At(t), [Branch.Conditional], plan);
 }

@@ -1,3 +1,4 @@
+using PagSharp.Denoisers;
 using PagSharp.Attention;
 using PagSharp.Diffusion;
 using PagSharp.Guidance;
@@ -18,7 +19,7 @@ public class DpsTests
     {
         using var net = TestModels.Tiny(classConditional: false);
         net.to(ScalarType.Float64);
-        var model = new AdmDiffusionModel(net);
+        var model = new AdmDenoiser(net, null, 2);
         var d = GaussianDiffusion.Create("linear", 1000, "10", VarianceType.LearnedRange);
         using var g = new Generator(7);
         var x = randn(new long[] { 2, 3, 16, 16 }, generator: g, dtype: ScalarType.Float64);
@@ -26,8 +27,8 @@ public class DpsTests
         var op = OperatorSpec.Parse("sr:2", 16, 0, 0);
         var y = op.Forward(truth);
         var t = GaussianDiffusion.Steps(6, 2);
-        var tm = d.ModelTimesteps(t);
-        Func<Tensor, Tensor> eps = xi => model.Forward(xi, tm, null, null).Eps;
+        var step = new StepContext(3, 10, d.TimestepMap[6]);
+        Func<Tensor, Tensor> eps = xi => model.Forward(xi, step, [Branch.Conditional], null).Output;
         var (grad, _) = Dps.MeasurementGradient(x, t, eps, d, op, y, clip: false);
 
         double F(Tensor xi)
@@ -47,21 +48,21 @@ public class DpsTests
     }
 
     /// <summary>The exact ε-model of data that is one of two images: E[x0 | x_t] is a softmax-weighted mix.</summary>
-    private sealed class TwoImageModel(Tensor images, double[] alphasCumprod) : IDiffusionModel
+    private sealed class TwoImageModel(Tensor images, double[] alphasCumprod) : IDenoiserModel
     {
-        public bool IsClassConditional => false;
-        public int? NumClasses => null;
-        public int? NullClass => null;
         public IReadOnlyList<AttentionLayerInfo> AttentionLayers => Array.Empty<AttentionLayerInfo>();
+        public long BatchSize => 4;
+        public string? WhyNoUnconditional => "it is unconditional";
 
-        public EpsOutput Forward(Tensor x, Tensor t, Tensor? y, PerturbationPlan? plan)
+        public ModelOutput Forward(Tensor x, StepContext step, IReadOnlyList<Branch> blocks, PerturbationPlan? plan)
         {
+            using var t = full(x.shape[0], (long)step.Timestep, dtype: ScalarType.Int64);
             var ab = GaussianDiffusion.Extract(alphasCumprod, t, 4);
             var diff = x.unsqueeze(1) - ab.sqrt().unsqueeze(1) * images.unsqueeze(0); // [N,2,C,H,W]
             var logits = -diff.flatten(2).square().sum(2) / (2 * (1 - ab.flatten()).unsqueeze(1));
             var w = logits.softmax(1).reshape(x.shape[0], 2, 1, 1, 1);
             var mean = (w * images.unsqueeze(0)).sum(1);
-            return new EpsOutput((x - ab.sqrt() * mean) / (1 - ab).sqrt(), null);
+            return new ModelOutput((x - ab.sqrt() * mean) / (1 - ab).sqrt(), null);
         }
     }
 
@@ -82,8 +83,8 @@ public class DpsTests
         var y = Measurement.Degrade(op2, truth, g);
         using var noise = new NoiseSource(new long[] { 0, 1, 2, 3 });
         var xT = noise.Randn(1, 8, 8);
-        var denoiser = new GuidedDenoiser(model, new GuidanceSettings(), null, 1000);
-        var restored = Dps.Sample(model, denoiser, null, d, op2, y, xT, noise, new DpsOptions { StepSize = 1.0 });
+        using var denoiser = new GuidedDenoiser(model, new GuidanceSettings(), 1000);
+        var restored = Dps.Sample(model, denoiser, d, op2, y, xT, noise, new DpsOptions { StepSize = 1.0 });
         double psnrRestored = ImageQuality.Psnr(restored, truth).min().item<float>();
         double psnrDegraded = ImageQuality.Psnr(op2.Visualize(y, 8, 8), truth).max().item<float>();
         Assert.True(psnrRestored > psnrDegraded + 10, $"restored {psnrRestored:F1} dB vs degraded {psnrDegraded:F1} dB");
@@ -94,7 +95,7 @@ public class DpsTests
     {
         using var _ = no_grad();
         using var net = TestModels.Tiny(classConditional: false);
-        var model = new AdmDiffusionModel(net);
+        var model = new AdmDenoiser(net, null, 1);
         var d = GaussianDiffusion.Create("linear", 1000, "3", VarianceType.LearnedRange);
         var op = OperatorSpec.Parse("random:0.5", 16, 0.05, 1);
         using var g = new Generator(3);
@@ -104,7 +105,8 @@ public class DpsTests
         {
             using var noise = new NoiseSource(new long[] { 5 });
             var xT = noise.Randn(3, 16, 16);
-            return Dps.Sample(model, new GuidedDenoiser(model, s, null, 1000), null, d, op, y, xT, noise, new DpsOptions { GradientFrom = source });
+            using var guided = new GuidedDenoiser(model, s, 1000);
+            return Dps.Sample(model, guided, d, op, y, xT, noise, new DpsOptions { GradientFrom = source });
         }
         var plain = Run(new GuidanceSettings(), DpsGradientSource.Unguided);
         var pag = new GuidanceSettings { PagScale = new ScaleSchedule.Constant(2), PagLayers = net.AttentionLayers.Select(l => l.Name).ToArray() };

@@ -1,3 +1,5 @@
+using PagSharp.Models.Adm;
+using PagSharp.Pipelines;
 using PagSharp.Metrics;
 using PagSharp.Models;
 using PagSharp.Sampling;
@@ -29,7 +31,7 @@ public class BuiltInModelTests
         using var classifier = MnistClassifier.Load(MnistClassifier.BuiltInPath());
         var options = new SamplingOptions { Steps = 25, Seed = 0, BatchSize = 10, Labels = Enumerable.Range(0, 10).ToArray() };
         using var _ = no_grad();
-        var samples = Sampler.Sample(model.Model, model.Spec, options, model.SampleShape, Enumerable.Range(0, 10).Select(i => (long)i).ToArray());
+        var samples = Sampler.Sample(model.Net, options, Enumerable.Range(0, 10).Select(i => (long)i).ToArray());
         var predicted = classifier.forward(samples.clamp(-1, 1)).argmax(1).data<long>().ToArray();
         int correct = predicted.Where((p, i) => p == i).Count();
         Assert.True(correct >= 8, $"only {correct}/10 class-conditional samples were classified as their label: [{string.Join(",", predicted)}]");

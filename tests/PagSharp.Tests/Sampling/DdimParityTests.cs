@@ -1,3 +1,7 @@
+using PagSharp.Diffusion.Schedulers;
+using PagSharp.Denoisers;
+using PagSharp.Pipelines;
+using PagSharp.Attention;
 using System.Text.Json;
 using PagSharp.Diffusion;
 using PagSharp.Guidance;
@@ -15,7 +19,8 @@ public sealed class AdmSamplingFixture : IDisposable
 {
     public AdmUNet Net { get; } = AdmA.Load();
     public Dictionary<string, Tensor> Tensors { get; } = AdmA.Tensors("sampling.safetensors");
-    public IDiffusionModel Model => new AdmDiffusionModel(Net);
+    /// <summary>Model A (unconditional) on the denoiser contract for a batch of <paramref name="b"/> samples.</summary>
+    public AdmDenoiser Model(long b = 4) => new(Net, null, b);
 
     public void Dispose()
     {
@@ -106,31 +111,32 @@ public class DdimParityTests(AdmSamplingFixture fx) : IClassFixture<AdmSamplingF
         using var _ = no_grad();
         using var scope = NewDisposeScope();
         var d = Ddim10();
-        var denoiser = new GuidedDenoiser(fx.Model, GuidanceFor(run, split), null, 1000);
+        using var denoiser = new GuidedDenoiser(fx.Model(), GuidanceFor(run, split), 1000);
+        var scheduler = new GaussianDiffusionScheduler(d, ddim: true) { KeepPredXstart = true };
         string key = run.Replace("sample_", "");
         var checks = new List<(string Name, Tensor Expected, bool IsX)>();
         if (fx.Tensors.TryGetValue("step0_x_next_" + key, out var xNext)) checks.Add(("step0_x_next_" + key, xNext, true));
         if (fx.Tensors.TryGetValue("step0_pred_xstart_" + key, out var x0)) checks.Add(("step0_pred_xstart_" + key, x0, false));
         Assert.Equal(run.Contains("official") ? 0 : run == "sample_none" ? 1 : 2, checks.Count);
-        var seen = new List<(int Step, int Total, int Timestep)>();
+        var seen = new List<(int Step, int Total, double Timestep)>();
         var xT = fx.Tensors["x_T"];
         using var xTBefore = xT.clone();
-        var x = Samplers.Ddim(denoiser, xT, d, eta: 0, clip: true, noise: null, s =>
+        var x = SamplingLoop.Run(scheduler, denoiser, xT, null, s =>
         {
-            seen.Add((s.Step, s.Total, s.Timestep));
-            if (s.Step != 1) return;
+            seen.Add((s.Index + 1, s.Count, s.Timestep));
+            if (s.Index != 0) return;
             // First step, t = 900 → 800 (compared here: the step's tensors live only during the callback).
             foreach (var (name, expected, isX) in checks)
             {
-                if (isX) Close.Assert(expected, s.X, StepTol, name);
+                if (isX) Close.Assert(expected, s.Sample, StepTol, name);
                 // x̂0 = √(1/ᾱ)·x − √(1/ᾱ−1)·ε̃ multiplies ε's float32 rounding by ≈ 61 at t = 900 (README §7), and the
                 // guided ε̃ = 3ε − 2ε̂ by up to 5 more; the model outputs themselves agree to ~1e-5.
-                else Close.AssertMostly(expected, s.PredXstart, 61 * 5 * 1e-5, StepTol, 0.01, name);
+                else Close.AssertMostly(expected, scheduler.LastPredXstart!, 61 * 5 * 1e-5, StepTol, 0.01, name);
             }
         });
         Close.Assert(fx.Tensors[run], x, SampleTol, $"{run} (split={split})");
         TensorAssert.BitwiseEqual(xTBefore, xT, "x_T after sampling");
-        Assert.Equal(Enumerable.Range(1, 10).Select(i => (i, 10, 1000 - 100 * i)), seen);
+        Assert.Equal(Enumerable.Range(1, 10).Select(i => (i, 10, (double)(1000 - 100 * i))), seen);
     }
 
     /// <summary>
@@ -154,16 +160,17 @@ public class DdimParityTests(AdmSamplingFixture fx) : IClassFixture<AdmSamplingF
         };
         var x = fx.Tensors["x_T"];
         var t = full(4, 900L, dtype: ScalarType.Int64);
-        var o = new GuidedDenoiser(fx.Model, settings, null, 1000).Predict(x, t);
+        using var denoiser = new GuidedDenoiser(fx.Model(), settings, 1000);
+        var o = denoiser.Predict(x, new StepContext(0, 10, 900));
 
         var plain = fx.Net.Forward(x, t);
         var pert = fx.Net.Forward(x, t, null, PagSharp.Attention.PerturbationPlan.Perturb(layers, PagSharp.Attention.IdentityPerturbation.Instance));
         Tensor eps = plain[.., ..3], epsP = pert[.., ..3];
         var expected = formula == "paper" ? eps + 2 * (eps - epsP) : epsP + 2 * (eps - epsP);
-        Close.Assert(expected, o.Eps, 5e-5, "guided ε");
+        Close.Assert(expected, o.Output, 5e-5, "guided ε");
         Assert.NotNull(o.VarValues);
         Close.Assert(plain[.., 3..], o.VarValues!, 1e-5, "variance values come from the unperturbed branch");
-        Close.AssertDiffer(eps, o.Eps, 1e-2, "guided vs plain ε");
+        Close.AssertDiffer(eps, o.Output, 1e-2, "guided vs plain ε");
     }
 
     [Fact]
@@ -199,24 +206,22 @@ public class DdimParityTests(AdmSamplingFixture fx) : IClassFixture<AdmSamplingF
         var fixedEps = new FixedDenoiser(fx.Tensors["step0_model_out"]);
         double? diff = null;
         using var cts = new CancellationTokenSource();
-        Assert.Throws<OperationCanceledException>(() => Samplers.Ddim(fixedEps, xT, d, 0, true, null, s =>
+        Assert.Throws<OperationCanceledException>(() => SamplingLoop.Run(new GaussianDiffusionScheduler(d, ddim: true), fixedEps, xT, null, s =>
         {
-            diff = Close.MaxAbs(fx.Tensors["step0_x_next_none"], s.X);
+            diff = Close.MaxAbs(fx.Tensors["step0_x_next_none"], s.Sample);
             cts.Cancel();
         }, cts.Token));
         Assert.True(diff <= StepTol, $"library step from the reference ε: max abs diff {diff}");
     }
 
-    private sealed class FixedDenoiser(Tensor output) : IDenoiser
+    private sealed class FixedDenoiser(Tensor output) : IGuidedDenoiser
     {
-        public EpsOutput Predict(Tensor x, Tensor t) => new(output[.., ..3], output[.., 3..]);
+        public ModelOutput Predict(Tensor x, StepContext step) => new(output[.., ..3], output[.., 3..]);
     }
 
     [Fact]
     public void Sample_SameSeedAndSettings_IsBitIdentical_AndNoiseIsPerSample()
     {
-        using var recorder = new FirstInputRecorder(fx.Model);
-        var spec = new DiffusionSpec("linear", 1000, VarianceType.LearnedRange);
         var options = new SamplingOptions
         {
             Steps = 2, Seed = 1234, BatchSize = 4,
@@ -226,68 +231,25 @@ public class DdimParityTests(AdmSamplingFixture fx) : IClassFixture<AdmSamplingF
         long[] indices = { 0, 1, 2, 3 };
         using var scope = NewDisposeScope();
 
-        var a = Sampler.Sample(recorder, spec, options, shape, indices);
-        var xTAll = Assert.Single(recorder.Take());
-        var b = Sampler.Sample(recorder, spec, options, shape, indices);
+        var a = Sampler.Sample(fx.Net, options, indices);
+        var b = Sampler.Sample(fx.Net, options, indices);
         TensorAssert.BitwiseEqual(a, b, "same seed, same settings");
-        TensorAssert.BitwiseEqual(xTAll, Assert.Single(recorder.Take()), "x_T of the rerun");
         Assert.Equal(new long[] { 4, 3, 32, 32 }, a.shape);
 
-        // Other batch sizes: every sample starts from the same x_T (drawn from its own seed) and ends the same.
-        var c = Sampler.Sample(recorder, spec, options with { BatchSize = 3 }, shape, indices);
-        var batches = recorder.Take();
-        Assert.Equal(2, batches.Count);
-        TensorAssert.BitwiseEqual(xTAll, cat(batches.ToArray(), 0), "x_T with batch size 3 vs 4");
-        // Other batch shapes may round differently in the network (amplified by ≈ 61 at the first step): the sample tolerance.
-        Close.Assert(a, c, SampleTol, "samples with batch size 3 vs 4");
-        var e = Sampler.Sample(recorder, spec, options with { BatchSize = 1 }, shape, new long[] { 2 });
-        TensorAssert.BitwiseEqual(xTAll[2..3], Assert.Single(recorder.Take()), "x_T of sample 2 run alone");
-        Close.Assert(a[2..3], e, SampleTol, "sample 2 alone vs in a batch");
-
-        // Another seed gives other noise; seed s+1 sample i starts like seed s sample i+1 (per-sample seeds).
-        Sampler.Sample(recorder, spec, options with { Seed = 1235 }, shape, indices);
-        var shifted = Assert.Single(recorder.Take());
-        Close.AssertDiffer(xTAll, shifted, 0.5, "x_T for another seed");
-        TensorAssert.BitwiseEqual(xTAll[1..], shifted[..3], "x_T(seed + 1, i) vs x_T(seed, i + 1)");
+        // x_T is drawn per sample from seed + index: handing exactly that noise in reproduces the run bit for bit.
+        using var source = new NoiseSource(indices.Select(options.SampleSeed));
+        var xTAll = source.Randn(shape);
+        TensorAssert.BitwiseEqual(a, Sampler.Sample(fx.Net, options, indices, xTAll), "run with its own x_T given");
         Assert.InRange(xTAll.std().item<float>(), 0.9f, 1.1f);
+
+        // Other batch shapes may round differently in the network (amplified by ≈ 61 at the first step): the sample tolerance.
+        Close.Assert(a, Sampler.Sample(fx.Net, options with { BatchSize = 3 }, indices), SampleTol, "samples with batch size 3 vs 4");
+        Close.Assert(a[2..3], Sampler.Sample(fx.Net, options with { BatchSize = 1 }, new long[] { 2 }), SampleTol, "sample 2 alone vs in a batch");
+
+        // Another seed gives other noise; seed s+1 sample i is seed s sample i+1 (per-sample seeds).
+        var shifted = Sampler.Sample(fx.Net, options with { Seed = 1235 }, new long[] { 0, 1, 2 });
+        Close.Assert(a[1..], shifted, SampleTol, "sample(seed + 1, i) vs sample(seed, i + 1)");
+        Close.AssertDiffer(a[..3], shifted, 0.5, "samples of another seed");
         a.mul_(1); // sampling runs in inference mode, the result is an ordinary tensor: in-place ops work
-    }
-
-    /// <summary>Records x at the first model call of each batch (the t = T−1 step), the unguided branch only.</summary>
-    private sealed class FirstInputRecorder(IDiffusionModel inner) : IDiffusionModel, IDisposable
-    {
-        private readonly List<Tensor> _all = new();
-        public List<Tensor> FirstInputs { get; } = new();
-        public void Dispose() => _all.ForEach(t => t.Dispose());
-        private long _lastT = -1;
-        public bool IsClassConditional => inner.IsClassConditional;
-        public int? NumClasses => inner.NumClasses;
-        public int? NullClass => inner.NullClass;
-        public IReadOnlyList<AttentionLayerInfo> AttentionLayers => inner.AttentionLayers;
-
-        /// <summary>The inputs recorded so far (owned by the recorder); starts a new recording.</summary>
-        public List<Tensor> Take()
-        {
-            var r = FirstInputs.ToList();
-            FirstInputs.Clear();
-            _lastT = -1;
-            return r;
-        }
-
-        public EpsOutput Forward(Tensor x, Tensor t, Tensor? y, PagSharp.Attention.PerturbationPlan? plan)
-        {
-            long tv = t[0].item<long>();
-            if (_lastT < 0 || tv > _lastT)
-            {
-                // A new batch starts at the largest timestep. Batched PAG calls without a shared-prefix fork hold
-                // [x; x]: keep the first half. With a fork the network is fed x alone.
-                var first = plan is null || plan.ForkSource is not null ? x : x[..(int)(x.shape[0] / 2)];
-                var copy = first.detach().clone().DetachFromDisposeScope();
-                FirstInputs.Add(copy);
-                _all.Add(copy);
-            }
-            _lastT = tv;
-            return inner.Forward(x, t, y, plan);
-        }
     }
 }

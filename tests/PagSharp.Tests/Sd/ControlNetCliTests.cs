@@ -1,3 +1,6 @@
+using PagSharp.Guidance;
+using PagSharp.Denoisers;
+using PagSharp.Pipelines;
 using System.Text.Json.Nodes;
 using PagSharp.Attention;
 using PagSharp.Imaging;
@@ -90,7 +93,7 @@ public sealed class ControlNetCliTests : IDisposable
         using var sd = StableDiffusion.Load(_sd.Root, new SdComponents(Vae: true, TextEncoder: true));
         using var cn = SdControlNet.Load(Cn);
         using var img = ControlImage.Load(png, 64, 64, sd.VaeScaleFactor, ControlPreprocessor.Canny);
-        var g = new SdGuidance { GuidanceScale = 0, PagScale = 3, PagLayers = DiffusersLayerSpec.Resolve("mid", sd.Unet.AttentionLayers) };
+        var g = new GuidanceSettings { GuidanceScale = 0, PagScale = SdFixtures.Pag(3), PagLayers = DiffusersLayerSpec.Resolve("mid", sd.Unet.AttentionLayers) };
         using var lib = sd.Generate("", new long[] { 5, 6 }, g, steps: 3, control: new SdControl(cn, img));
         using var cmd = Npy.Load(images);
         Close.Assert(cmd, lib, 1e-6, "Generate(control) vs pag txt2img --controlnet");
@@ -221,7 +224,7 @@ public sealed class ControlNetCliTests : IDisposable
         using var cn = ControlNetParityTests.LoadControlNet();
         using var x = randn(1, 4, 32, 32);
         using var e = randn(1, 77, 8);
-        var g = new SdGuidance { GuidanceScale = 1, PagScale = 0 };
+        var g = new GuidanceSettings { GuidanceScale = 1, PagScale = SdFixtures.Pag(0) };
         Tensor Run(Tensor img) => StableDiffusionPipeline.Denoise(unet, new PagSharp.Diffusion.Schedulers.DdimScheduler(ControlNetParityTests.Scheduler(), 1), x, e, null, g,
             control: new SdControl(cn, img));
         using var small = rand(1, 3, 32, 32);

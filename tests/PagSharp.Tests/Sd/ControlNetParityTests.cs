@@ -1,3 +1,6 @@
+using PagSharp.Guidance;
+using PagSharp.Denoisers;
+using PagSharp.Pipelines;
 using System.Text.Json;
 using PagSharp.Attention;
 using PagSharp.Diffusion.Schedulers;
@@ -116,16 +119,16 @@ public class ControlNetParityTests
         {
             var sched = new DdimScheduler(Scheduler(), 5);
             Assert.Equal(new[] { 800, 600, 400, 200, 0 }, sched.IntTimesteps);
-            var guidance = new SdGuidance
+            var guidance = new GuidanceSettings
             {
-                GuidanceScale = g, PagScale = s, SharedPrefix = sharedPrefix,
+                GuidanceScale = g, PagScale = SdFixtures.Pag(s), SharedPrefix = sharedPrefix,
                 PagLayers = s > 0 ? DiffusersLayerSpec.Resolve(layers, unet.AttentionLayers) : Array.Empty<string>(),
             };
             var control = new SdControl(cn, f["control_image"]) { ConditioningScale = cs };
             var traj = new List<Tensor>();
             using var final = StableDiffusionPipeline.Denoise(unet, sched, f["latents_T"],
                 uncond ? f["negative_prompt_embeds"] : f["prompt_embeds"], uncond ? null : f["negative_prompt_embeds"], guidance,
-                onStep: st => traj.Add(st.Latents.clone()), control: control);
+                onStep: st => traj.Add(st.Sample.clone()), control: control);
             SdFixtures.AssertRelative(f[key], final, Tol, key);
             if (key == "final_cfg6_pag3_mid")
             {
@@ -184,7 +187,7 @@ public class ControlNetParityTests
         var f = SdFixtures.Tensors(Fx("sampling.safetensors"));
         try
         {
-            var g = new SdGuidance { GuidanceScale = 6, PagScale = 0 };
+            var g = new GuidanceSettings { GuidanceScale = 6, PagScale = SdFixtures.Pag(0) };
             Tensor Run(SdControl? c) => StableDiffusionPipeline.Denoise(unet, new DdimScheduler(Scheduler(), 3), f["latents_T"],
                 f["prompt_embeds"], f["negative_prompt_embeds"], g, control: c);
             using var none = Run(null);
@@ -246,7 +249,7 @@ public class ControlNetParityTests
         {
             var layers = DiffusersLayerSpec.Resolve("mid", unet.AttentionLayers);
             Tensor Run(bool guess, bool shared) => StableDiffusionPipeline.Denoise(unet, new DdimScheduler(Scheduler(), 3), f["latents_T"],
-                f["prompt_embeds"], f["negative_prompt_embeds"], new SdGuidance { GuidanceScale = 6, PagScale = 3, PagLayers = layers, SharedPrefix = shared },
+                f["prompt_embeds"], f["negative_prompt_embeds"], new GuidanceSettings { GuidanceScale = 6, PagScale = SdFixtures.Pag(3), PagLayers = layers, SharedPrefix = shared },
                 control: new SdControl(cn, f["control_image"]) { GuessMode = guess });
             using var a = Run(true, true);
             using var b = Run(true, false);

@@ -1,3 +1,4 @@
+using PagSharp.Diffusion;
 using PagSharp.Diffusion.Schedulers;
 using PagSharp.Sampling;
 using static TorchSharp.torch;
@@ -61,7 +62,7 @@ public class SchedulerTests
             var xVp = s is EulerScheduler ? x * a : x;
             var eps = (xVp / a - x0) / sigma;
             var output = prediction == "epsilon" ? eps : a * eps - sg * x0;
-            x = s.Step(output.to_type(ScalarType.Float32), i, x, noise);
+            x = s.Step(new ModelOutput(output.to_type(ScalarType.Float32), null), i, x, noise);
         }
         Models.Close.Assert(x0, x, 2e-4, $"{name} {prediction}: final sample vs x̂₀");
     }

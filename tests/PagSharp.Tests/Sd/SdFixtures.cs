@@ -1,3 +1,4 @@
+using PagSharp.Guidance;
 using System.Text.Json;
 using PagSharp.IO;
 using PagSharp.Models;
@@ -10,6 +11,9 @@ namespace PagSharp.Tests.Sd;
 /// <summary>The diffusers parity fixtures tests/fixtures/sd_unet_tiny and sd_vae_tiny (README §5, §8).</summary>
 internal static class SdFixtures
 {
+    /// <summary>diffusers' <c>pag_scale</c> as a schedule: constant s, or none for s = 0.</summary>
+    public static PagSharp.Guidance.ScaleSchedule? Pag(double s) => s > 0 ? new PagSharp.Guidance.ScaleSchedule.Constant(s) : null;
+
     public static string Unet(string name) => Fixtures.Path("sd_unet_tiny", name);
     public static string Vae(string name) => Fixtures.Path("sd_vae_tiny", name);
 

@@ -1,3 +1,6 @@
+using PagSharp.Diffusion;
+using PagSharp.Guidance;
+using PagSharp.Pipelines;
 using PagSharp.Attention;
 using PagSharp.IO;
 using PagSharp.Tests.Cli;
@@ -9,7 +12,7 @@ using static TorchSharp.torch;
 
 namespace PagSharp.Tests.Sd;
 
-/// <summary>SdGuidance.PagCacheInterval (an approximation): the pipeline against the loop written out by hand.</summary>
+/// <summary>GuidanceSettings.PagCacheInterval (an approximation): the pipeline against the loop written out by hand.</summary>
 public class SdPagCacheTests
 {
     [Theory]
@@ -22,7 +25,7 @@ public class SdPagCacheTests
         try
         {
             var layers = DiffusersLayerSpec.Resolve("mid", unet.AttentionLayers);
-            var guidance = new SdGuidance { GuidanceScale = w, PagScale = 3, PagLayers = layers, PagCacheInterval = 2 };
+            var guidance = new GuidanceSettings { GuidanceScale = w, PagScale = SdFixtures.Pag(3), PagLayers = layers, PagCacheInterval = 2 };
             DdimScheduler Scheduler() => new(SdPipelineParityTests.FixtureScheduler(), 3);
             using var cached = StableDiffusionPipeline.Denoise(unet, Scheduler(), f["latents_T"], f["prompt_embeds"], f["negative_prompt_embeds"], guidance);
             using var exact = StableDiffusionPipeline.Denoise(unet, Scheduler(), f["latents_T"], f["prompt_embeds"], f["negative_prompt_embeds"],
@@ -48,7 +51,7 @@ public class SdPagCacheTests
                     basis = u + (float)w * (c - u);
                 }
                 var guided = basis + 3f * direction;
-                x = sched.Step(guided, i, x, null);
+                x = sched.Step(new ModelOutput(guided, null), i, x, null);
             }
             SdFixtures.AssertRelative(x, cached, 1e-4, "cached pipeline vs the loop by hand");
             Close.AssertDiffer(exact, cached, 1e-4, "cache interval 2 vs exact PAG");
@@ -72,9 +75,9 @@ public class SdPagCacheTests
         var f = SdFixtures.Tensors(sampling);
         try
         {
-            var guidance = new SdGuidance
+            var guidance = new GuidanceSettings
             {
-                GuidanceScale = 5, PagScale = 3, PagLayers = DiffusersLayerSpec.Resolve("mid", unet.AttentionLayers), PagCacheInterval = 2,
+                GuidanceScale = 5, PagScale = SdFixtures.Pag(3), PagLayers = DiffusersLayerSpec.Resolve("mid", unet.AttentionLayers), PagCacheInterval = 2,
             };
             using var expected = StableDiffusionPipeline.Denoise(unet, new DdimScheduler(SdPipelineParityTests.FixtureScheduler(), 3),
                 f["latents_T"], f["prompt_embeds"], f["negative_prompt_embeds"], guidance);
@@ -87,7 +90,7 @@ public class SdPagCacheTests
     [Fact]
     public void CacheInterval0_IsRejected()
     {
-        var ex = Assert.Throws<PagSharpException>(() => new SdGuidance { PagCacheInterval = 0 }.Validate());
+        var ex = Assert.Throws<PagSharpException>(() => new GuidanceSettings { PagCacheInterval = 0 }.Validate());
         Assert.Contains("cache interval", ex.Message);
     }
 }

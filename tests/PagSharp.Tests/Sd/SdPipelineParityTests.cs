@@ -1,3 +1,5 @@
+using PagSharp.Guidance;
+using PagSharp.Pipelines;
 using PagSharp.Attention;
 using PagSharp.Diffusion.Schedulers;
 using PagSharp.Sampling;
@@ -49,14 +51,14 @@ public class SdPipelineParityTests
         var f = SdFixtures.Tensors(SdFixtures.Unet("sampling.safetensors"));
         try
         {
-            var guidance = new SdGuidance
+            var guidance = new GuidanceSettings
             {
-                GuidanceScale = g, PagScale = s, SharedPrefix = sharedPrefix,
+                GuidanceScale = g, PagScale = SdFixtures.Pag(s), SharedPrefix = sharedPrefix,
                 PagLayers = DiffusersLayerSpec.Resolve(layers, unet.AttentionLayers),
             };
             var traj = new List<Tensor>();
             using var final = StableDiffusionPipeline.Denoise(unet, new DdimScheduler(FixtureScheduler(), 5), f["latents_T"],
-                f["prompt_embeds"], f["negative_prompt_embeds"], guidance, onStep: st => traj.Add(st.Latents.clone()));
+                f["prompt_embeds"], f["negative_prompt_embeds"], guidance, onStep: st => traj.Add(st.Sample.clone()));
             SdFixtures.AssertRelative(f[key], final, Rel, key);
             final.mul_(1); // the loop runs in inference mode, the result is an ordinary tensor: in-place ops work
             if (key == "final_cfg5_pag3_mid")
@@ -114,13 +116,13 @@ public class SdPipelineParityTests
     [Fact]
     public void PagAdaptiveScale_AndRescale_FollowDiffusers()
     {
-        var g = new SdGuidance { PagScale = 3, PagAdaptiveScale = 0.01, PagLayers = new[] { "x" } };
-        Assert.Equal(3f - 0.01f * 199f, g.PagScaleAt(801f));
-        Assert.Equal(0f, g.PagScaleAt(1f));
-        Assert.Equal(3f, (g with { PagAdaptiveScale = 0 }).PagScaleAt(1f));
+        var g = new GuidanceSettings { PagScale = new ScaleSchedule.Adaptive(3, 0.01), PagLayers = new[] { "x" } };
+        Assert.Equal(3f - 0.01f * 199f, g.PagScaleAt(801, 1000)); // float32 arithmetic, as diffusers' _get_pag_scale
+        Assert.Equal(0, g.PagScaleAt(1, 1000));
+        Assert.Equal(3, (g with { PagScale = new ScaleSchedule.Constant(3) }).PagScaleAt(1, 1000));
         using var text = tensor(new float[] { 1, 2, 3, 4, 5, 6, 7, 8 }).reshape(2, 4);
         using var cfg = tensor(new float[] { 2, 4, 6, 8, 1, 1, 1, 2 }).reshape(2, 4);
-        using var r = StableDiffusionPipeline.RescaleNoiseCfg(cfg, text, 0.7);
+        using var r = GuidedDenoiser.RescaleNoiseCfg(cfg, text, 0.7);
         // Per row: φ·x·std(c)/std(x) + (1 − φ)·x with unbiased std.
         double Std(double[] v) { double m = v.Average(); return Math.Sqrt(v.Sum(a => (a - m) * (a - m)) / (v.Length - 1)); }
         double f0 = Std(new double[] { 1, 2, 3, 4 }) / Std(new double[] { 2, 4, 6, 8 });

@@ -1,3 +1,4 @@
+using PagSharp.Pipelines;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using PagSharp.IO;

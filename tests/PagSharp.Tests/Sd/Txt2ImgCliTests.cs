@@ -1,3 +1,5 @@
+using PagSharp.Guidance;
+using PagSharp.Pipelines;
 using PagSharp.Imaging;
 using PagSharp.IO;
 using PagSharp.Tests.Cli;
@@ -163,8 +165,8 @@ public sealed class Txt2ImgCliTests : IDisposable
         var (exit, log) = Pag.Run("txt2img", "--model", _sd.Root, "--prompt", "hello cat", "--negative-prompt", "dog", "--steps", "3",
             "--count", "2", "--seed", "11", "--scheduler", "euler-a", "--pag-layers", "up", "--output", _sd.Dir.File("cmd"), "--save-tensor", _sd.Dir.File("cmd.npy"));
         Assert.True(exit == 0, log);
-        using var sd = PagSharp.Models.Sd.StableDiffusion.Load(_sd.Root, new PagSharp.Models.Sd.SdComponents(Vae: true, TextEncoder: true));
-        var g = new PagSharp.Sampling.SdGuidance { GuidanceScale = 7.5, PagScale = 3, PagLayers = PagSharp.Attention.DiffusersLayerSpec.Resolve("up", sd.Unet.AttentionLayers) };
+        using var sd = PagSharp.Pipelines.StableDiffusion.Load(_sd.Root, new PagSharp.Pipelines.SdComponents(Vae: true, TextEncoder: true));
+        var g = new GuidanceSettings { GuidanceScale = 7.5, PagScale = SdFixtures.Pag(3), PagLayers = PagSharp.Attention.DiffusersLayerSpec.Resolve("up", sd.Unet.AttentionLayers) };
         using var images = sd.Generate("hello cat", new long[] { 11, 12 }, g, negativePrompt: "dog", scheduler: "euler-a", steps: 3);
         using var expected = Npy.Load(_sd.Dir.File("cmd.npy"));
         Close.Assert(expected, images, 1e-6, "Generate vs pag txt2img");

@@ -1,4 +1,3 @@
-using PagSharp.Sampling;
 using static TorchSharp.torch;
 
 namespace PagSharp.Diffusion.Schedulers;
@@ -55,8 +54,9 @@ public sealed class DdimScheduler : IScheduler
 
     public Tensor ScaleModelInput(Tensor sample, int stepIndex) => sample;
 
-    public Tensor Step(Tensor modelOutput, int stepIndex, Tensor sample, NoiseSource? noise)
+    public Tensor Step(ModelOutput output, int stepIndex, Tensor sample, NoiseSource? noise)
     {
+        var modelOutput = output.Output;
         int t = _timesteps[stepIndex], prev = t - _stride;
         float aT = _ac[t];
         float aPrev = prev >= 0 ? _ac[prev] : _final;

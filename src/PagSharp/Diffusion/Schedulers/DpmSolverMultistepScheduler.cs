@@ -1,4 +1,3 @@
-using PagSharp.Sampling;
 using static TorchSharp.torch;
 
 namespace PagSharp.Diffusion.Schedulers;
@@ -61,8 +60,9 @@ public sealed class DpmSolverMultistepScheduler : IScheduler, IDisposable
 
     private static float Lambda((float Alpha, float Sigma) x) => MathF.Log(x.Alpha) - MathF.Log(x.Sigma);
 
-    public Tensor Step(Tensor modelOutput, int stepIndex, Tensor sample, NoiseSource? noise)
+    public Tensor Step(ModelOutput output, int stepIndex, Tensor sample, NoiseSource? noise)
     {
+        var modelOutput = output.Output;
         int n = _timesteps.Length;
         bool lowerFinal = stepIndex == n - 1 && (_c.EulerAtFinal || (_c.LowerOrderFinal && n < 15) || _c.FinalSigmasType == "zero");
         bool lowerSecond = stepIndex == n - 2 && _c.LowerOrderFinal && n < 15;

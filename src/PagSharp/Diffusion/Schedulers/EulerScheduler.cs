@@ -1,4 +1,3 @@
-using PagSharp.Sampling;
 using static TorchSharp.torch;
 
 namespace PagSharp.Diffusion.Schedulers;
@@ -51,8 +50,9 @@ public sealed class EulerScheduler : IScheduler
         return sample / MathF.Sqrt(s * s + 1);
     }
 
-    public Tensor Step(Tensor modelOutput, int stepIndex, Tensor sample, NoiseSource? noise)
+    public Tensor Step(ModelOutput output, int stepIndex, Tensor sample, NoiseSource? noise)
     {
+        var modelOutput = output.Output;
         float sigma = _sigmas[stepIndex], next = _sigmas[stepIndex + 1];
         Tensor x0 = _c.PredictionType switch
         {

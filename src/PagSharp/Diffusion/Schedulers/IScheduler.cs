@@ -1,16 +1,15 @@
-using PagSharp.Sampling;
 using static TorchSharp.torch;
 
 namespace PagSharp.Diffusion.Schedulers;
 
 /// <summary>
-/// A diffusers-style sampler for one run of a fixed number of steps (instances hold per-run state, such as
+/// A sampler for one run, of any model family of a fixed number of steps (instances hold per-run state, such as
 /// DPM-Solver's previous outputs): the pipeline scales x_T by <see cref="InitNoiseSigma"/>, and at step i feeds the
 /// network <see cref="ScaleModelInput"/> at timestep <see cref="Timesteps"/>[i], then calls <see cref="Step"/>.
 /// </summary>
 public interface IScheduler
 {
-    /// <summary>The CLI name (ddim, euler, euler-a, dpmpp-2m).</summary>
+    /// <summary>The CLI name (ddpm, ddim, euler, euler-a, dpmpp-2m).</summary>
     string Name { get; }
     /// <summary>Model timesteps, first to last (float32; integers for DDIM and DPM-Solver).</summary>
     IReadOnlyList<float> Timesteps { get; }
@@ -19,25 +18,43 @@ public interface IScheduler
     /// <summary>The network input at step <paramref name="stepIndex"/> (identity for DDIM and DPM-Solver).</summary>
     Tensor ScaleModelInput(Tensor sample, int stepIndex);
     /// <summary>
-    /// x at the next step from the (guided) model output at step <paramref name="stepIndex"/>. Stochastic steps draw
-    /// their noise per sample from <paramref name="noise"/> (required then).
+    /// x at the next step from the (guided) model output at step <paramref name="stepIndex"/> (and, for
+    /// learned-variance models, its variance values). Stochastic steps draw their noise per sample from
+    /// <paramref name="noise"/> (required then).
     /// </summary>
-    Tensor Step(Tensor modelOutput, int stepIndex, Tensor sample, NoiseSource? noise);
+    Tensor Step(ModelOutput output, int stepIndex, Tensor sample, NoiseSource? noise);
 }
 
-/// <summary>Creates schedulers by CLI name.</summary>
+/// <summary>Creates schedulers by name.</summary>
 public static class Schedulers
 {
-    public static readonly string[] Names = { "ddim", "euler", "euler-a", "dpmpp-2m" };
+    /// <summary>Every scheduler name, for any model family.</summary>
+    public static readonly string[] Names = { "ddpm", "ddim", "euler", "euler-a", "dpmpp-2m" };
 
-    /// <summary>A scheduler for <paramref name="steps"/> inference steps; <paramref name="eta"/> is DDIM's η.</summary>
+    /// <summary>The schedulers ported from diffusers, which take a diffusers scheduler config.</summary>
+    public static readonly string[] DiffusersNames = { "ddim", "euler", "euler-a", "dpmpp-2m" };
+
+    /// <summary>A diffusers-style scheduler for <paramref name="steps"/> inference steps; <paramref name="eta"/> is DDIM's η.</summary>
     public static IScheduler Create(string name, SchedulerConfig config, int steps, double eta = 0) => name switch
     {
         "ddim" => new DdimScheduler(config, steps, eta),
         "euler" => new EulerScheduler(config, steps, ancestral: false),
         "euler-a" => new EulerScheduler(config, steps, ancestral: true),
         "dpmpp-2m" => new DpmSolverMultistepScheduler(config, steps),
+        "ddpm" => throw new PagSharpException("the ddpm scheduler is not implemented for diffusers models yet; valid for them: " + string.Join(", ", DiffusersNames)),
         _ => throw new PagSharpException($"unknown scheduler '{name}'; valid: {string.Join(", ", Names)}"),
+    };
+
+    /// <summary>
+    /// A scheduler for a guided-diffusion model: <c>ddpm</c> and <c>ddim</c> run on the respaced
+    /// <paramref name="respaced"/> process with guided-diffusion's arithmetic; the others through the
+    /// <see cref="SigmaBridge"/> with <paramref name="steps"/> inference steps.
+    /// </summary>
+    public static IScheduler ForGaussianDiffusion(string name, GaussianDiffusion respaced, string noiseSchedule, int steps, double eta, bool clipDenoised) => name switch
+    {
+        "ddpm" => new GaussianDiffusionScheduler(respaced, ddim: false, eta, clipDenoised),
+        "ddim" => new GaussianDiffusionScheduler(respaced, ddim: true, eta, clipDenoised),
+        _ => Create(Check(name), SigmaBridge.For(noiseSchedule, respaced.OriginalSteps), steps, eta),
     };
 
     /// <summary>Throws for an unknown name (before anything is loaded).</summary>

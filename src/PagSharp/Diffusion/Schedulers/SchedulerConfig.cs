@@ -1,5 +1,5 @@
+using PagSharp.IO;
 using System.Text.Json;
-using PagSharp.Models.Sd;
 
 namespace PagSharp.Diffusion.Schedulers;
 

@@ -5,9 +5,6 @@ using static TorchSharp.torch.nn;
 
 namespace PagSharp.Models.Adm;
 
-/// <summary>A perturbable self-attention layer of a network: its name (module path), resolution, channels, heads.</summary>
-public sealed record AttentionLayerInfo(string Name, string Group, int Resolution, int Channels, int Heads);
-
 /// <summary>
 /// Port of guided-diffusion's <c>UNetModel</c> (2-D). Parameter names equal the reference state-dict keys
 /// (<c>time_embed.0.weight</c>, <c>input_blocks.3.1.qkv.weight</c>, <c>out.2.weight</c>, …).
@@ -214,8 +211,8 @@ public sealed class ForwardState : IDisposable
     /// <summary>A skip connection stored before the fork, widened to the forked batch.</summary>
     public Tensor Widen(Tensor skip) => _fork.Widen(skip);
 
-    /// <summary>Whether the block consuming <paramref name="skip"/> computes its skip-only part once (<see cref="BatchFork.SharesSkip"/>).</summary>
-    public bool SharesSkip(Tensor h, Tensor skip) => _fork.SharesSkip(h, skip, AdmNorm.Groups);
+    /// <summary>Whether the block consuming <paramref name="skip"/> computes its skip-only part once (<see cref="SplitSkip.Shares"/>).</summary>
+    public bool SharesSkip(Tensor h, Tensor skip) => SplitSkip.Shares(_fork, h, skip, AdmNorm.Groups);
 
     /// <summary>The fork's widening, for the blocks that split off their skip-only part.</summary>
     internal SkipWidening Widening => _widening ??= SkipWidening.Of(_fork);

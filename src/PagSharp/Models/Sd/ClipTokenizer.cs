@@ -1,3 +1,4 @@
+using PagSharp.IO;
 using System.Globalization;
 using System.Text;
 using System.Text.Json;

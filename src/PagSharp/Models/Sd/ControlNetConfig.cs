@@ -1,3 +1,4 @@
+using PagSharp.IO;
 namespace PagSharp.Models.Sd;
 
 /// <summary>

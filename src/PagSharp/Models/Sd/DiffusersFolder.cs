@@ -1,3 +1,4 @@
+using PagSharp.IO;
 using System.Text.Json;
 using PagSharp.Diffusion.Schedulers;
 

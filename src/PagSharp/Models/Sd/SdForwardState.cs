@@ -56,8 +56,8 @@ internal sealed class SdForwardState : IDisposable
     /// <summary>A skip connection stored before the fork, widened to the forked batch.</summary>
     public Tensor Widen(Tensor skip) => _fork.Widen(skip);
 
-    /// <summary>Whether the resnet consuming <paramref name="skip"/> computes its skip-only part once (<see cref="BatchFork.SharesSkip"/>).</summary>
-    public bool SharesSkip(Tensor h, Tensor skip, long groups) => _fork.SharesSkip(h, skip, groups);
+    /// <summary>Whether the resnet consuming <paramref name="skip"/> computes its skip-only part once (<see cref="SplitSkip.Shares"/>).</summary>
+    public bool SharesSkip(Tensor h, Tensor skip, long groups) => SplitSkip.Shares(_fork, h, skip, groups);
 
     /// <summary>The fork's widening, for the resnets that split off their skip-only part.</summary>
     public SkipWidening Widening => _widening ??= SkipWidening.Of(_fork);

@@ -1,3 +1,4 @@
+using PagSharp.IO;
 namespace PagSharp.Models.Sd;
 
 /// <summary>The <c>vae/config.json</c> of a diffusers <c>AutoencoderKL</c> (absent keys take diffusers' defaults).</summary>

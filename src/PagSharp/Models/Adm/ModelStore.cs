@@ -1,9 +1,6 @@
-using PagSharp.Diffusion;
 using PagSharp.IO;
-using PagSharp.Models.Adm;
-using PagSharp.Sampling;
 
-namespace PagSharp.Models;
+namespace PagSharp.Models.Adm;
 
 /// <summary>An ADM network with its config, ready for sampling.</summary>
 public sealed class LoadedAdm : IDisposable
@@ -11,9 +8,6 @@ public sealed class LoadedAdm : IDisposable
     public required AdmUNet Net { get; init; }
     public required string Source { get; init; }
     public AdmConfig Config => Net.Config;
-    public IDiffusionModel Model => new AdmDiffusionModel(Net);
-    public DiffusionSpec Spec => new(Config.NoiseSchedule, Config.DiffusionSteps,
-        Config.LearnSigma ? VarianceType.LearnedRange : VarianceType.FixedSmall);
     public long[] SampleShape => new long[] { Config.InChannels, Config.ImageSize, Config.ImageSize };
     public void Dispose() => Net.Dispose();
 }

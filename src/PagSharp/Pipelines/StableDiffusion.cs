@@ -1,9 +1,13 @@
+using PagSharp.Models.Sd;
+using PagSharp.Denoisers;
+using PagSharp.Guidance;
+using PagSharp.Diffusion;
 using PagSharp.Diffusion.Schedulers;
 using PagSharp.Sampling;
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace PagSharp.Models.Sd;
+namespace PagSharp.Pipelines;
 
 /// <summary>What a Stable Diffusion call needs from the folder.</summary>
 /// <param name="Vae">Decode to pixels.</param>
@@ -131,14 +135,14 @@ public sealed class StableDiffusion : IDisposable
     /// </summary>
     /// <remarks>With <paramref name="control"/> the run is diffusers' StableDiffusionControlNetPAGPipeline, whose scheduler is <see cref="ControlNetScheduler"/>.</remarks>
     public Tensor Denoise(string scheduler, int steps, double eta, Tensor noise, NoiseSource source, Tensor promptEmbeds, Tensor? negativeEmbeds,
-                          SdGuidance guidance, long policySeed, Action<SdStep>? onStep = null, CancellationToken cancellation = default,
+                          GuidanceSettings guidance, long policySeed, Action<LoopStep>? onStep = null, CancellationToken cancellation = default,
                           SdControl? control = null)
     {
         var s = Schedulers.Create(scheduler, SchedulerFor(control), steps, eta);
         using var policyGen = new Generator((ulong)policySeed ^ 0x5bd1e995UL);
         try
         {
-            return StableDiffusionPipeline.Denoise(Unet, s, noise, promptEmbeds, negativeEmbeds, guidance, source, onStep, policyGen, cancellation, control);
+            return StableDiffusionPipeline.Denoise(Unet, s, noise, promptEmbeds, negativeEmbeds, guidance, source, onStep, policyGen, cancellation, control, SchedulerFor(control).NumTrainTimesteps);
         }
         finally
         {
@@ -154,7 +158,7 @@ public sealed class StableDiffusion : IDisposable
     /// <c>generator=[Generator().manual_seed(s) for s in seeds]</c>: one image per seed, all in one U-Net batch.
     /// Returns images in [0, 1] ([N, 3, H, W]), or the final latents when <paramref name="decode"/> is false.
     /// </summary>
-    public Tensor Generate(string prompt, IReadOnlyList<long> seeds, SdGuidance guidance, string? negativePrompt = null,
+    public Tensor Generate(string prompt, IReadOnlyList<long> seeds, GuidanceSettings guidance, string? negativePrompt = null,
                            string scheduler = "ddim", int steps = 50, int? width = null, int? height = null, double eta = 0,
                            int clipSkip = 0, bool decode = true, CancellationToken cancellation = default, SdControl? control = null)
     {

@@ -1,7 +1,7 @@
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace PagSharp.Sampling;
+namespace PagSharp.Diffusion;
 
 /// <summary>
 /// Gaussian noise drawn per sample from that sample's own generator, so a sample's result depends only on its seed,

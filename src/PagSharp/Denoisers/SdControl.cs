@@ -1,7 +1,7 @@
 using PagSharp.Models.Sd;
 using static TorchSharp.torch;
 
-namespace PagSharp.Sampling;
+namespace PagSharp.Denoisers;
 
 /// <summary>
 /// A ControlNet and its settings for a Stable Diffusion run, as diffusers' <c>StableDiffusionControlNetPAGPipeline</c>

@@ -1,7 +1,7 @@
 using System.Globalization;
 using System.Text.Json;
 
-namespace PagSharp.Models.Sd;
+namespace PagSharp.IO;
 
 /// <summary>
 /// Typed reads from a diffusers / transformers <c>config.json</c> object with that library's defaults for absent or

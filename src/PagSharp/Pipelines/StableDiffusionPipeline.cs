@@ -1,0 +1,55 @@
+using PagSharp.Sampling;
+using PagSharp.Denoisers;
+using PagSharp.Diffusion;
+using PagSharp.Diffusion.Schedulers;
+using PagSharp.Guidance;
+using PagSharp.Models.Sd;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace PagSharp.Pipelines;
+
+/// <summary>
+/// The denoising loop of diffusers' <c>StableDiffusionPAGPipeline.__call__</c> (and its ControlNet variant), on prompt
+/// embeddings: a <see cref="UNetDenoiser"/> with the prompt and negative embeddings, the guidance engine
+/// (<see cref="GuidedDenoiser"/>: diffusers' batch layouts [uncond, cond, cond_perturbed], identity self-attention for
+/// the perturbed block, shared prefix) and the shared <see cref="SamplingLoop"/> over the scheduler.
+/// </summary>
+public static class StableDiffusionPipeline
+{
+    /// <summary>
+    /// Denoises <paramref name="noise"/> (x_T, [B, C, h, w], unscaled: it is multiplied by the scheduler's
+    /// init_noise_sigma, as diffusers' <c>prepare_latents</c>) and returns the final latents.
+    /// </summary>
+    /// <param name="unet">The U-Net.</param>
+    /// <param name="scheduler">A fresh scheduler for this run.</param>
+    /// <param name="noise">x_T.</param>
+    /// <param name="promptEmbeds">Text conditioning [B, S, D].</param>
+    /// <param name="negativeEmbeds">Unconditional embeddings [B, S, D]; required with CFG.</param>
+    /// <param name="guidance">Guidance settings (CFG, PAG with its schedules, intervals and cache interval, guidance rescale).</param>
+    /// <param name="noiseSource">Per-sample generators for stochastic schedulers (and eta &gt; 0).</param>
+    /// <param name="onStep">Called after every step.</param>
+    /// <param name="policyGenerator">Random source for stochastic perturbation policies.</param>
+    /// <param name="cancellation">Checked between steps.</param>
+    /// <param name="control">A ControlNet with its image and settings (see <see cref="UNetDenoiser"/>).</param>
+    /// <param name="trainSteps">Length of the model's training process (num_train_timesteps; for scale ramps).</param>
+    public static Tensor Denoise(SdUNet unet, IScheduler scheduler, Tensor noise, Tensor promptEmbeds, Tensor? negativeEmbeds,
+                                 GuidanceSettings guidance, NoiseSource? noiseSource = null, Action<LoopStep>? onStep = null,
+                                 Generator? policyGenerator = null, CancellationToken cancellation = default, SdControl? control = null,
+                                 int trainSteps = 1000)
+    {
+        if (guidance.UsesSag)
+            throw new PagSharpException("SAG is not available for Stable Diffusion yet; use PAG (PagScale) or CFG");
+        using var model = new UNetDenoiser(unet, promptEmbeds, guidance.UsesCfg ? negativeEmbeds : null, noise.shape, control);
+        if (guidance.UsesCfg && negativeEmbeds is null) throw new PagSharpException("CFG (guidance scale > 1) needs negative prompt embeddings");
+        using var denoiser = new GuidedDenoiser(model, guidance, trainSteps, policyGenerator);
+        // Inference mode for the loop (no autograd bookkeeping); the result is cloned outside it, so the caller gets
+        // an ordinary tensor.
+        Tensor latents;
+        using (inference_mode())
+            latents = SamplingLoop.Run(scheduler, denoiser, noise, noiseSource, onStep, cancellation);
+        var result = latents.clone();
+        latents.Dispose();
+        return result;
+    }
+}
