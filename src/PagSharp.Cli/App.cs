@@ -55,6 +55,15 @@ public static class App
                 }
             });
         });
+        if (args.Length > 0 && commands.TryGetValue(args[0], out var command) && OptionSuggestions.SettingsTypeOf(command) is { } settingsType)
+        {
+            try { OptionValues.Check(args, settingsType); }
+            catch (PagSharpException e)
+            {
+                AnsiConsole.MarkupLine($"[red]error:[/] {Markup.Escape(e.Message)}");
+                return ExitBadInput;
+            }
+        }
         return app.Run(args);
     }
 

@@ -69,3 +69,57 @@ public static partial class OptionSuggestions
     [GeneratedRegex(@"Unknown option '([^']+)'", RegexOptions.IgnoreCase)]
     private static partial Regex UnknownOption();
 }
+
+/// <summary>
+/// Checks option values before Spectre binds them, so a value of the wrong type gets one line naming the option and
+/// the valid range (Spectre's own conversion errors carry neither, and come with a stack trace).
+/// </summary>
+public static class OptionValues
+{
+    /// <summary>Throws a <see cref="PagSharpException"/> for the first value in <paramref name="args"/> that does not convert.</summary>
+    public static void Check(IReadOnlyList<string> args, Type settingsType)
+    {
+        var byName = new Dictionary<string, Type>(StringComparer.Ordinal);
+        foreach (var p in settingsType.GetProperties(BindingFlags.Public | BindingFlags.Instance))
+            if (p.GetCustomAttribute<CommandOptionAttribute>() is { } a)
+            {
+                foreach (var n in a.LongNames) byName["--" + n] = p.PropertyType;
+                foreach (var n in a.ShortNames) byName["-" + n] = p.PropertyType;
+            }
+        for (int i = 1; i < args.Count; i++)
+        {
+            string token = args[i];
+            if (!token.StartsWith('-')) continue;
+            string name = token, value;
+            int eq = token.IndexOf('=');
+            if (eq > 0) { name = token[..eq]; value = token[(eq + 1)..]; }
+            else if (!byName.ContainsKey(name)) continue;
+            else
+            {
+                var t = Nullable.GetUnderlyingType(byName[name]) ?? byName[name];
+                if (t == typeof(bool) || i + 1 >= args.Count) continue;
+                value = args[++i];
+            }
+            if (byName.TryGetValue(name, out var type)) CheckValue(name, value, Nullable.GetUnderlyingType(type) ?? type);
+        }
+    }
+
+    private static void CheckValue(string option, string value, Type type)
+    {
+        var inv = System.Globalization.CultureInfo.InvariantCulture;
+        var num = System.Globalization.NumberStyles.Integer;
+        bool ok = type switch
+        {
+            _ when type == typeof(int) => int.TryParse(value, num, inv, out _),
+            _ when type == typeof(long) => long.TryParse(value, num, inv, out _),
+            _ when type == typeof(double) => double.TryParse(value, System.Globalization.NumberStyles.Float, inv, out double d) && double.IsFinite(d),
+            _ when type == typeof(float) => float.TryParse(value, System.Globalization.NumberStyles.Float, inv, out float f) && float.IsFinite(f),
+            _ => true,
+        };
+        if (ok) return;
+        string expected = type == typeof(int) ? $"an integer from {int.MinValue} to {int.MaxValue}"
+            : type == typeof(long) ? "an integer"
+            : "a finite number (e.g. 2.5)";
+        throw new PagSharpException($"{option}: '{value}' is not valid; expected {expected}");
+    }
+}

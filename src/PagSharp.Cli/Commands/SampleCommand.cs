@@ -1,3 +1,4 @@
+using PagSharp.Runs;
 using PagSharp.Models.Adm;
 using PagSharp.Pipelines;
 using System.ComponentModel;
@@ -33,7 +34,7 @@ public sealed class SampleCommand : Command<SampleCommand.Settings>
         public string? Shard { get; init; }
     }
 
-    public const string RunFile = "run.json";
+    public const string RunFile = RunFolder.ManifestFile;
 
     public override int Execute(CommandContext context, Settings s, CancellationToken cancellationToken)
     {
@@ -49,6 +50,8 @@ public sealed class SampleCommand : Command<SampleCommand.Settings>
             throw new PagSharpException($"--init-noise holds {init.shape[0]} samples but --count is {count}");
         if (init is not null && (init.dim() != 4 || !init.shape[1..].SequenceEqual(loaded.SampleShape)))
             throw new PagSharpException($"--init-noise has shape [{string.Join(",", init.shape)}]; this model expects [N,{string.Join(",", loaded.SampleShape)}]");
+        if (init is not null && !init.isfinite().all().item<bool>())
+            throw new PagSharpException($"--init-noise '{s.InitNoise}' holds NaN or infinite values");
         var (shardK, shardN) = ParseShard(s.Shard);
         if (s.SaveTensor is not null && !s.SaveTensor.EndsWith(".npy", StringComparison.OrdinalIgnoreCase))
             throw new PagSharpException($"--save-tensor '{s.SaveTensor}' must be a .npy file");
@@ -56,81 +59,46 @@ public sealed class SampleCommand : Command<SampleCommand.Settings>
         // Reject bad labels / guidance before anything is written.
         Sampler.Validate(loaded.Net, options);
 
-        int bs = options.BatchSize, batches = (count + bs - 1) / bs;
-        var myBatches = Enumerable.Range(0, batches).Where(b => b % shardN == shardK).ToArray();
-        var sampleInfo = new JsonArray();
-        for (int i = 0; i < count; i++)
-        {
-            if ((i / bs) % shardN != shardK) continue;
-            sampleInfo.Add(new JsonObject
-            {
-                ["index"] = i,
-                ["seed"] = options.SampleSeed(i),
-                ["label"] = LabelOf(options, loaded, i) is int lab ? lab : null,
-                ["file"] = FileName(i),
-            });
-        }
+        int bs = options.BatchSize;
         var settingsJson = new JsonObject
         {
-            ["model"] = loaded.Source,
+            ["model"] = ModelStore.Describe(loaded.Source),
             ["model_config"] = JsonNode.Parse(loaded.Config.ToJson()),
-            ["sampler"] = options.Scheduler, ["timestep_respacing"] = respacing, ["eta"] = s.Eta, ["clip_denoised"] = !s.NoClip,
-            ["guidance_scale"] = guidance.GuidanceScale,
-            ["pag_scale"] = guidance.PagScale?.ToString(), ["pag_formula"] = guidance.Formula.ToString(),
-            ["pag_layers"] = new JsonArray(guidance.PagLayers.Select(l => (JsonNode)l!).ToArray()),
-            ["pag_interval"] = s.PagInterval, ["perturbation"] = guidance.Perturbation.Spec, ["split_batch"] = s.SplitBatch,
+            ["sampler"] = options.Scheduler, ["timestep_respacing"] = respacing, ["steps"] = Sampler.StepCount(options, loaded.Config),
+            ["eta"] = s.Eta, ["clip_denoised"] = !s.NoClip,
             ["labels"] = options.Labels is null ? null : new JsonArray(options.Labels.Select(l => (JsonNode)l!).ToArray()),
             ["seed"] = s.Seed, ["count"] = count, ["batch_size"] = bs,
             ["init_noise"] = s.InitNoise is null ? null : Path.GetFullPath(s.InitNoise.Split(':')[0]),
             ["shard"] = $"{shardK}/{shardN}",
         };
-        // Keys for the newer options only when they are used, so run.json files of earlier runs still match.
-        if (guidance.GuidanceSchedule is not null) settingsJson["guidance_schedule"] = guidance.GuidanceSchedule.ToString();
-        if (s.GuidanceInterval is not null) settingsJson["guidance_interval"] = s.GuidanceInterval;
-        if (guidance.UsesPag && guidance.PagCacheInterval != 1) settingsJson["pag_cache_interval"] = guidance.PagCacheInterval;
-        if (guidance.Sag is { } sag)
-        {
-            settingsJson["method"] = "sag";
-            settingsJson["sag"] = new JsonObject
-            {
-                ["scale"] = sag.Scale.ToString(), ["formula"] = sag.Formula.ToString(),
-                ["layer"] = sag.Layer ?? Guidance.SagDenoiser.DefaultLayer(loaded.Net.AttentionLayers),
-                ["blur_sigma"] = sag.BlurSigma, ["kernel_size"] = sag.KernelSize, ["interval"] = s.SagInterval,
-            };
-        }
-        Directory.CreateDirectory(s.Output);
-        string runPath = Path.Combine(s.Output, RunFile);
-        if (File.Exists(runPath))
-        {
-            var existing = JsonNode.Parse(File.ReadAllText(runPath))?["settings"];
-            if (existing is null || !JsonNode.DeepEquals(existing, settingsJson))
-                throw new PagSharpException($"{s.Output} holds a run with different settings ({Differences(existing, settingsJson)}); choose another --output or delete it");
-        }
-        else
-        {
-            AtomicFile.WriteAllText(runPath, new JsonObject { ["settings"] = settingsJson, ["samples"] = sampleInfo }
-                .ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
-        }
+        foreach (var (key, value) in RunManifest.Guidance(guidance, loaded.Net.AttentionLayers)) settingsJson[key] = value;
+        if (s.SaveTensor is not null) CheckOutputFile(s.SaveTensor, "--save-tensor");
 
+        using var run = RunFolder.Open(s.Output, settingsJson, count, bs, (shardK, shardN), i => new JsonObject
+        {
+            ["index"] = i,
+            ["seed"] = options.SampleSeed(i),
+            ["label"] = LabelOf(options, loaded, i) is int lab ? lab : null,
+            ["file"] = RunFolder.FileName(i),
+        });
         if (guidance.PagLayers.Count > 0)
             AnsiConsole.MarkupLine($"PAG layers ({guidance.Perturbation.Spec}): {Markup.Escape(string.Join(", ", guidance.PagLayers))}");
         var ct = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, App.CtrlC()).Token;
-        string partialDir = Path.Combine(s.Output, ".tensors");
         int written = 0, skipped = 0;
+        var myBatches = run.Batches;
         try
         {
             AnsiConsole.Progress()
                 .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn())
                 .Start(ctx =>
                 {
-                    var steps = Diffusion.Respacing.SpaceTimesteps(loaded.Config.DiffusionSteps, respacing).Length;
-                    var task = ctx.AddTask("sampling", maxValue: myBatches.Length * steps);
+                    int steps = Sampler.StepCount(options, loaded.Config);
+                    var task = ctx.AddTask("sampling", maxValue: Math.Max(1, myBatches.Count * steps));
                     int done = 0;
                     foreach (int b in myBatches)
                     {
-                        var idx = Enumerable.Range(b * bs, Math.Min(bs, count - b * bs)).Select(i => (long)i).ToArray();
-                        string partial = Path.Combine(partialDir, $"batch_{b:D5}.npy");
-                        if (idx.All(i => File.Exists(Path.Combine(s.Output, FileName(i)))) && (s.SaveTensor is null || File.Exists(partial)))
+                        var idx = run.IndicesOf(b).Select(i => (long)i).ToArray();
+                        if (run.IsDone(b, images: true, tensor: s.SaveTensor is not null))
                         {
                             skipped += idx.Length;
                             done++;
@@ -139,15 +107,14 @@ public sealed class SampleCommand : Command<SampleCommand.Settings>
                         }
                         using var scope = NewDisposeScope();
                         var x0 = init?.narrow(0, idx[0], idx.Length);
+                        int batchNo = done;
                         var progress = new SyncProgress<SamplingProgress>(p =>
                         {
-                            task.Value = done * steps + p.Step;
-                            task.Description = $"batch {Array.IndexOf(myBatches, b) + 1}/{myBatches.Length} step {p.Step}/{p.StepsPerBatch} {p.StepsPerSecond:F2} it/s";
+                            task.Value = batchNo * steps + p.Step;
+                            task.Description = $"batch {batchNo + 1}/{myBatches.Count} step {p.Step}/{p.StepsPerBatch} {p.StepsPerSecond:F2} it/s";
                         });
                         var x = Sampler.Sample(loaded.Net, options, idx, x0, progress, ct);
-                        if (s.SaveTensor is not null) Npy.Save(partial, x);
-                        for (int j = 0; j < idx.Length; j++)
-                            Png.Save(Path.Combine(s.Output, FileName(idx[j])), x[j]);
+                        run.SaveBatch(b, x, s.SaveTensor is null ? null : x);
                         written += idx.Length;
                         done++;
                         task.Value = done * steps;
@@ -160,21 +127,26 @@ public sealed class SampleCommand : Command<SampleCommand.Settings>
             return App.ExitCancelled;
         }
 
-        var mine = myBatches.SelectMany(b => Enumerable.Range(b * bs, Math.Min(bs, count - b * bs))).ToArray();
-        using (var images = stack(mine.Select(i => Png.Load(Path.Combine(s.Output, FileName(i)), channels: loaded.Config.InChannels)).ToArray()))
-        using (var grid = Grid.Make(images, (int)Math.Ceiling(Math.Sqrt(mine.Length))))
-            Png.Save(Path.Combine(s.Output, "grid.png"), grid);
+        run.SaveGrid(loaded.Config.InChannels);
         if (s.SaveTensor is not null)
         {
-            using var all = cat(myBatches.Select(b => Npy.Load(Path.Combine(partialDir, $"batch_{b:D5}.npy"))).ToArray(), 0);
+            using var all = run.CollectTensors();
             Npy.Save(s.SaveTensor, all);
             // The per-batch tensors stay: a rerun skips finished batches only when their tensors are still there.
         }
-        AnsiConsole.MarkupLine($"{written} samples written, {skipped} already present → {Markup.Escape(s.Output)} (grid.png, {RunFile})");
+        AnsiConsole.MarkupLine($"{written} samples written, {skipped} already present → {Markup.Escape(s.Output)} ({RunFolder.GridFile}, {RunFolder.ManifestFile})");
         return 0;
     }
 
-    public static string FileName(long index) => $"{index:D5}.png";
+    /// <summary>Refuses an output file path that cannot be written: an existing folder, or a parent that is a file.</summary>
+    internal static void CheckOutputFile(string path, string option)
+    {
+        if (Directory.Exists(path)) throw new PagSharpException($"{option} '{path}' is an existing folder; give a file path");
+        var parent = Path.GetDirectoryName(Path.GetFullPath(path));
+        if (parent is not null && File.Exists(parent)) throw new PagSharpException($"{option} '{path}': '{parent}' is a file, not a folder");
+    }
+
+    public static string FileName(long index) => RunFolder.FileName(index);
 
     private static int? LabelOf(SamplingOptions o, LoadedAdm m, int i) =>
         !m.Net.IsClassConditional ? null : o.Labels is { } l ? l[i % l.Count] : m.Config.NullClass;
@@ -188,10 +160,5 @@ public sealed class SampleCommand : Command<SampleCommand.Settings>
         return (k, n);
     }
 
-    internal static string Differences(JsonNode? a, JsonObject b)
-    {
-        if (a is not JsonObject ao) return "unreadable run.json";
-        var keys = ao.Select(kv => kv.Key).Union(b.Select(kv => kv.Key));
-        return string.Join(", ", keys.Where(k => !JsonNode.DeepEquals(ao[k], b[k])).Select(k => $"{k}: {ao[k]?.ToJsonString() ?? "null"} → {b[k]?.ToJsonString() ?? "null"}"));
-    }
+    internal static string Differences(JsonNode? a, JsonObject b) => RunFolder.Differences(a, b);
 }

@@ -1,3 +1,4 @@
+using PagSharp.Runs;
 using PagSharp.Guidance;
 using PagSharp.Denoisers;
 using PagSharp.Pipelines;
@@ -24,7 +25,7 @@ namespace PagSharp.Cli.Commands;
 /// </summary>
 public sealed class Txt2ImgCommand : Command<Txt2ImgSettings>
 {
-    public const string RunFile = "run.json";
+    public const string RunFile = RunFolder.ManifestFile;
     public const string LatentsFile = "latents.npy";
     public const string ControlFile = "control.png";
     public const string CompareFile = "compare.png";
@@ -93,35 +94,28 @@ public sealed class Txt2ImgCommand : Command<Txt2ImgSettings>
         if (methods is not null)
             return RunCompare(s, sd, scheduler, methods, promptEmb, negEmb, init, latentShape, count, control, cancellationToken);
 
-        int bs = s.BatchSize, batches = (count + bs - 1) / bs;
-        var myBatches = Enumerable.Range(0, batches).Where(b => b % shardN == shardK).ToArray();
+        int bs = s.BatchSize;
         var settings = Settings(s, sd, scheduler, guidance, count, width, height, control, controlNetPath);
-        var samples = new JsonArray();
-        foreach (int b in myBatches)
-            for (int i = b * bs; i < Math.Min(count, (b + 1) * bs); i++)
-                samples.Add(new JsonObject { ["index"] = i, ["seed"] = s.Seed + i, ["file"] = latentOut ? null : SampleCommand.FileName(i) });
-        PrepareOutput(s.Output, settings, samples);
-        if (controlImage is not null && controlImage.shape[1] is 1 or 3)
-            Png.Save(Path.Combine(s.Output, ControlFile), controlImage[0].clamp(0, 1) * 2 - 1);
+        if (s.SaveTensor is not null) SampleCommand.CheckOutputFile(s.SaveTensor, "--save-tensor");
+        using var run = RunFolder.Open(s.Output, settings, count, bs, (shardK, shardN),
+            i => new JsonObject { ["index"] = i, ["seed"] = s.Seed + i, ["file"] = latentOut ? null : RunFolder.FileName(i) });
+        var myBatches = run.Batches;
 
         var ct = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, App.CtrlC()).Token;
-        string partialDir = Path.Combine(s.Output, ".tensors");
         int written = 0, skipped = 0;
+        bool keepTensor = latentOut || s.SaveTensor is not null;
         try
         {
             AnsiConsole.Progress()
                 .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn())
                 .Start(ctx =>
                 {
-                    var task = ctx.AddTask("txt2img", maxValue: Math.Max(1, myBatches.Length * s.Steps));
-                    for (int bi = 0; bi < myBatches.Length; bi++)
+                    var task = ctx.AddTask("txt2img", maxValue: Math.Max(1, myBatches.Count * s.Steps));
+                    for (int bi = 0; bi < myBatches.Count; bi++)
                     {
                         int b = myBatches[bi];
-                        var idx = Enumerable.Range(b * bs, Math.Min(bs, count - b * bs)).ToArray();
-                        string partial = Path.Combine(partialDir, $"batch_{b:D5}.npy");
-                        bool done = latentOut ? File.Exists(partial)
-                            : idx.All(i => File.Exists(Path.Combine(s.Output, SampleCommand.FileName(i)))) && (s.SaveTensor is null || File.Exists(partial));
-                        if (done)
+                        var idx = run.IndicesOf(b);
+                        if (run.IsDone(b, images: !latentOut, tensor: keepTensor))
                         {
                             skipped += idx.Length;
                             task.Value = (bi + 1) * s.Steps;
@@ -137,15 +131,15 @@ public sealed class Txt2ImgCommand : Command<Txt2ImgSettings>
                             guidance, seeds[0], st =>
                             {
                                 task.Value = batchNo * s.Steps + st.Index + 1;
-                                task.Description = $"batch {batchNo + 1}/{myBatches.Length} step {st.Index + 1}/{st.Count} {(st.Index + 1) / Math.Max(sw.Elapsed.TotalSeconds, 1e-9):F2} it/s";
+                                task.Description = $"batch {batchNo + 1}/{myBatches.Count} step {st.Index + 1}/{st.Count} {(st.Index + 1) / Math.Max(sw.Elapsed.TotalSeconds, 1e-9):F2} it/s";
                             }, ct, control is null ? null : control with { Image = Rows(controlImage!, idx) });
-                        if (latentOut) Npy.Save(partial, latents);
+                        if (latentOut) run.SaveBatch(b, null, latents);
                         else
                         {
                             var images = sd.Decode(latents);
-                            if (s.SaveTensor is not null) Npy.Save(partial, images);
-                            for (int j = 0; j < idx.Length; j++)
-                                Png.Save(Path.Combine(s.Output, SampleCommand.FileName(idx[j])), images[j] * 2 - 1);
+                            run.SaveBatch(b, images * 2 - 1, s.SaveTensor is null ? null : images);
+                            if (bi == 0 && controlImage is not null && controlImage.shape[1] is 1 or 3)
+                                Png.Save(Path.Combine(s.Output, ControlFile), controlImage[0].clamp(0, 1) * 2 - 1);
                         }
                         latents.Dispose();
                         written += idx.Length;
@@ -159,17 +153,11 @@ public sealed class Txt2ImgCommand : Command<Txt2ImgSettings>
             return App.ExitCancelled;
         }
 
-        var mine = myBatches.SelectMany(b => Enumerable.Range(b * bs, Math.Min(bs, count - b * bs))).ToArray();
-        if (!latentOut)
-        {
-            using var images = stack(mine.Select(i => Png.Load(Path.Combine(s.Output, SampleCommand.FileName(i)))).ToArray());
-            using var grid = Grid.Make(images, (int)Math.Ceiling(Math.Sqrt(mine.Length)));
-            Png.Save(Path.Combine(s.Output, "grid.png"), grid);
-        }
+        if (!latentOut) run.SaveGrid(3);
         string? tensorOut = s.SaveTensor ?? (latentOut ? Path.Combine(s.Output, LatentsFile) : null);
         if (tensorOut is not null)
         {
-            using var all = cat(myBatches.Select(b => Npy.Load(Path.Combine(partialDir, $"batch_{b:D5}.npy"))).ToArray(), 0);
+            using var all = run.CollectTensors();
             Npy.Save(tensorOut, all);
         }
         AnsiConsole.MarkupLine(latentOut
@@ -326,8 +314,7 @@ public sealed class Txt2ImgCommand : Command<Txt2ImgSettings>
                                        SdControl? control, string? controlNetPath)
     {
         var o = BaseSettings(s, sd, scheduler, g, count, width, height, control);
-        // Keys for newer options only when they are used, so run.json of earlier runs still matches on resume.
-        if (g.UsesPag && g.PagCacheInterval != 1) o["pag_cache_interval"] = g.PagCacheInterval;
+        foreach (var (key, value) in RunManifest.Guidance(g, sd.Unet.AttentionLayers)) o[key] = value;
         if (control is null) return o;
         // Only ControlNet runs carry these, so run.json of earlier runs still matches on resume.
         o["controlnet"] = FullSpec(controlNetPath!);
@@ -353,12 +340,6 @@ public sealed class Txt2ImgCommand : Command<Txt2ImgSettings>
         ["scheduler_config"] = JsonSerializer.SerializeToNode(sd.SchedulerFor(control)),
         ["num_inference_steps"] = s.Steps,
         ["eta"] = s.Eta,
-        ["guidance_scale"] = g.GuidanceScale,
-        ["guidance_rescale"] = g.GuidanceRescale,
-        ["pag_scale"] = s.PagScale,
-        ["pag_adaptive_scale"] = s.PagAdaptiveScale,
-        ["pag_layers"] = new JsonArray(g.PagLayers.Select(l => (JsonNode)l!).ToArray()),
-        ["perturbation"] = g.Perturbation.Spec,
         ["width"] = width,
         ["height"] = height,
         ["seed"] = s.Seed,
@@ -373,23 +354,5 @@ public sealed class Txt2ImgCommand : Command<Txt2ImgSettings>
     {
         int colon = spec.LastIndexOf(':');
         return colon > 1 && File.Exists(spec[..colon]) ? Path.GetFullPath(spec[..colon]) + spec[colon..] : Path.GetFullPath(spec);
-    }
-
-    /// <summary>Writes run.json, or checks that the folder's run.json holds the same settings (resume).</summary>
-    private static void PrepareOutput(string dir, JsonObject settings, JsonArray samples)
-    {
-        Directory.CreateDirectory(dir);
-        string runPath = Path.Combine(dir, RunFile);
-        if (File.Exists(runPath))
-        {
-            JsonNode? existing;
-            try { existing = JsonNode.Parse(File.ReadAllText(runPath))?["settings"]; }
-            catch (JsonException) { existing = null; }
-            if (existing is null || !JsonNode.DeepEquals(existing, settings))
-                throw new PagSharpException($"{dir} holds a run with different settings ({SampleCommand.Differences(existing, settings)}); choose another --output or delete it");
-            return;
-        }
-        AtomicFile.WriteAllText(runPath, new JsonObject { ["settings"] = settings, ["samples"] = samples }
-            .ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
     }
 }

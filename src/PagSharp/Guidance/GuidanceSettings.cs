@@ -91,8 +91,8 @@ public sealed record GuidanceSettings
     {
         if (double.IsNaN(GuidanceScale) || GuidanceScale < 0)
             throw new PagSharpException($"guidance scale must be a number ≥ 0 (got {GuidanceScale}); values ≤ 1 disable CFG");
-        if (double.IsInfinity(GuidanceScale))
-            throw new PagSharpException($"guidance scale must be finite (got {GuidanceScale})");
+        if (double.IsInfinity(GuidanceScale) || GuidanceScale > ScaleSchedule.MaxScale)
+            throw new PagSharpException($"guidance scale must be a number from 0 to {ScaleSchedule.MaxScale} (got {GuidanceScale})");
         GuidanceSchedule?.Validate("guidance scale");
         if (!(GuidanceRescale >= 0 && GuidanceRescale <= 1))
             throw new PagSharpException($"guidance rescale must be in [0, 1] (got {GuidanceRescale})");

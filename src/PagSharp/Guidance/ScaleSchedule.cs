@@ -21,7 +21,11 @@ public abstract record ScaleSchedule
     public abstract void Validate(string what);
 
     private static string F(double v) => v.ToString("R", CultureInfo.InvariantCulture);
-    private static bool Bad(double v) => double.IsNaN(v) || double.IsInfinity(v) || v < 0;
+    /// <summary>The largest scale accepted: far beyond any useful guidance (diffusers' examples stay below 30), and low
+    /// enough that a typo such as 1e300 fails instead of producing noise.</summary>
+    public const double MaxScale = 1000;
+
+    private static bool Bad(double v) => double.IsNaN(v) || double.IsInfinity(v) || v < 0 || v > MaxScale;
 
     /// <summary>The same scale at every step.</summary>
     public sealed record Constant(double Scale) : ScaleSchedule
@@ -30,7 +34,7 @@ public abstract record ScaleSchedule
         public override double UpperBound() => Scale;
         public override void Validate(string what)
         {
-            if (Bad(Scale)) throw new PagSharpException($"{what} must be a number ≥ 0 (got {F(Scale)})");
+            if (Bad(Scale)) throw new PagSharpException($"{what} must be a number from 0 to {F(MaxScale)} (got {F(Scale)})");
         }
     }
 
@@ -46,7 +50,7 @@ public abstract record ScaleSchedule
         public override double UpperBound() => Math.Max(AtStart, AtEnd);
         public override void Validate(string what)
         {
-            if (Bad(AtStart) || Bad(AtEnd)) throw new PagSharpException($"{what} ramp must have values ≥ 0 (got {F(AtStart)}→{F(AtEnd)})");
+            if (Bad(AtStart) || Bad(AtEnd)) throw new PagSharpException($"{what} ramp must have values from 0 to {F(MaxScale)} (got {F(AtStart)}→{F(AtEnd)})");
         }
     }
 

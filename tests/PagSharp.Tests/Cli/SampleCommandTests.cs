@@ -87,7 +87,8 @@ public class SampleCommandTests(SampleRunFixture fx) : IClassFixture<SampleRunFi
         var settings = run["settings"]!;
         Assert.Equal("ddim10", (string?)settings["timestep_respacing"]);
         Assert.Equal(new[] { "middle_block.1" }, settings["pag_layers"]!.AsArray().Select(n => (string?)n));
-        Assert.Equal("Paper", (string?)settings["pag_formula"]);
+        Assert.Equal("paper", (string?)settings["pag_formula"]);
+        Assert.Equal(2.0, (double?)settings["pag_scale"]); // plain numbers, not C# record text
         Assert.Equal(4, (int?)settings["count"]);
         var samples = run["samples"]!.AsArray();
         Assert.Equal(SampleFiles, samples.Select(s => (string?)s!["file"]));
@@ -136,7 +137,7 @@ public class SampleCommandTests(SampleRunFixture fx) : IClassFixture<SampleRunFi
         using var x = Npy.Load(tensor);
         Close.Assert(fx.Expected["sample_pag_mid_s2_officialformula"], x, SampleTol, "--pag-scale-official 2");
         Close.AssertDiffer(fx.Expected["sample_pag_mid_s2"], x, 10 * SampleTol, "official vs paper formula");
-        Assert.Equal("Official", (string?)JsonNode.Parse(File.ReadAllText(Path.Combine(dir, "run.json")))!["settings"]!["pag_formula"]);
+        Assert.Equal("official", (string?)JsonNode.Parse(File.ReadAllText(Path.Combine(dir, "run.json")))!["settings"]!["pag_formula"]);
     }
 
     [Fact]
@@ -166,7 +167,14 @@ public class SampleCommandTests(SampleRunFixture fx) : IClassFixture<SampleRunFi
         { "steps 0", new[] { "--steps", "0" }, "Steps" },
         { "negative PAG scale", new[] { "--pag-scale=-1" }, "PAG scale" },
         { "negative PAG scale, separate value", new[] { "--pag-scale", "-1" }, "PAG scale" },
-        { "NaN PAG scale", new[] { "--pag-scale", "NaN" }, "PAG scale" },
+        { "NaN PAG scale", new[] { "--pag-scale", "NaN" }, "--pag-scale: 'NaN' is not valid" },
+        { "infinite PAG scale", new[] { "--pag-scale", "inf" }, "--pag-scale: 'inf' is not valid" },
+        { "absurd PAG scale", new[] { "--pag-scale", "1e300" }, "PAG scale must be a number from 0 to 1000" },
+        { "steps not a number", new[] { "--steps", "abc" }, "--steps: 'abc' is not valid; expected an integer" },
+        { "count beyond int", new[] { "--count", "3000000000" }, "--count: '3000000000' is not valid" },
+        { "respacing ddim0", new[] { "--pag-scale", "2", "--timestep-respacing", "ddim0" }, "ddimN with N ≥ 1" },
+        { "NaN initial noise", new[] { "--pag-scale", "2", "--init-noise", "NANNOISE" }, "NaN or infinite" },
+        { "unknown scheduler", new[] { "--sampler", "heun" }, "valid: ddpm, ddim, euler" },
         { "CFG on an unconditional model", new[] { "--pag-scale", "2", "--guidance-scale", "3" }, "null" },
         { "label on an unconditional model", new[] { "--pag-scale", "2", "--label", "3" }, "unconditional" },
         { "unknown layer", new[] { "--pag-scale", "2", "--pag-layers", "nope" }, "middle_block.1" },
@@ -186,7 +194,9 @@ public class SampleCommandTests(SampleRunFixture fx) : IClassFixture<SampleRunFi
         string missing = tmp.File("missing.safetensors"), truncated = tmp.File("truncated.safetensors");
         var full = File.ReadAllBytes(fx.Adm.Weights);
         File.WriteAllBytes(truncated, full[..(full.Length / 2)]);
-        var resolved = extra.Select(a => a.Replace("MISSING", missing).Replace("TRUNCATED", truncated).Replace("CASES", fx.Adm.Cases)).ToArray();
+        string nanNoise = tmp.File("nan.npy");
+        using (var nan = TorchSharp.torch.full(new long[] { 4, 3, 32, 32 }, float.NaN)) Npy.Save(nanNoise, nan);
+        var resolved = extra.Select(a => a.Replace("MISSING", missing).Replace("TRUNCATED", truncated).Replace("CASES", fx.Adm.Cases).Replace("NANNOISE", nanNoise)).ToArray();
         messagePart = messagePart.Replace("TRUNCATED", truncated);
         string dir = tmp.File("out"), tensor = tmp.File("out.npy");
 

@@ -42,6 +42,18 @@ public static class ModelStore
     }
 
     /// <summary>
+    /// How a run manifest names a model source: the built-in model as <c>built-in mnist</c> with the SHA-256 of its
+    /// weights (not the path of the program's folder), any other checkpoint by its full path.
+    /// </summary>
+    public static string Describe(string source)
+    {
+        string builtIn = Path.GetFullPath(Path.Combine(BuiltInDir, WeightsFile));
+        if (!File.Exists(source) || Path.GetFullPath(source) != builtIn) return File.Exists(source) ? Path.GetFullPath(source) : source;
+        using var f = File.OpenRead(source);
+        return "built-in mnist (sha256 " + Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(f))[..16] + ")";
+    }
+
+    /// <summary>
     /// Loads a model. With no preset and no config the built-in model is used. A checkpoint is required unless
     /// <paramref name="randomWeights"/> is set (random initialisation, for tests and benchmarks).
     /// </summary>
