@@ -171,4 +171,28 @@ public sealed class Txt2ImgCliTests : IDisposable
         using var expected = Npy.Load(_sd.Dir.File("cmd.npy"));
         Close.Assert(expected, images, 1e-6, "Generate vs pag txt2img");
     }
+
+    [Fact]
+    public void IntervalAndRampFlags_ReachTheLibrary()
+    {
+        var (exit, log) = Pag.Run("txt2img", "--model", _sd.Root, "--prompt", "hello cat", "--steps", "4", "--count", "1", "--seed", "3",
+            "--scheduler", "ddim", "--pag-interval", "700:200", "--pag-scale-end", "1", "--guidance-scale-end", "2", "--guidance-interval", "999:300",
+            "--output", _sd.Dir.File("iv"), "--save-tensor", _sd.Dir.File("iv.npy"));
+        Assert.True(exit == 0, log);
+        using var sd = PagSharp.Pipelines.StableDiffusion.Load(_sd.Root, new PagSharp.Pipelines.SdComponents(Vae: true, TextEncoder: true));
+        var layers = PagSharp.Attention.DiffusersLayerSpec.Resolve("mid", sd.Unet.AttentionLayers);
+        var g = new GuidanceSettings
+        {
+            GuidanceScale = 7.5, GuidanceSchedule = new ScaleSchedule.Linear(7.5, 2), GuidanceInterval = (999, 300),
+            PagScale = new ScaleSchedule.Linear(3, 1), PagInterval = (700, 200), PagLayers = layers,
+        };
+        using var images = sd.Generate("hello cat", new long[] { 3 }, g, scheduler: "ddim", steps: 4);
+        using var expected = Npy.Load(_sd.Dir.File("iv.npy"));
+        Close.Assert(expected, images, 1e-6, "Generate vs pag txt2img with intervals and ramps");
+        using var plain = sd.Generate("hello cat", new long[] { 3 }, g with { PagInterval = null, GuidanceInterval = null }, scheduler: "ddim", steps: 4);
+        Close.AssertDiffer(plain, images, 1e-4, "the intervals changed nothing");
+        var run = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(_sd.Dir.File("iv"), "run.json")))!["settings"]!;
+        Assert.Equal("linear", (string?)run["pag_schedule"]!["type"]);
+        Assert.Equal(700, (int?)run["pag_interval"]![0]);
+    }
 }
