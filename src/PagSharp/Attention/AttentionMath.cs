@@ -28,4 +28,21 @@ public static class AttentionMath
 
     /// <summary>Normal attention: softmax((q·s)(k·s)ᵀ)·v.</summary>
     public static Tensor Normal(Tensor q, Tensor k, Tensor v) => matmul(Map(q, k), v);
+
+    /// <summary>
+    /// The one attention core of every network: with <paramref name="fused"/> and no map wanted, libtorch's fused
+    /// scaled_dot_product_attention (scale 1/√d applied once; equal to the reference order within float32 rounding);
+    /// otherwise softmax((q·s)(k·s)ᵀ)·v in the reference order, handing out the map when <paramref name="wantMap"/>.
+    /// </summary>
+    public static Tensor Attend(Tensor q, Tensor k, Tensor v, bool fused, bool wantMap, out Tensor? map)
+    {
+        if (!wantMap && fused)
+        {
+            map = null;
+            return nn.functional.scaled_dot_product_attention(q, k, v);
+        }
+        var w = Map(q, k);
+        map = wantMap ? w : null;
+        return matmul(w, v);
+    }
 }

@@ -9,11 +9,10 @@ namespace PagSharp.Attention;
 /// </summary>
 public static class PerturbableAttention
 {
-    /// <summary>Normal attention from q, k, v ([B, heads, T, d]); returns [B, heads, T, d] and, if asked, the map.</summary>
-    public delegate Tensor Normal(Tensor q, Tensor k, Tensor v, bool wantMap, out Tensor? map);
 
-    public static Tensor Attend(string layer, Tensor q, Tensor k, Tensor v, int height, int width, PerturbationPlan? plan, Normal normal)
+    public static Tensor Attend(string layer, Tensor q, Tensor k, Tensor v, int height, int width, PerturbationPlan? plan, bool fused)
     {
+        Tensor normal(Tensor q, Tensor k, Tensor v, bool wantMap, out Tensor? map) => AttentionMath.Attend(q, k, v, fused, wantMap, out map);
         if (plan is null || plan.IsEmpty)
             return normal(q, k, v, false, out _);
 

@@ -223,15 +223,14 @@ public class FusedAttentionTests
         var cases = AdmA.Tensors("cases.safetensors");
         try
         {
-            PagSharp.Models.Adm.AttentionBlock.UseFusedAttention = false;
+            net.FusedAttention = false;
             using var reference = net.Forward(cases["x"], cases["t"]);
-            PagSharp.Models.Adm.AttentionBlock.UseFusedAttention = true;
+            net.FusedAttention = true;
             using var fused = net.Forward(cases["x"], cases["t"]);
             Close.Assert(reference, fused, 1e-5, "fused scaled_dot_product_attention vs softmax((q·s)(k·s)ᵀ)·v");
         }
         finally
         {
-            PagSharp.Models.Adm.AttentionBlock.UseFusedAttention = true;
             PagSharp.Tests.IO.TensorAssert.DisposeAll(cases);
         }
     }

@@ -117,6 +117,13 @@ public sealed class AdmUNet : Module
     /// </summary>
     public bool SplitSkips { get; set; } = true;
 
+    /// <summary>Unperturbed attention through libtorch's fused kernel (default) or in the reference operation order, for every attention block.</summary>
+    public bool FusedAttention
+    {
+        get => modules().OfType<AttentionBlock>().All(a => a.FusedAttention);
+        set { foreach (var a in modules().OfType<AttentionBlock>()) a.FusedAttention = value; }
+    }
+
     /// <summary>
     /// ε-model output for x [B,C,H,W] at integer timesteps [B] (and class labels [B] for class-conditional models).
     /// The plan, if any, perturbs or observes attention layers for this call only; with a fork
@@ -181,44 +188,16 @@ public sealed class AdmUNet : Module
     }
 }
 
-/// <summary>Per-call state of a U-Net forward: the embedding, the plan, and the shared-prefix fork.</summary>
-public sealed class ForwardState : IDisposable
+/// <summary>Per-call state of an ADM U-Net forward (<see cref="ForkState"/>): the fork happens before the first perturbed attention block.</summary>
+public sealed class ForwardState : ForkState
 {
-    private readonly string? _forkLayer;
-    private readonly BatchFork _fork;
-
-    public ForwardState(Tensor emb, PerturbationPlan? plan, string? forkLayer, bool splitSkips = false)
-    {
-        Emb = emb;
-        Plan = plan;
-        _forkLayer = forkLayer;
-        _fork = new BatchFork(plan, splitSkips);
-    }
-
-    public Tensor Emb { get; private set; }
-    public PerturbationPlan? Plan { get; }
+    public ForwardState(Tensor emb, PerturbationPlan? plan, string? forkLayer, bool splitSkips = false) : base(emb, plan, forkLayer, splitSkips) { }
 
     /// <summary>Called before each attention block: at the fork layer, appends the copies to h and to the embedding.</summary>
-    public Tensor BeforeAttention(string layer, Tensor h)
-    {
-        if (_fork.HasForked || layer != _forkLayer) return h;
-        var forked = _fork.Fork(h);
-        // The fork happens inside a block's dispose scope; the widened embedding must outlive it.
-        Emb = _fork.Append(Emb).MoveToOuterDisposeScope();
-        return forked;
-    }
+    public Tensor BeforeAttention(string layer, Tensor h) => ForkAt(layer, h, outlivesScope: true); // inside a block's dispose scope
 
-    /// <summary>A skip connection stored before the fork, widened to the forked batch.</summary>
-    public Tensor Widen(Tensor skip) => _fork.Widen(skip);
-
-    /// <summary>Whether the block consuming <paramref name="skip"/> computes its skip-only part once (<see cref="SplitSkip.Shares"/>).</summary>
-    public bool SharesSkip(Tensor h, Tensor skip) => SplitSkip.Shares(_fork, h, skip, AdmNorm.Groups);
-
-    /// <summary>The fork's widening, for the blocks that split off their skip-only part.</summary>
-    internal SkipWidening Widening => _widening ??= SkipWidening.Of(_fork);
-    private SkipWidening? _widening;
-
-    public void Dispose() => _fork.Dispose();
+    /// <summary>Whether the block consuming <paramref name="skip"/> computes its skip-only part once.</summary>
+    public bool SharesSkip(Tensor h, Tensor skip) => SharesSkip(h, skip, AdmNorm.Groups);
 }
 
 /// <summary>guided-diffusion's TimestepEmbedSequential: children named 0, 1, …; ResBlocks get the embedding.</summary>

@@ -71,26 +71,11 @@ public sealed class AttentionBlock : Module
             q = parts[0]; k = parts[1]; v = parts[2];
         }
         // Layout for the attention core: [B, heads, T, ch].
-        var a = PerturbableAttention.Attend(Path, q.transpose(2, 3), k.transpose(2, 3), v.transpose(2, 3), height, width, plan, NormalAttention);
+        var a = PerturbableAttention.Attend(Path, q.transpose(2, 3), k.transpose(2, 3), v.transpose(2, 3), height, width, plan, FusedAttention);
         var h = proj_out.forward(a.transpose(2, 3).reshape(b, c, t));
         return (xf + h).reshape(x.shape);
     }
 
-    /// <summary>Use libtorch's fused scaled_dot_product_attention for unperturbed attention (when no map is needed).</summary>
-    public static bool UseFusedAttention { get; set; } = true;
-
-    /// <summary>softmax((q·s)(k·s)ᵀ)·v with s = d^(−1/4) on both sides, softmax in float32, as guided-diffusion.</summary>
-    private static Tensor NormalAttention(Tensor q, Tensor k, Tensor v, bool wantMap, out Tensor? map)
-    {
-        if (!wantMap && UseFusedAttention)
-        {
-            // libtorch's fused kernel (scale 1/√d applied once); equal to the reference within float32 rounding.
-            map = null;
-            return functional.scaled_dot_product_attention(q, k, v);
-        }
-        double s = 1.0 / Math.Sqrt(Math.Sqrt(q.shape[^1]));
-        var w = matmul(q * s, (k * s).transpose(2, 3)).softmax(-1);
-        map = wantMap ? w : null;
-        return matmul(w, v);
-    }
+    /// <summary>Unperturbed attention through libtorch's fused kernel when no map is needed (<see cref="AttentionMath.Attend"/>); set per network by <see cref="AdmUNet.FusedAttention"/>.</summary>
+    public bool FusedAttention { get; set; } = true;
 }

@@ -72,8 +72,8 @@ internal sealed class SdAttention : Module
         var k = SplitHeads(to_k.forward(ctx), b);
         var v = SplitHeads(to_v.forward(ctx), b);
         var a = Path is not null
-            ? PerturbableAttention.Attend(Path, q, k, v, height, width, plan, NormalAttention)
-            : NormalAttention(q, k, v, false, out _);
+            ? PerturbableAttention.Attend(Path, q, k, v, height, width, plan, FusedAttention)
+            : AttentionMath.Attend(q, k, v, FusedAttention, false, out _);
         var o = to_out.forward(a.transpose(1, 2).reshape(b, -1, (long)Heads * HeadDim));
         return _residual ? o + residual : o;
     }
@@ -89,19 +89,6 @@ internal sealed class SdAttention : Module
 
     private Tensor SplitHeads(Tensor t, long b) => t.view(b, -1, Heads, HeadDim).transpose(1, 2);
 
-    /// <summary>Use libtorch's fused scaled_dot_product_attention when no attention map is requested.</summary>
-    public static bool UseFusedAttention { get; set; } = true;
-
-    /// <summary>softmax(q kᵀ/√d) v, the math of torch's SDPA (scale √(1/√d) on q and k each when the map is needed).</summary>
-    private static Tensor NormalAttention(Tensor q, Tensor k, Tensor v, bool wantMap, out Tensor? map)
-    {
-        if (!wantMap && UseFusedAttention)
-        {
-            map = null;
-            return functional.scaled_dot_product_attention(q, k, v);
-        }
-        var w = AttentionMath.Map(q, k);
-        map = wantMap ? w : null;
-        return matmul(w, v);
-    }
+    /// <summary>Unperturbed attention through libtorch's fused kernel when no map is needed (<see cref="AttentionMath.Attend"/>); set per network by <see cref="SdUNet.FusedAttention"/>.</summary>
+    public bool FusedAttention { get; set; } = true;
 }

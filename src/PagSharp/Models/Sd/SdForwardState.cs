@@ -9,32 +9,21 @@ namespace PagSharp.Models.Sd;
 /// there the batch, the time embedding and the text conditioning get the <see cref="PerturbationPlan.ForkSource"/>
 /// entries appended, and skip connections stored earlier are widened when they are used.
 /// </summary>
-internal sealed class SdForwardState : IDisposable
+internal sealed class SdForwardState : ForkState
 {
-    private readonly string? _forkAt;
-    private readonly BatchFork _fork;
-
     public SdForwardState(Tensor emb, Tensor context, PerturbationPlan? plan, string? forkAt, bool splitSkips = false)
-    {
-        Emb = emb;
-        Context = context;
-        Plan = plan;
-        _forkAt = forkAt;
-        _fork = new BatchFork(plan, splitSkips);
-    }
+        : base(emb, plan, forkAt, splitSkips) => Context = context;
 
-    public Tensor Emb { get; private set; }
+    /// <summary>The text conditioning the cross-attention layers read (widened at the fork).</summary>
     public Tensor Context { get; private set; }
-    public PerturbationPlan? Plan { get; }
 
     /// <summary>Called before each Transformer2D: at the fork point, appends the copies to h, the embedding and the context.</summary>
-    public Tensor BeforeTransformer(string path, Tensor h)
+    public Tensor BeforeTransformer(string path, Tensor h) => ForkAt(path, h, outlivesScope: false);
+
+    private protected override void OnFork(bool outlivesScope)
     {
-        if (_fork.HasForked || path != _forkAt) return h;
-        var forked = _fork.Fork(h);
-        Emb = _fork.Append(Emb);
-        Context = _fork.Append(Context);
-        return forked;
+        var c = Fork.Append(Context);
+        Context = outlivesScope ? c.MoveToOuterDisposeScope() : c;
     }
 
     /// <summary>
@@ -44,24 +33,12 @@ internal sealed class SdForwardState : IDisposable
     public Tensor WidenResidual(Tensor residual, Tensor target, string what)
     {
         var r = residual;
-        if (_fork.HasForked && r.shape[0] == _fork.BatchBeforeFork && target.shape[0] == _fork.BatchBeforeFork + _fork.Copies)
-            r = _fork.Append(r);
+        if (Fork.HasForked && r.shape[0] == Fork.BatchBeforeFork && target.shape[0] == Fork.BatchBeforeFork + Fork.Copies)
+            r = Fork.Append(r);
         bool channelsOk = r.dim() == 4 && r.shape[0] == target.shape[0] && r.shape[1] == target.shape[1];
         bool spaceOk = r.dim() == 4 && ((r.shape[2] == target.shape[2] && r.shape[3] == target.shape[3]) || (r.shape[2] == 1 && r.shape[3] == 1));
         if (!channelsOk || !spaceOk)
             throw new PagSharpException($"{what} has shape [{string.Join(",", residual.shape)}]; the UNet tensor it is added to has shape [{string.Join(",", target.shape)}]");
         return r;
     }
-
-    /// <summary>A skip connection stored before the fork, widened to the forked batch.</summary>
-    public Tensor Widen(Tensor skip) => _fork.Widen(skip);
-
-    /// <summary>Whether the resnet consuming <paramref name="skip"/> computes its skip-only part once (<see cref="SplitSkip.Shares"/>).</summary>
-    public bool SharesSkip(Tensor h, Tensor skip, long groups) => SplitSkip.Shares(_fork, h, skip, groups);
-
-    /// <summary>The fork's widening, for the resnets that split off their skip-only part.</summary>
-    public SkipWidening Widening => _widening ??= SkipWidening.Of(_fork);
-    private SkipWidening? _widening;
-
-    public void Dispose() => _fork.Dispose();
 }

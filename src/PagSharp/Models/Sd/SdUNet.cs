@@ -91,6 +91,13 @@ public sealed class SdUNet : Module
     /// </summary>
     public bool SplitSkips { get; set; } = true;
 
+    /// <summary>Unperturbed attention through libtorch's fused kernel (default) or in the reference operation order, for every attention layer.</summary>
+    public bool FusedAttention
+    {
+        get => modules().OfType<SdAttention>().All(a => a.FusedAttention);
+        set { foreach (var a in modules().OfType<SdAttention>()) a.FusedAttention = value; }
+    }
+
     /// <summary>The modules in forward order, for <see cref="SdCost"/>.</summary>
     internal (Conv2d ConvIn, Module TimeEmbedding, IReadOnlyList<SdDownBlock> Down, SdMidBlock Mid, IReadOnlyList<SdUpBlock> Up, Conv2d ConvOut) Parts =>
         (conv_in, time_embedding, down_blocks.ToList(), mid_block, up_blocks.ToList(), conv_out);
