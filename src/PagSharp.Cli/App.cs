@@ -44,7 +44,7 @@ public static class App
                         AnsiConsole.MarkupLine($"[red]error:[/] {Markup.Escape(OptionSuggestions.Explain(e.Message, valid))}");
                         return ExitBadInput;
                     case PagSharpException or CommandRuntimeException:
-                        AnsiConsole.MarkupLine($"[red]error:[/] {Markup.Escape(e.Message)}");
+                        AnsiConsole.MarkupLine($"[red]error:[/] {Markup.Escape(FlagNames.Translate(e.Message))}");
                         return ExitBadInput;
                     case OperationCanceledException:
                         AnsiConsole.MarkupLine("[yellow]stopped.[/]");

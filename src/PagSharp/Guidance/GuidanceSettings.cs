@@ -103,16 +103,16 @@ public sealed record GuidanceSettings
         if (PagInterval is { } iv && iv.Hi < iv.Lo)
             throw new PagSharpException($"PAG interval {iv.Hi}:{iv.Lo} must be written t_hi:t_lo with t_hi ≥ t_lo");
         if (UsesCfg && Formula == PagFormula.Official && UsesPag)
-            throw new PagSharpException("the official-ADM PAG formula is defined for PAG without CFG; use the paper formula (--pag-scale) with CFG");
+            throw new PagSharpException("the official-ADM PAG formula is defined for PAG without CFG; use PagFormula.Paper with CFG");
         if (Sag is { } sag)
         {
             sag.Validate();
             if (UsesPag)
-                throw new PagSharpException("SAG and PAG cannot be combined in one run; use --method pag (with --pag-scale) or --method sag (with --sag-scale)");
+                throw new PagSharpException("SAG and PAG cannot be combined in one run; set PagScale or Sag, not both");
             if (PagCacheInterval != 1)
                 throw new PagSharpException("the PAG cache interval applies to PAG only; SAG runs its degraded branch at every step");
             if (UsesCfg && sag.Formula == SagFormula.Official)
-                throw new PagSharpException("the official-ADM SAG formula is defined for SAG without CFG; use the paper formula (--sag-scale) with CFG");
+                throw new PagSharpException("the official-ADM SAG formula is defined for SAG without CFG; use SagFormula.Paper with CFG");
         }
     }
 }

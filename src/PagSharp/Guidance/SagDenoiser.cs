@@ -116,7 +116,7 @@ public sealed class SagDenoiser : IGuidedDenoiser, IDisposable
     {
         long half = _sag.KernelSize / 2;
         if (half >= height || half >= width)
-            throw new PagSharpException($"SAG blur kernel size {_sag.KernelSize} is too large for {height}×{width} images (reflect padding needs kernel/2 < the image size); use --sag-kernel ≤ {2 * (Math.Min(height, width) - 1) + 1}");
+            throw new PagSharpException($"SAG blur kernel size {_sag.KernelSize} is too large for {height}×{width} images (reflect padding needs kernel/2 < the image size); use SagSettings.KernelSize ≤ {2 * (Math.Min(height, width) - 1) + 1}");
     }
 
     /// <summary>

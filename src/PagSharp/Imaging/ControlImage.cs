@@ -34,7 +34,7 @@ public static class ControlImage
         outW -= outW % multiple;
         outH -= outH % multiple;
         if (outW < 1 || outH < 1)
-            throw new PagSharpException($"control image '{path}' is {w}×{h}; rounded down to a multiple of {multiple} it has no pixels left (give a larger image or --width/--height)");
+            throw new PagSharpException($"control image '{path}' is {w}×{h}; rounded down to a multiple of {multiple} it has no pixels left (give a larger image or a larger generation size)");
         if (outW != w || outH != h) rgb = ResizeLanczos(rgb, w, h, 3, outW, outH);
         var chw = new float[3 * outW * outH];
         int n = outW * outH;

@@ -147,7 +147,7 @@ public sealed class FeatureStats : IDisposable
     {
         var meta = SafeTensors.ReadMetadata(path);
         if (!meta.TryGetValue("format", out var format) || format != Format)
-            throw new PagSharpException($"'{path}' is not a feature-statistics file (its metadata has no format = {Format}); write one with pag eval --save-stats");
+            throw new PagSharpException($"'{path}' is not a feature-statistics file (its metadata has no format = {Format}); write one with FeatureStats.Save (pag eval --save-stats)");
         if (!meta.TryGetValue("features", out var name) || string.IsNullOrEmpty(name))
             throw new PagSharpException($"feature-statistics file '{path}' does not name its feature network (metadata 'features')");
         var tensors = SafeTensors.Load(path);

@@ -97,7 +97,7 @@ public sealed class MnistClassifier : Module<Tensor, Tensor>
                 string candidate = Path.Combine(dir.FullName, name);
                 if (File.Exists(candidate)) return candidate;
             }
-        throw new PagSharpException($"the MNIST classifier weights ({name}) were not found next to the program; train them with pag train-classifier, or give --classifier FILE");
+        throw new PagSharpException($"the MNIST classifier weights ({name}) were not found next to the program; train them (MnistClassifierTraining; pag train-classifier), or give the classifier file");
     }
 
     /// <summary>Loads weights strictly (names and shapes) from a .safetensors or PyTorch zip file; the model is in eval mode.</summary>

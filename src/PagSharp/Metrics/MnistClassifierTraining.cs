@@ -25,7 +25,7 @@ public sealed record ClassifierTrainOptions
 
     internal void Validate()
     {
-        if (Epochs < 1) throw new PagSharpException($"--epochs must be at least 1 (got {Epochs})");
+        if (Epochs < 1) throw new PagSharpException($"Epochs must be at least 1 (got {Epochs})");
         if (BatchSize < 1) throw new PagSharpException($"the batch size must be at least 1 (got {BatchSize})");
         if (!(LearningRate > 0)) throw new PagSharpException($"the learning rate must be positive (got {LearningRate})");
         if (MaxShift < 0 || MaxShift > 8) throw new PagSharpException($"the shift augmentation must be 0 to 8 pixels (got {MaxShift})");

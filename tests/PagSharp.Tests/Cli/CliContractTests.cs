@@ -97,3 +97,23 @@ public sealed class CliContractTests
     private static bool Matches(Type t, string command) =>
         string.Equals(t.Name, command.Replace("-", "", StringComparison.Ordinal) + "Command", StringComparison.OrdinalIgnoreCase);
 }
+
+/// <summary>Library messages name properties; the CLI shows the flags.</summary>
+public sealed class FlagNamesTests
+{
+    [Fact]
+    public void PropertyNamesBecomeFlags_WholeWordsOnly()
+    {
+        Assert.Equal("--steps must be ≥ 1 (got 0)", PagSharp.Cli.FlagNames.Translate("Steps must be ≥ 1 (got 0)"));
+        Assert.Equal("use --sag-kernel ≤ 31", PagSharp.Cli.FlagNames.Translate("use SagSettings.KernelSize ≤ 31"));
+        Assert.Equal("StepsPerBatch and --eta", PagSharp.Cli.FlagNames.Translate("StepsPerBatch and Eta"));
+    }
+
+    [Fact]
+    public void ACommandShowsTheFlagOfALibraryProperty()
+    {
+        var (exit, output) = Pag.Run("sample", "--steps", "0", "--count", "1", "--output", Path.Combine(Path.GetTempPath(), "pagsharp-never-" + Guid.NewGuid().ToString("N")));
+        Assert.Equal(2, exit);
+        Assert.Contains("--steps must be ≥ 1", output);
+    }
+}

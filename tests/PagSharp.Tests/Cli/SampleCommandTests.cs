@@ -164,7 +164,7 @@ public class SampleCommandTests(SampleRunFixture fx) : IClassFixture<SampleRunFi
 
     public static TheoryData<string, string[], string> BadInputs => new()
     {
-        { "steps 0", new[] { "--steps", "0" }, "Steps" },
+        { "steps 0", new[] { "--steps", "0" }, "--steps must be ≥ 1" },
         { "negative PAG scale", new[] { "--pag-scale=-1" }, "PAG scale" },
         { "negative PAG scale, separate value", new[] { "--pag-scale", "-1" }, "PAG scale" },
         { "NaN PAG scale", new[] { "--pag-scale", "NaN" }, "--pag-scale: 'NaN' is not valid" },

@@ -207,6 +207,6 @@ public class SagTests
         Assert.Contains("positive odd", Fails(() => new SagDenoiser(model, Sag(1) with { Sag = Sag(1).Sag! with { KernelSize = 4 } }, Original)).Message);
         Assert.Contains("SagDenoiser", Fails(() => new GuidedDenoiser(model, Sag(1), 1000)).Message);
         var big = new SamplingOptions { Steps = 2, Labels = new[] { 0 }, Guidance = Sag(1) with { Sag = Sag(1).Sag! with { KernelSize = 33 } } };
-        Assert.Contains("--sag-kernel ≤ 31", Fails(() => Sampler.Sample(net, big, new long[] { 0 })).Message);
+        Assert.Contains("SagSettings.KernelSize ≤ 31", Fails(() => Sampler.Sample(net, big, new long[] { 0 })).Message);
     }
 }

@@ -48,7 +48,7 @@ public sealed record SchedulerConfig
     {
         var bad = keys.Where(Unsupported.ContainsKey).Select(k => $"'{k}' = {Unsupported[k]}").ToList();
         if (bad.Count > 0)
-            throw new PagSharpException($"{Source}: {string.Join(", ", bad)} is not implemented by PagSharp's {scheduler} scheduler; remove the setting or choose another --scheduler");
+            throw new PagSharpException($"{Source}: {string.Join(", ", bad)} is not implemented by PagSharp's {scheduler} scheduler; remove the setting or choose another scheduler");
     }
 
     /// <summary>diffusers' own defaults (every key absent).</summary>

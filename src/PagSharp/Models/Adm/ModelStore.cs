@@ -32,12 +32,12 @@ public static class ModelStore
     public static AdmConfig ResolveConfig(string? preset, string? configPath)
     {
         if (preset is not null && configPath is not null)
-            throw new PagSharpException("give either --preset or --config, not both");
+            throw new PagSharpException("give either a preset or a config, not both");
         if (preset is not null) return AdmPresets.Get(preset);
         if (configPath is not null) return AdmConfig.Load(configPath);
         string builtIn = Path.Combine(BuiltInDir, "config.json");
         if (!File.Exists(builtIn))
-            throw new PagSharpException($"the built-in model is missing ({builtIn}); give --preset NAME or --config FILE with --checkpoint FILE");
+            throw new PagSharpException($"the built-in model is missing ({builtIn}); give a preset or a config file, with a checkpoint");
         return AdmConfig.Load(builtIn);
     }
 
@@ -63,7 +63,7 @@ public static class ModelStore
         var cfg = ResolveConfig(preset, configPath);
         if (builtIn && checkpoint is null) checkpoint = Path.Combine(BuiltInDir, WeightsFile);
         if (checkpoint is null && !randomWeights)
-            throw new PagSharpException("give --checkpoint FILE (.safetensors, .pt, .pth or .bin) for this model, or --random-weights");
+            throw new PagSharpException("this model needs a checkpoint (.safetensors, .pt, .pth or .bin), or random weights");
         if (checkpoint is not null && !File.Exists(checkpoint)) throw new PagSharpException($"checkpoint '{checkpoint}' does not exist");
         var net = new AdmUNet(cfg);
         net.eval();

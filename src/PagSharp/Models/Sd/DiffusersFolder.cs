@@ -39,7 +39,7 @@ public sealed class DiffusersFolder
         if (!Directory.Exists(dir)) throw new PagSharpException($"model folder '{dir}' does not exist");
         string index = Path.Combine(dir, "model_index.json");
         if (!File.Exists(index))
-            throw new PagSharpException($"{index} does not exist: --model must be a diffusers pipeline folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/)");
+            throw new PagSharpException($"{index} does not exist: the model path must be a diffusers pipeline folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/)");
         var c = JsonConfig.Load(index);
         var folder = new DiffusersFolder(dir, c.StringOrNull("_class_name"));
         if (folder.PipelineClass is { } pc && (pc.Contains("XL", StringComparison.Ordinal) || pc.Contains("StableDiffusion3", StringComparison.Ordinal) || pc.Contains("Flux", StringComparison.Ordinal)))

