@@ -66,7 +66,7 @@ public sealed class CompareCommand : Command<CompareCommand.Settings>
             throw new PagSharpException("CFG columns need class labels: give --label N or --labels A,B,…");
         var indices = Enumerable.Range(0, s.Rows).Select(i => (long)i).ToArray();
         // Build (and so validate) every column's options before sampling anything.
-        var columns = methods.Select(m => s.BuildSampling(s.BuildGuidance(loaded.Net.AttentionLayers, m.Pag, m.Cfg, m.Sag))).ToArray();
+        var columns = methods.Select(m => s.BuildSampling(s.BuildGuidance(loaded.Net.AttentionLayers, loaded.Config.GuidanceDefaults, m.Pag, m.Cfg, m.Sag))).ToArray();
         foreach (var c in columns) Sampler.Validate(loaded.Net, c);
 
         var ct = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, App.CtrlC()).Token;

@@ -1,3 +1,4 @@
+using Spectre.Console;
 using PagSharp.Pipelines;
 using System.ComponentModel;
 using System.Globalization;
@@ -32,8 +33,10 @@ public class GuidanceOptionSettings : ModelSettings
     public double PagAdaptiveScale { get; init; }
     [CommandOption("--pag-scale-end <S>")][Description("Linear ramp of the PAG scale from --pag-scale at the first step to this value at the last.")]
     public double? PagScaleEnd { get; init; }
-    [CommandOption("--pag-layers <SPEC>")][Description("Layers to perturb: names, groups input/middle/output/all, @RES filters, globs. Default: middle.")]
-    public string PagLayers { get; init; } = "middle";
+    [CommandOption("--pag-layers <SPEC>")][Description("Layers to perturb: names, groups input/middle/output/all, @RES filters, globs. Default: the model's recommended layers (guidance_defaults in its config), else middle.")]
+    public string? PagLayers { get; init; }
+    [CommandOption("--pag")][Description("PAG with the model's recommended scale and layers (guidance_defaults in its config); --pag-scale / --pag-layers override either.")]
+    public bool Pag { get; init; }
     [CommandOption("--pag-interval <HI:LO>")][Description("Apply PAG only for model timesteps LO <= t <= HI, e.g. 999:500.")]
     public string? PagInterval { get; init; }
     [CommandOption("--pag-cache-interval <N>")][Description("Approximation for speed: run the perturbed branch at one PAG step in N and reuse its direction eps - eps_perturbed at the others (DeepCache-style). Default 1 = exact PAG at every step.")]
@@ -87,9 +90,11 @@ public class GuidanceOptionSettings : ModelSettings
     /// The guidance settings these options mean for a model with the given attention layers. The overrides (used by
     /// <c>pag compare</c> per column) replace --pag-scale, --guidance-scale and --sag-scale (paper convention; 0 = off).
     /// </summary>
-    public GuidanceSettings BuildGuidance(IReadOnlyList<AttentionLayerInfo> layers, double? pagScaleOverride = null, double? cfgOverride = null,
-                                          double? sagScaleOverride = null)
+    public GuidanceSettings BuildGuidance(IReadOnlyList<AttentionLayerInfo> layers, GuidanceDefaults? defaults = null, double? pagScaleOverride = null,
+                                          double? cfgOverride = null, double? sagScaleOverride = null)
     {
+        if (Pag && defaults is null && PagScale is null && PagScaleOfficial is null)
+            throw new PagSharpException("--pag uses the model's recommended PAG scale, but this model's config has no guidance_defaults; give --pag-scale S");
         string method = Method.Trim().ToLowerInvariant();
         if (method is not ("pag" or "sag"))
             throw new PagSharpException($"unknown --method '{Method}'; valid: pag, sag");
@@ -102,7 +107,10 @@ public class GuidanceOptionSettings : ModelSettings
             throw new PagSharpException("--method sag cannot be combined with --pag-scale/--pag-scale-official: SAG and PAG are alternatives");
 
         if (PagScale is not null && PagScaleOfficial is not null) throw new PagSharpException("give --pag-scale or --pag-scale-official, not both");
-        double? s = pagScaleOverride ?? PagScale;
+        double? s = pagScaleOverride ?? PagScale ?? (Pag && PagScaleOfficial is null ? defaults!.PagScale : null);
+        string layerSpec = PagLayers ?? defaults?.PagLayers ?? "middle";
+        if (PagLayers is not null && s is null && PagScaleOfficial is null && !Pag && method == "pag")
+            AnsiConsole.MarkupLine("[yellow]warning:[/] --pag-layers has no effect without --pag-scale (or --pag); sampling without PAG");
         var formula = PagFormula.Paper;
         if (pagScaleOverride is null && PagScaleOfficial is double g) { s = g; formula = PagFormula.Official; }
         ScaleSchedule? schedule = null;
@@ -125,7 +133,7 @@ public class GuidanceOptionSettings : ModelSettings
             GuidanceSchedule = cfgSchedule,
             GuidanceInterval = ParseInterval(GuidanceInterval, "--guidance-interval"),
             PagScale = schedule,
-            PagLayers = schedule is null ? Array.Empty<string>() : LayerSpec.Resolve(PagLayers, layers),
+            PagLayers = schedule is null ? Array.Empty<string>() : LayerSpec.Resolve(layerSpec, layers),
             Perturbation = PerturbationSpec.Parse(Perturbation),
             PagInterval = ParseInterval(PagInterval, "--pag-interval"),
             Formula = formula,

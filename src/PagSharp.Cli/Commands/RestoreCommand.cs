@@ -65,7 +65,7 @@ public sealed class RestoreCommand : Command<RestoreCommand.Settings>
         using var loaded = s.LoadModel();
         var cfg = loaded.Config;
         var op = OperatorSpec.Parse(s.Degradation, cfg.ImageSize, s.SigmaY, s.Seed);
-        var guidance = s.BuildGuidance(loaded.Net.AttentionLayers);
+        var guidance = s.BuildGuidance(loaded.Net.AttentionLayers, loaded.Config.GuidanceDefaults);
         if (guidance.PagCacheInterval != 1)
             throw new PagSharpException($"--pag-cache-interval {guidance.PagCacheInterval} is not valid for restore: DPS differentiates the guided prediction at every step, so the perturbed branch runs at every step (use 1, the default)");
         if (s.Sampler is not null && s.Sampler != "ddpm")

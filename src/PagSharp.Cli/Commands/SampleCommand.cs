@@ -39,7 +39,7 @@ public sealed class SampleCommand : Command<SampleCommand.Settings>
     public override int Execute(CommandContext context, Settings s, CancellationToken cancellationToken)
     {
         using var loaded = s.LoadModel();
-        var guidance = s.BuildGuidance(loaded.Net.AttentionLayers);
+        var guidance = s.BuildGuidance(loaded.Net.AttentionLayers, loaded.Config.GuidanceDefaults);
         var options = s.BuildSampling(guidance);
         options.Validate();
         string respacing = options.ResolvedRespacing(loaded.Config.DiffusionSteps);

@@ -60,13 +60,14 @@ public sealed class TrainCommand : Command<TrainCommand.Settings>
 
     public override int Execute(CommandContext context, Settings s, CancellationToken cancellationToken)
     {
-        var cfg = ModelStore.ResolveConfig(null, s.Config);
         string ckpt = Path.Combine(s.Output, Trainer.CheckpointName);
         if (s.Resume && !File.Exists(ckpt))
             throw new PagSharpException($"--resume: {s.Output} holds no checkpoint ({Trainer.CheckpointName}); drop --resume to start a new run there");
         if (!s.Resume && File.Exists(ckpt))
             throw new PagSharpException($"{ckpt} exists: pass --resume to continue that run, or choose another --output");
-        if (s.InitFrom is not null && !File.Exists(s.InitFrom))
+        // A resumed run continues with the config it was started with (stored in its checkpoint), unless --config is given.
+        var cfg = s.Resume && s.Config is null ? Trainer.ConfigOf(ckpt) : ModelStore.ResolveConfig(null, s.Config);
+        if (!s.Resume && s.InitFrom is not null && !File.Exists(s.InitFrom))
             throw new PagSharpException($"--init-from: '{s.InitFrom}' does not exist");
         var (images, labels) = LoadData(s, cfg);
         var options = new TrainOptions

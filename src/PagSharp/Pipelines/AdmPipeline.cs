@@ -37,9 +37,17 @@ public sealed class AdmPipeline : IDisposable
     /// <summary>Layer names of a layer spec (names, groups <c>input</c>/<c>middle</c>/<c>output</c>/<c>all</c>, <c>@RES</c>, globs).</summary>
     public IReadOnlyList<string> Layers(string spec) => LayerSpec.Resolve(spec, AttentionLayers);
 
-    /// <summary>PAG guidance ε + s·(ε − ε̂) at the layers of <paramref name="layers"/> (default: the middle block).</summary>
-    public GuidanceSettings Pag(double scale, string layers = "middle") =>
-        new() { PagScale = new ScaleSchedule.Constant(scale), PagLayers = Layers(layers) };
+    /// <summary>
+    /// PAG guidance ε + s·(ε − ε̂) at the layers of <paramref name="layers"/> (default: the model's recommended layers,
+    /// <see cref="AdmConfig.GuidanceDefaults"/>, else the middle block).
+    /// </summary>
+    public GuidanceSettings Pag(double scale, string? layers = null) =>
+        new() { PagScale = new ScaleSchedule.Constant(scale), PagLayers = Layers(layers ?? Config.GuidanceDefaults?.PagLayers ?? "middle") };
+
+    /// <summary>The model's recommended guidance (PAG scale and layers, CFG scale from its config), or null when it has none.</summary>
+    public GuidanceSettings? Recommended => Config.GuidanceDefaults is { } d
+        ? Pag(d.PagScale, d.PagLayers) with { GuidanceScale = d.GuidanceScale }
+        : null;
 
     /// <summary>
     /// Generates samples 0 … <paramref name="count"/> − 1 of a run (sample i from seed <c>options.Seed + i</c>) and

@@ -228,13 +228,17 @@ public sealed class Trainer : IDisposable
         SafeTensors.Save(Path.Combine(dir, CheckpointName), tensors, meta);
     }
 
+    /// <summary>The model config a checkpoint was trained with.</summary>
+    public static AdmConfig ConfigOf(string checkpointPath) =>
+        AdmConfig.FromJson(SafeTensors.ReadMetadata(checkpointPath)["config"], checkpointPath);
+
     /// <summary>Restores a checkpoint written by <see cref="SaveCheckpoint"/> (its config must equal this run's).</summary>
     public void LoadCheckpoint(string dir)
     {
         string path = Path.Combine(dir, CheckpointName);
         var meta = SafeTensors.ReadMetadata(path);
         var saved = AdmConfig.FromJson(meta["config"], path);
-        if (saved != _o.Model)
+        if (saved with { GuidanceDefaults = null } != _o.Model with { GuidanceDefaults = null })
             throw new PagSharpException($"{path} was trained with a different model config; resume with the same config or start a new output folder.\n saved: {saved.ToJson()}\n now: {_o.Model.ToJson()}");
         if (meta.TryGetValue("options", out var optJson))
         {

@@ -101,10 +101,10 @@ public class GuidanceCliTests
 
         // A column's override turns SAG on without --method sag, with the --sag-* options of the command line.
         var s = new CompareCommand.Settings { SagKernel = 5 };
-        var g = s.BuildGuidance(Layers, m[2].Pag, m[2].Cfg, m[2].Sag);
+        var g = s.BuildGuidance(Layers, null, m[2].Pag, m[2].Cfg, m[2].Sag);
         Assert.Equal(new ScaleSchedule.Constant(0.25), g.Sag!.Scale);
         Assert.Equal(5, g.Sag.KernelSize);
         Assert.Equal(3, g.GuidanceScale);
-        Assert.Null(s.BuildGuidance(Layers, m[3].Pag, m[3].Cfg, m[3].Sag).Sag);
+        Assert.Null(s.BuildGuidance(Layers, null, m[3].Pag, m[3].Cfg, m[3].Sag).Sag);
     }
 }

@@ -35,6 +35,9 @@ public sealed record AdmConfig
     /// <summary>Index of the "no class" label of a model trained with label dropout (enables CFG), or null.</summary>
     [JsonPropertyName("null_class")] public int? NullClass { get; init; }
 
+    /// <summary>The guidance the model's authors recommend (built-in model: chosen by a sweep on validation seeds), or null.</summary>
+    [JsonPropertyName("guidance_defaults")] public GuidanceDefaults? GuidanceDefaults { get; init; }
+
     // Diffusion keys.
     [JsonPropertyName("learn_sigma")] public bool LearnSigma { get; init; }
     [JsonPropertyName("diffusion_steps")] public int DiffusionSteps { get; init; } = 1000;
@@ -128,4 +131,15 @@ public sealed record AdmConfig
         Require(ImageSize % (1 << (levels - 1)) == 0, $"image_size {ImageSize} is not divisible by 2^{levels - 1} for {levels} resolution levels");
         _ = AttentionDs;
     }
+}
+
+/// <summary>
+/// A model's recommended guidance (config key <c>guidance_defaults</c>): PAG scale s (paper convention), the PAG
+/// layer spec, and the CFG scale w.
+/// </summary>
+public sealed record GuidanceDefaults
+{
+    [JsonPropertyName("pag_scale")] public double PagScale { get; init; }
+    [JsonPropertyName("pag_layers")] public string PagLayers { get; init; } = "middle";
+    [JsonPropertyName("guidance_scale")] public double GuidanceScale { get; init; } = 1;
 }

@@ -1,0 +1,81 @@
+using System.Text.Json.Nodes;
+using PagSharp.Tests.Models;
+
+namespace PagSharp.Tests.Cli;
+
+/// <summary>A model's recommended guidance (config <c>guidance_defaults</c>) as pag sample, pag layers and the library use it.</summary>
+[Collection(CliCollection.Name)]
+public sealed class GuidanceDefaultsTests : IDisposable
+{
+    private readonly AdmACli _adm = new();
+    private readonly string _withDefaults;
+
+    public GuidanceDefaultsTests()
+    {
+        var cfg = JsonNode.Parse(AdmA.ArgsJson())!.AsObject();
+        cfg["guidance_defaults"] = new JsonObject { ["pag_scale"] = 1.5, ["pag_layers"] = "output_blocks.2.1,output_blocks.3.1", ["guidance_scale"] = 1 };
+        _withDefaults = _adm.Dir.File("with_defaults.json");
+        File.WriteAllText(_withDefaults, cfg.ToJsonString());
+    }
+
+    public void Dispose() => _adm.Dispose();
+
+    private (int Exit, string Output, JsonNode? Settings) Sample(string config, string name, params string[] extra)
+    {
+        string dir = _adm.Dir.File(name);
+        var args = new[] { "sample", "--config", config, "--checkpoint", _adm.Weights, "--init-noise", _adm.InitNoise, "--steps", "2", "--output", dir }.Concat(extra).ToArray();
+        var (exit, output) = Pag.Run(args);
+        var settings = exit == 0 ? JsonNode.Parse(File.ReadAllText(Path.Combine(dir, "run.json")))!["settings"] : null;
+        return (exit, output, settings);
+    }
+
+    private static string[] Layers(JsonNode s) => s["pag_layers"]!.AsArray().Select(n => (string)n!).ToArray();
+
+    [Fact]
+    public void PagAloneUsesTheRecommendedScaleAndLayers()
+    {
+        var (exit, output, s) = Sample(_withDefaults, "pag", "--pag");
+        Assert.True(exit == 0, output);
+        Assert.Equal(1.5, (double?)s!["pag_scale"]);
+        Assert.Equal(["output_blocks.2.1", "output_blocks.3.1"], Layers(s));
+    }
+
+    [Fact]
+    public void AScaleWithoutLayersUsesTheRecommendedLayers_AndFlagsOverride()
+    {
+        var (exit, output, s) = Sample(_withDefaults, "scale", "--pag-scale", "3");
+        Assert.True(exit == 0, output);
+        Assert.Equal(3.0, (double?)s!["pag_scale"]);
+        Assert.Equal(["output_blocks.2.1", "output_blocks.3.1"], Layers(s));
+        (exit, output, s) = Sample(_withDefaults, "override", "--pag", "--pag-layers", "middle");
+        Assert.True(exit == 0, output);
+        Assert.Equal(["middle_block.1"], Layers(s!));
+        // Without guidance_defaults the layers stay the middle block.
+        (exit, output, s) = Sample(_adm.Config, "plain", "--pag-scale", "3");
+        Assert.True(exit == 0, output);
+        Assert.Equal(["middle_block.1"], Layers(s!));
+    }
+
+    [Fact]
+    public void PagWithoutDefaultsFailsClearly_AndLayersWithoutAScaleWarn()
+    {
+        var (exit, output, _) = Sample(_adm.Config, "none", "--pag");
+        Assert.Equal(2, exit);
+        Assert.Contains("no guidance_defaults", output);
+        (exit, output, var s) = Sample(_adm.Config, "warn", "--pag-layers", "all");
+        Assert.True(exit == 0, output);
+        Assert.Contains("--pag-layers has no effect without --pag-scale", output);
+        Assert.Equal(0.0, (double?)s!["pag_scale"]);
+    }
+
+    [Fact]
+    public void LayersMarksTheRecommendedLayers()
+    {
+        var (exit, output) = Pag.Run("layers", "--config", _withDefaults);
+        Assert.True(exit == 0, output);
+        Assert.Contains("rec.", output);
+        var marked = output.Split('\n').Where(l => l.Contains("yes")).Select(l => l.Split('│', StringSplitOptions.TrimEntries)[1]).ToArray();
+        Assert.Equal(["output_blocks.2.1", "output_blocks.3.1"], marked);
+        Assert.Contains("pag sample --pag uses it", output);
+    }
+}
