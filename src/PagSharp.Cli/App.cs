@@ -46,6 +46,10 @@ public static class App
                     case PagSharpException or CommandRuntimeException:
                         AnsiConsole.MarkupLine($"[red]error:[/] {Markup.Escape(FlagNames.Translate(e.Message))}");
                         return ExitBadInput;
+                    case IOException or UnauthorizedAccessException:
+                        // Disk full, a path that vanished, permissions: one line, no stack trace.
+                        AnsiConsole.MarkupLine($"[red]error:[/] {Markup.Escape(e.Message)}");
+                        return 1;
                     case OperationCanceledException:
                         AnsiConsole.MarkupLine("[yellow]stopped.[/]");
                         return ExitCancelled;

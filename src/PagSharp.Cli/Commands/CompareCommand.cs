@@ -1,3 +1,4 @@
+using PagSharp.IO;
 using PagSharp.Pipelines;
 using System.ComponentModel;
 using System.Globalization;
@@ -64,6 +65,7 @@ public sealed class CompareCommand : Command<CompareCommand.Settings>
         if (methods.Count == 0) throw new PagSharpException("--methods is empty");
         if (methods.Any(m => m.Cfg > 1) && labels is null)
             throw new PagSharpException("CFG columns need class labels: give --label N or --labels A,B,…");
+        OutputPath.Check(s.Output, "--output", isFolder: false);
         var indices = Enumerable.Range(0, s.Rows).Select(i => (long)i).ToArray();
         // Build (and so validate) every column's options before sampling anything.
         var columns = methods.Select(m => s.BuildSampling(s.BuildGuidance(loaded.Net.AttentionLayers, loaded.Config.GuidanceDefaults, m.Pag, m.Cfg, m.Sag))).ToArray();

@@ -42,7 +42,12 @@ public sealed class ForwardCommand : Command<ForwardCommand.Settings>
             throw new PagSharpException($"--input has shape [{string.Join(",", x.shape)}]; this model expects [B,{cfg.InChannels},{cfg.ImageSize},{cfg.ImageSize}]");
         long b = x.shape[0];
         var t = IntegerTensor(s.Timesteps, b, "--timesteps");
+        CheckRange(t, 0, cfg.DiffusionSteps - 1, "--timesteps", $"the model's timesteps are 0..{cfg.DiffusionSteps - 1}");
         Tensor? y = s.Labels is null ? null : IntegerTensor(s.Labels, b, "--labels");
+        if (y is not null && !loaded.Net.IsClassConditional) throw new PagSharpException("this model is unconditional: --labels is not valid");
+        if (y is null && loaded.Net.IsClassConditional)
+            throw new PagSharpException($"this model is class-conditional: give --labels (0..{cfg.ResolvedNumClasses - 1})");
+        if (y is not null) CheckRange(y, 0, cfg.ResolvedNumClasses!.Value - 1, "--labels", $"valid labels are 0..{cfg.ResolvedNumClasses - 1}");
         var plan = s.Perturb is null ? null : PerturbationPlan.Perturb(LayerSpec.Resolve(s.Perturb, loaded.Net.AttentionLayers), IdentityPerturbation.Instance);
         using var _ = no_grad();
         using var output = loaded.Net.Forward(x, t, y, plan);
@@ -60,6 +65,12 @@ public sealed class ForwardCommand : Command<ForwardCommand.Settings>
             SafeTensors.Save(path, new[] { new KeyValuePair<string, Tensor>("out", output) });
         else Npy.Save(path, output);
         AnsiConsole.MarkupLine($"wrote {Markup.Escape(path)} [[{string.Join(",", output.shape)}]]");
+    }
+
+    private static void CheckRange(Tensor t, long lo, long hi, string option, string valid)
+    {
+        long min = t.min().item<long>(), max = t.max().item<long>();
+        if (min < lo || max > hi) throw new PagSharpException($"{option}: {(min < lo ? min : max)} is out of range; {valid}");
     }
 
     private static Tensor IntegerTensor(string spec, long batch, string option)

@@ -101,7 +101,8 @@ public sealed class RestoreCommand : Command<RestoreCommand.Settings>
         var spec = DiffusionSpec.Of(cfg);
         var denoiser = Sampler.CreateDenoiser(model, spec, options);
 
-        Directory.CreateDirectory(s.Output);
+        OutputPath.Check(s.Output, "--output", isFolder: true);
+        if (s.SaveTensor is not null) OutputPath.Check(s.SaveTensor, "--save-tensor", isFolder: false);
         var diffusion = GaussianDiffusion.Create(cfg.NoiseSchedule, cfg.DiffusionSteps, respacing, spec.Variance);
         var yAll = y.repeat_interleave(s.Count, 0);
         using var noise = new NoiseSource(Enumerable.Range(0, (int)(inputs * s.Count)).Select(i => s.Seed + i));
@@ -133,6 +134,7 @@ public sealed class RestoreCommand : Command<RestoreCommand.Settings>
         var columnLabels = new List<string> { "degraded" };
         columnLabels.AddRange(Enumerable.Range(0, s.Count).Select(c => s.Count == 1 ? "restored" : $"seed {s.Seed + c}"));
         if (truth is not null) columnLabels.Add("truth");
+        Directory.CreateDirectory(s.Output);
         Grid.SaveLabelled(Path.Combine(s.Output, "restore.png"), cat(rows.ToArray(), 0).clamp(-1, 1), (int)inputs, cols, columnLabels, null, 3);
         for (int i = 0; i < restored.shape[0]; i++) Png.Save(Path.Combine(s.Output, $"restored_{i:D5}.png"), restored[i]);
         if (s.SaveTensor is not null) Npy.Save(s.SaveTensor, restored);

@@ -139,12 +139,7 @@ public sealed class SampleCommand : Command<SampleCommand.Settings>
     }
 
     /// <summary>Refuses an output file path that cannot be written: an existing folder, or a parent that is a file.</summary>
-    internal static void CheckOutputFile(string path, string option)
-    {
-        if (Directory.Exists(path)) throw new PagSharpException($"{option} '{path}' is an existing folder; give a file path");
-        var parent = Path.GetDirectoryName(Path.GetFullPath(path));
-        if (parent is not null && File.Exists(parent)) throw new PagSharpException($"{option} '{path}': '{parent}' is a file, not a folder");
-    }
+    internal static void CheckOutputFile(string path, string option) => OutputPath.Check(path, option, isFolder: false);
 
     public static string FileName(long index) => RunFolder.FileName(index);
 

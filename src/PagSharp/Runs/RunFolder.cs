@@ -70,7 +70,7 @@ public sealed class RunFolder : IDisposable
         if (batchSize < 1) throw new PagSharpException($"BatchSize must be ≥ 1 (got {batchSize})");
         var (k, n) = shard ?? (0, 1);
         if (n < 1 || k < 0 || k >= n) throw new PagSharpException($"shard {k}/{n} must be K/N with 0 ≤ K < N");
-        if (File.Exists(dir)) throw new PagSharpException($"output folder '{dir}' is an existing file; give a folder");
+        OutputPath.Check(dir, "output folder", isFolder: true);
         var full = Path.GetFullPath(dir);
         bool exists = Directory.Exists(full);
         string manifest = Path.Combine(full, ManifestFile);

@@ -117,3 +117,39 @@ public sealed class FlagNamesTests
         Assert.Contains("--steps must be ≥ 1", output);
     }
 }
+
+/// <summary>Bad values of the list: one line, exit 2, no files written, no stack trace.</summary>
+[Collection(CliCollection.Name)]
+public sealed class BadValueTests : IDisposable
+{
+    private readonly TempDir _tmp = new();
+    public void Dispose() => _tmp.Dispose();
+
+    public static TheoryData<string, string[], string> Cases => new()
+    {
+        { "forward timestep above T", ["forward", "--input", "X", "--timesteps", "5000", "--labels", "1", "--output", "OUT/f.npy"], "5000 is out of range; the model's timesteps are 0..999" },
+        { "forward negative timestep", ["forward", "--input", "X", "--timesteps", "-1", "--labels", "1", "--output", "OUT/f.npy"], "-1 is out of range" },
+        { "forward label out of range", ["forward", "--input", "X", "--timesteps", "5", "--labels", "99,2", "--output", "OUT/f.npy"], "--labels: 99 is out of range" },
+        { "forward label 99", ["forward", "--input", "X", "--timesteps", "5", "--labels", "99", "--output", "OUT/f.npy"], "99 is out of range; valid labels are 0..10" },
+        { "output under /proc", ["sample", "--count", "1", "--steps", "2", "--output", "/proc/nonexistent/x"], "cannot be written" },
+        { "output is a file", ["sample", "--count", "1", "--steps", "2", "--output", "FILE"], "is an existing file" },
+        { "save-tensor under /proc", ["sample", "--count", "1", "--steps", "2", "--output", "OUT/s", "--save-tensor", "/proc/nonexistent/x.npy"], "cannot be written" },
+        { "compare output is a folder", ["compare", "--rows", "1", "--steps", "2", "--output", "OUT"], "is an existing folder" },
+    };
+
+    [Theory]
+    [MemberData(nameof(Cases))]
+    public void FailsWithOneLineAndWritesNothing(string name, string[] args, string message)
+    {
+        string input = _tmp.File("x.npy"), file = _tmp.File("a-file"), outDir = _tmp.File("out");
+        Directory.CreateDirectory(outDir);
+        File.WriteAllText(file, "not a folder");
+        using (var x = TorchSharp.torch.zeros(2, 1, 32, 32)) PagSharp.IO.Npy.Save(input, x);
+        var resolved = args.Select(a => a == "X" ? input : a == "FILE" ? file : a.Replace("OUT", outDir)).ToArray();
+        var (exit, output) = Pag.Run(resolved);
+        Assert.True(exit == 2, $"{name}: exit {exit}\n{output}");
+        Assert.Contains(message, output.ReplaceLineEndings(" "));
+        Assert.DoesNotContain("   at ", output);
+        Assert.Empty(Directory.EnumerateFileSystemEntries(outDir));
+    }
+}
