@@ -22,6 +22,8 @@ public static partial class FlagNames
         ["Labels"] = "--labels",
         ["Epochs"] = "--epochs",
         ["Count"] = "--count",
+        ["KarrasSigmas"] = "--karras-sigmas",
+        ["Scheduler"] = "--scheduler",
     };
 
     /// <summary>The message with every mapped property name (as a whole word) replaced by its flag.</summary>

@@ -13,12 +13,14 @@ namespace PagSharp.Cli.Commands;
 /// <summary>Sampler and guidance options shared by <c>sample</c> and <c>compare</c> (diffusers names in kebab-case).</summary>
 public class GuidanceOptionSettings : ModelSettings
 {
-    [CommandOption("--scheduler|--sampler <NAME>")][Description("ddim (default) or ddpm (guided-diffusion's samplers on the respaced process), or euler, euler-a, dpmpp-2m (diffusers' schedulers over the model's noise schedule).")]
+    [CommandOption("--scheduler|--sampler <NAME>")][Description("ddim (default) or ddpm (guided-diffusion's samplers on the respaced process), or euler, euler-a, dpmpp-2m, unipc (diffusers' schedulers over the model's noise schedule).")]
     public string? Sampler { get; init; }
     [CommandOption("--steps|--num-inference-steps <N>")][Description("Sampling steps (ddpm/ddim: respaced from the model's diffusion steps). Default 50.")]
     public int Steps { get; init; } = 50;
     [CommandOption("--timestep-respacing <SPEC>")][Description("guided-diffusion respacing: ddimN, N, or \"10,10,10\" (overrides --steps).")]
     public string? TimestepRespacing { get; init; }
+    [CommandOption("--karras-sigmas")][Description("Karras noise levels for euler, dpmpp-2m and unipc (\"DPM++ 2M Karras\").")]
+    public bool KarrasSigmas { get; init; }
     [CommandOption("--eta <ETA>")][Description("DDIM eta (0 = deterministic).")]
     public double Eta { get; init; }
     [CommandOption("--no-clip")][Description("Do not clip the predicted x0 to [[-1, 1]].")]
@@ -197,6 +199,7 @@ public class GuidanceOptionSettings : ModelSettings
     public SamplingOptions BuildSampling(GuidanceSettings guidance) => new()
     {
         Scheduler = Diffusion.Schedulers.Schedulers.Check(Sampler ?? "ddim"),
+        KarrasSigmas = KarrasSigmas,
         Steps = Steps,
         TimestepRespacing = TimestepRespacing,
         Eta = Eta,

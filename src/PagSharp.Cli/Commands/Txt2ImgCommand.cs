@@ -54,6 +54,7 @@ public sealed class Txt2ImgCommand : Command<Txt2ImgSettings>
 
         using var sd = StableDiffusion.Load(s.Model, new SdComponents(Vae: !latentOut, TextEncoder: needText));
         string scheduler = s.Scheduler ?? sd.Folder.NativeSchedulerName ?? "ddim";
+        sd.KarrasSigmas = s.KarrasSigmas;
         var guidance = s.BuildGuidance(sd.Unet.AttentionLayers);
         using var controlNet = controlNetPath is null ? null : LoadControlNet(controlNetPath, sd);
         using var controlImage = controlNet is null ? null : LoadControlImage(s, sd, controlNet);

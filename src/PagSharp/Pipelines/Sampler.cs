@@ -109,7 +109,7 @@ public static class Sampler
     public static IScheduler CreateScheduler(SamplingOptions options, DiffusionSpec spec, GaussianDiffusion? respaced = null)
     {
         respaced ??= GaussianDiffusion.Create(spec.NoiseSchedule, spec.DiffusionSteps, options.ResolvedRespacing(spec.DiffusionSteps), spec.Variance);
-        return Schedulers.ForGaussianDiffusion(options.Scheduler, respaced, spec.NoiseSchedule, options.Steps, options.Eta, options.ClipDenoised);
+        return Schedulers.ForGaussianDiffusion(options.Scheduler, respaced, spec.NoiseSchedule, options.Steps, options.Eta, options.ClipDenoised, options.KarrasSigmas);
     }
 
     /// <summary>Throws when <paramref name="labels"/> do not fit <paramref name="net"/>.</summary>

@@ -8,13 +8,15 @@ public sealed record SamplingOptions
 {
     /// <summary>
     /// <c>ddpm</c> or <c>ddim</c> (guided-diffusion's samplers on the respaced process), or <c>euler</c>,
-    /// <c>euler-a</c>, <c>dpmpp-2m</c> (diffusers' schedulers through the σ-bridge, <see cref="SigmaBridge"/>).
+    /// <c>euler-a</c>, <c>dpmpp-2m</c>, <c>unipc</c> (diffusers' schedulers through the σ-bridge, <see cref="SigmaBridge"/>).
     /// </summary>
     public string Scheduler { get; init; } = "ddim";
     /// <summary>Number of sampling steps (respaced for ddpm/ddim); for ddpm/ddim ignored when <see cref="TimestepRespacing"/> is set.</summary>
     public int Steps { get; init; } = 50;
     /// <summary>guided-diffusion respacing string (<c>ddim25</c>, <c>250</c>, <c>"10,10,10"</c>), overriding <see cref="Steps"/> (ddpm and ddim only).</summary>
     public string? TimestepRespacing { get; init; }
+    /// <summary>Karras noise levels for the σ-schedulers (euler, dpmpp-2m, unipc), as "DPM++ 2M Karras".</summary>
+    public bool KarrasSigmas { get; init; }
     /// <summary>DDIM η (0 = deterministic).</summary>
     public double Eta { get; init; }
     /// <summary>Clip x̂0 to [−1, 1] at every step (ddpm and ddim).</summary>
@@ -56,6 +58,8 @@ public sealed record SamplingOptions
         if (BatchSize < 1) throw new PagSharpException($"BatchSize must be ≥ 1 (got {BatchSize})");
         if (double.IsNaN(Eta) || double.IsInfinity(Eta) || Eta < 0) throw new PagSharpException($"Eta must be a finite number ≥ 0 (got {Eta})");
         if (Labels is { Count: 0 }) throw new PagSharpException("Labels is empty");
+        if (KarrasSigmas && Scheduler is not ("euler" or "dpmpp-2m" or "unipc"))
+            throw new PagSharpException($"KarrasSigmas applies to the euler, dpmpp-2m and unipc schedulers (Scheduler is {Scheduler})");
         if (TimestepRespacing is not null && !UsesRespacing)
             throw new PagSharpException($"TimestepRespacing applies to the ddpm and ddim schedulers only (Scheduler is {Scheduler}); give Steps");
         Guidance.Validate();

@@ -151,7 +151,14 @@ public sealed class StableDiffusion : IDisposable
     }
 
     /// <summary>The scheduler settings a run uses: <see cref="ControlNetScheduler"/> with a ControlNet, else <see cref="Scheduler"/>.</summary>
-    public SchedulerConfig SchedulerFor(SdControl? control) => control is null ? Scheduler : ControlNetScheduler ?? Scheduler;
+    /// <summary>Use Karras sigmas whatever the folder's scheduler config says (A1111/ComfyUI "Karras" samplers; <c>--karras-sigmas</c>).</summary>
+    public bool KarrasSigmas { get; set; }
+
+    public SchedulerConfig SchedulerFor(SdControl? control)
+    {
+        var c = control is null ? Scheduler : ControlNetScheduler ?? Scheduler;
+        return KarrasSigmas ? c with { UseKarrasSigmas = true } : c;
+    }
 
     /// <summary>
     /// Text to image in one call, as diffusers' <c>StableDiffusionPAGPipeline(prompt, negative_prompt, …)</c> with

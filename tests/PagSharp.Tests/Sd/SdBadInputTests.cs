@@ -23,6 +23,18 @@ public sealed class SdBadInputTests : IDisposable
         "--steps", "2", "--count", "1", "--output-type", "latent", "--output", _sd.Dir.File("out" + Guid.NewGuid().ToString("N")),
     }.Concat(extra).ToArray());
 
+    /// <summary>A latent-output run; its latents file's bytes (null when it failed) and log.</summary>
+    private (byte[]? Latents, string Log) LatentBytes(params string[] extra)
+    {
+        string dir = _sd.Dir.File("lat" + Guid.NewGuid().ToString("N"));
+        var (exit, log) = Pag.Run(new[]
+        {
+            "txt2img", "--model", _sd.Root, "--prompt-embeds", Sampling + ":prompt_embeds", "--negative-prompt-embeds", Sampling + ":negative_prompt_embeds",
+            "--steps", "3", "--count", "1", "--output-type", "latent", "--output", dir,
+        }.Concat(extra).ToArray());
+        return (exit == 0 ? File.ReadAllBytes(Path.Combine(dir, "latents.npy")) : null, log);
+    }
+
     private static void AssertBad((int Exit, string Log) r, params string[] expected)
     {
         Assert.True(r.Exit == 2, r.Log);
@@ -143,12 +155,28 @@ public sealed class SdBadInputTests : IDisposable
     public void SchedulerConfig_UnsupportedKeysAreNamed()
     {
         var cfg = JsonNode.Parse(File.ReadAllText(_sd.Path("scheduler/scheduler_config.json")))!.AsObject();
-        cfg["use_karras_sigmas"] = true;
+        cfg["use_exponential_sigmas"] = true;
         _sd.Write("scheduler/scheduler_config.json", cfg.ToJsonString());
         // Refused by the schedulers that would use it; DDIM ignores it, as diffusers' DDIMScheduler.from_config does.
-        AssertBad(Latent("--scheduler", "dpmpp-2m"), "scheduler_config.json", "use_karras_sigmas", "dpmpp-2m");
-        AssertBad(Latent("--scheduler", "euler"), "use_karras_sigmas");
+        AssertBad(Latent("--scheduler", "dpmpp-2m"), "scheduler_config.json", "use_exponential_sigmas", "dpmpp-2m");
+        AssertBad(Latent("--scheduler", "euler"), "use_exponential_sigmas");
         var r = Latent("--scheduler", "ddim");
         Assert.True(r.Exit == 0, r.Log);
+    }
+
+    [Fact]
+    public void KarrasSigmas_FromTheFolderOrTheFlag_AreTheSameRun()
+    {
+        var flag = LatentBytes("--scheduler", "dpmpp-2m", "--karras-sigmas");
+        Assert.True(flag.Latents is not null, flag.Log);
+        var plain = LatentBytes("--scheduler", "dpmpp-2m");
+        Assert.True(plain.Latents is not null, plain.Log);
+        var cfg = JsonNode.Parse(File.ReadAllText(_sd.Path("scheduler/scheduler_config.json")))!.AsObject();
+        cfg["use_karras_sigmas"] = true;
+        _sd.Write("scheduler/scheduler_config.json", cfg.ToJsonString());
+        var folder = LatentBytes("--scheduler", "dpmpp-2m");
+        Assert.True(folder.Latents is not null, folder.Log);
+        Assert.Equal(flag.Latents, folder.Latents);
+        Assert.NotEqual(plain.Latents, folder.Latents);
     }
 }

@@ -21,7 +21,7 @@ public sealed class DpmSolverMultistepScheduler : IScheduler, IDisposable
     public DpmSolverMultistepScheduler(SchedulerConfig config, int steps)
     {
         DiffusersSchedule.CheckSteps(steps, config, "dpmpp-2m");
-        config.Refuse("dpmpp-2m", "thresholding", "use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "use_lu_lambdas", "lambda_min_clipped");
+        config.Refuse("dpmpp-2m", "thresholding", "use_exponential_sigmas", "use_beta_sigmas", "use_lu_lambdas", "lambda_min_clipped");
         _c = config;
         int T = config.NumTrainTimesteps;
         string spacing = config.TimestepSpacing ?? "linspace";
@@ -36,11 +36,21 @@ public sealed class DpmSolverMultistepScheduler : IScheduler, IDisposable
         var ac = DiffusersSchedule.AlphasCumprod(config);
         var train = Sigmas.Training(ac);
         float last = config.FinalSigmasType == "sigma_min" ? MathF.Sqrt((1f - ac[0]) / ac[0]) : 0f;
-        _sigmas = _timesteps.Select(t => (float)Sigmas.Interp(t, train)).Append(last).ToArray();
+        if (config.UseKarrasSigmas)
+        {
+            if (config.BetaSchedule == "squaredcos_cap_v2" && config.TrainedBetas is null)
+                throw new PagSharpException("dpmpp-2m: Karras sigmas with beta_schedule squaredcos_cap_v2 (fractional timesteps) are not implemented");
+            var (karras, kts) = Sigmas.KarrasSchedule(config, train, steps, round: true);
+            _timesteps = kts.Select(t => (int)t).ToArray();
+            _sigmas = karras.Select(s => (float)s).Append(last).ToArray();
+        }
+        else _sigmas = _timesteps.Select(t => (float)Sigmas.Interp(t, train)).Append(last).ToArray();
         Timesteps = _timesteps.Select(t => (float)t).ToArray();
     }
 
     public string Name => "dpmpp-2m";
+    /// <summary>σ per step plus the final one.</summary>
+    public IReadOnlyList<float> SigmaGrid => _sigmas;
 
     /// <summary>Releases the stored model outputs.</summary>
     public void Dispose()

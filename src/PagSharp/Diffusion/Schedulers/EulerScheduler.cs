@@ -21,7 +21,9 @@ public sealed class EulerScheduler : IScheduler
         string name = ancestral ? "euler-a" : "euler";
         DiffusersSchedule.CheckSteps(steps, config, name);
         if (ancestral) config.Refuse(name, "rescale_betas_zero_snr");
-        else config.Refuse(name, "rescale_betas_zero_snr", "use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "interpolation_type", "timestep_type");
+        else config.Refuse(name, "rescale_betas_zero_snr", "use_exponential_sigmas", "use_beta_sigmas", "interpolation_type", "timestep_type");
+        if (ancestral && config.UseKarrasSigmas)
+            throw new PagSharpException("euler-a: Karras sigmas are not available for Euler ancestral (diffusers' EulerAncestralDiscreteScheduler has no use_karras_sigmas)");
         if (ancestral && config.PredictionType == "sample")
             throw new PagSharpException("euler-a: prediction_type 'sample' is not implemented (as in diffusers)");
         _c = config;
@@ -32,7 +34,16 @@ public sealed class EulerScheduler : IScheduler
         var ac = DiffusersSchedule.AlphasCumprod(config);
         // Euler supports final_sigmas_type (zero or sigma_min); Euler ancestral always ends at 0.
         float last = !ancestral && config.FinalSigmasType == "sigma_min" ? MathF.Sqrt((1f - ac[0]) / ac[0]) : 0f;
-        _sigmas = ts.Select(t => (float)Sigmas.Interp(t, train)).Append(last).ToArray();
+        if (config.UseKarrasSigmas)
+        {
+            // diffusers: Karras levels between the interpolated σ at the first and last timestep, and their (fractional) timesteps.
+            var interp = ts.Select(t => Sigmas.Interp(t, train)).ToArray();
+            var karras = Sigmas.Karras(config.SigmaMin ?? interp[^1], config.SigmaMax ?? interp[0], steps);
+            var log = Sigmas.LogTable(train);
+            ts = karras.Select(s => (float)Sigmas.SigmaToT(s, log)).ToArray();
+            _sigmas = karras.Select(s => (float)s).Append(last).ToArray();
+        }
+        else _sigmas = ts.Select(t => (float)Sigmas.Interp(t, train)).Append(last).ToArray();
         Timesteps = ts;
         float max = _sigmas.Max();
         InitNoiseSigma = spacing is "linspace" or "trailing" ? max : MathF.Sqrt(max * max + 1);

@@ -29,10 +29,10 @@ public interface IScheduler
 public static class Schedulers
 {
     /// <summary>Every scheduler name, for any model family.</summary>
-    public static readonly string[] Names = { "ddpm", "ddim", "euler", "euler-a", "dpmpp-2m" };
+    public static readonly string[] Names = { "ddpm", "ddim", "euler", "euler-a", "dpmpp-2m", "unipc" };
 
     /// <summary>The schedulers ported from diffusers, which take a diffusers scheduler config.</summary>
-    public static readonly string[] DiffusersNames = { "ddim", "euler", "euler-a", "dpmpp-2m" };
+    public static readonly string[] DiffusersNames = { "ddim", "euler", "euler-a", "dpmpp-2m", "unipc" };
 
     /// <summary>A diffusers-style scheduler for <paramref name="steps"/> inference steps; <paramref name="eta"/> is DDIM's η.</summary>
     public static IScheduler Create(string name, SchedulerConfig config, int steps, double eta = 0) => name switch
@@ -41,6 +41,7 @@ public static class Schedulers
         "euler" => new EulerScheduler(config, steps, ancestral: false),
         "euler-a" => new EulerScheduler(config, steps, ancestral: true),
         "dpmpp-2m" => new DpmSolverMultistepScheduler(config, steps),
+        "unipc" => new UniPcScheduler(config, steps),
         "ddpm" => throw new PagSharpException("the ddpm scheduler is not implemented for diffusers models yet; valid for them: " + string.Join(", ", DiffusersNames)),
         _ => throw new PagSharpException($"unknown scheduler '{name}'; valid: {string.Join(", ", Names)}"),
     };
@@ -50,11 +51,12 @@ public static class Schedulers
     /// <paramref name="respaced"/> process with guided-diffusion's arithmetic; the others through the
     /// <see cref="SigmaBridge"/> with <paramref name="steps"/> inference steps.
     /// </summary>
-    public static IScheduler ForGaussianDiffusion(string name, GaussianDiffusion respaced, string noiseSchedule, int steps, double eta, bool clipDenoised) => name switch
+    public static IScheduler ForGaussianDiffusion(string name, GaussianDiffusion respaced, string noiseSchedule, int steps, double eta, bool clipDenoised,
+                                                  bool karrasSigmas = false) => name switch
     {
         "ddpm" => new GaussianDiffusionScheduler(respaced, ddim: false, eta, clipDenoised),
         "ddim" => new GaussianDiffusionScheduler(respaced, ddim: true, eta, clipDenoised),
-        _ => Create(Check(name), SigmaBridge.For(noiseSchedule, respaced.OriginalSteps), steps, eta),
+        _ => Create(Check(name), SigmaBridge.For(noiseSchedule, respaced.OriginalSteps) with { UseKarrasSigmas = karrasSigmas }, steps, eta),
     };
 
     /// <summary>Throws for an unknown name (before anything is loaded).</summary>

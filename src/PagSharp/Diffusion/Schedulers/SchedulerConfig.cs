@@ -38,6 +38,20 @@ public sealed record SchedulerConfig
     /// <summary>Euler / DPM-Solver: the σ after the last step, <c>zero</c> (default) or <c>sigma_min</c>.</summary>
     public string FinalSigmasType { get; init; } = "zero";
 
+    /// <summary>Karras et al. (2022) noise levels: σ_i = (σ_max^{1/ρ} + i/(n−1)·(σ_min^{1/ρ} − σ_max^{1/ρ}))^ρ, ρ = 7 (Euler, DPM++ 2M, UniPC).</summary>
+    public bool UseKarrasSigmas { get; init; }
+    /// <summary>Overrides of the Karras range (diffusers' <c>sigma_min</c>/<c>sigma_max</c>); null = the schedule's own.</summary>
+    public double? SigmaMin { get; init; }
+    public double? SigmaMax { get; init; }
+    /// <summary>UniPC: solver order (default 2).</summary>
+    public int SolverOrder { get; init; } = 2;
+    /// <summary>UniPC: <c>bh2</c> (default) or <c>bh1</c>; DPM-Solver: <c>midpoint</c> or <c>heun</c> (<see cref="SolverType"/>).</summary>
+    public string UniPcSolverType { get; init; } = "bh2";
+    /// <summary>UniPC: predict x₀ (data prediction, default) or ε.</summary>
+    public bool PredictX0 { get; init; } = true;
+    /// <summary>UniPC: steps (0-based) after which the corrector is not applied.</summary>
+    public int[] DisableCorrector { get; init; } = [];
+
     /// <summary>Non-default values of settings PagSharp does not implement (key → JSON value); see <see cref="Refuse"/>.</summary>
     public IReadOnlyDictionary<string, string> Unsupported { get; init; } = new Dictionary<string, string>();
     /// <summary>Where the settings came from (for messages).</summary>
@@ -83,7 +97,7 @@ public sealed record SchedulerConfig
             };
             if (!isDefault) unsupported[key] = v.GetRawText();
         }
-        foreach (var key in new[] { "thresholding", "rescale_betas_zero_snr", "use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "use_lu_lambdas" })
+        foreach (var key in new[] { "thresholding", "rescale_betas_zero_snr", "use_exponential_sigmas", "use_beta_sigmas", "use_lu_lambdas", "use_flow_sigmas", "use_dynamic_shifting" })
             Flag(key, false);
         Flag("interpolation_type", "linear");
         Flag("timestep_type", "discrete");
@@ -103,10 +117,17 @@ public sealed record SchedulerConfig
             SetAlphaToOne = c.Has("set_alpha_to_one") ? c.Bool("set_alpha_to_one", true) : null,
             ClipSample = c.Has("clip_sample") ? c.Bool("clip_sample", true) : null,
             ClipSampleRange = c.Double("clip_sample_range", 1.0),
-            SolverType = c.String("solver_type", "midpoint"),
+            SolverType = c.StringOrNull("_class_name") == "UniPCMultistepScheduler" ? "midpoint" : c.String("solver_type", "midpoint"),
             LowerOrderFinal = c.Bool("lower_order_final", true),
             EulerAtFinal = c.Bool("euler_at_final", false),
             FinalSigmasType = c.String("final_sigmas_type", "zero"),
+            UseKarrasSigmas = c.Bool("use_karras_sigmas", false),
+            SigmaMin = c.Has("sigma_min") && c.Get("sigma_min") is { ValueKind: JsonValueKind.Number } smin ? smin.GetDouble() : null,
+            SigmaMax = c.Has("sigma_max") && c.Get("sigma_max") is { ValueKind: JsonValueKind.Number } smax ? smax.GetDouble() : null,
+            SolverOrder = c.Int("solver_order", 2),
+            UniPcSolverType = c.StringOrNull("_class_name") == "UniPCMultistepScheduler" ? c.String("solver_type", "bh2") : "bh2",
+            PredictX0 = c.Bool("predict_x0", true),
+            DisableCorrector = c.Get("disable_corrector") is { ValueKind: JsonValueKind.Array } dc ? dc.EnumerateArray().Select(e => e.GetInt32()).ToArray() : [],
             Unsupported = unsupported,
             Source = source,
         };
@@ -127,6 +148,8 @@ public sealed record SchedulerConfig
         Require(TimestepSpacing is null or "leading" or "trailing" or "linspace",
             $"timestep_spacing '{TimestepSpacing}' is not supported; valid: leading, trailing, linspace");
         Require(SolverType is "midpoint" or "heun", $"solver_type '{SolverType}' is not supported; valid: midpoint, heun");
+        Require(UniPcSolverType is "bh1" or "bh2", $"solver_type '{UniPcSolverType}' is not supported by UniPC; valid: bh1, bh2");
+        Require(SolverOrder is >= 1 and <= 3, $"solver_order must be 1, 2 or 3 (got {SolverOrder})");
         Require(FinalSigmasType is "zero" or "sigma_min", $"final_sigmas_type '{FinalSigmasType}' is not supported; valid: zero, sigma_min");
         Require(StepsOffset >= 0, $"steps_offset must be ≥ 0 (got {StepsOffset})");
     }
