@@ -46,7 +46,7 @@ public sealed class Txt2ImgSettings : CommandSettings
     public bool NoSharedPrefix { get; init; }
     [CommandOption("--steps|--num-inference-steps <N>")][Description("Denoising steps. Default 50.")]
     public int Steps { get; init; } = 50;
-    [CommandOption("--scheduler <NAME>")][Description("ddim, euler, euler-a, dpmpp-2m or unipc (diffusers semantics, settings from scheduler/scheduler_config.json). Default: the folder's own when it is one of these, else ddim.")]
+    [CommandOption("--scheduler <NAME>")][Description("ddpm, ddim, euler, euler-a, dpmpp-2m or unipc (diffusers semantics, settings from scheduler/scheduler_config.json). Default: the folder's own when it is one of these, else ddim.")]
     public string? Scheduler { get; init; }
     [CommandOption("--karras-sigmas")][Description("Karras noise levels (use_karras_sigmas) for euler, dpmpp-2m and unipc, as \"DPM++ 2M Karras\" in A1111/ComfyUI. A folder whose scheduler config sets use_karras_sigmas uses them without this flag.")]
     public bool KarrasSigmas { get; init; }

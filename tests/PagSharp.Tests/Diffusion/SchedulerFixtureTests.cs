@@ -31,6 +31,7 @@ public sealed class SchedulerFixtureTests
     [InlineData("unipc_vpred", "unipc")]
     [InlineData("euler_karras", "euler")]
     [InlineData("dpmpp_2m_karras", "dpmpp-2m")]
+    [InlineData("ddpm", "ddpm")]
     public void TrajectoryMatchesDiffusers(string run, string name)
     {
         var t = Tensors.Value;
@@ -52,13 +53,16 @@ public sealed class SchedulerFixtureTests
             Tolerance.Close(t[run + ".init_noise_sigma"].data<float>()[0], scheduler.InitNoiseSigma, rel: 1e-6, what: $"{run} init_noise_sigma");
 
             using var _ = no_grad();
+            // Stochastic steps draw per sample from generators seeded 100 and 101, after x_T (as a pipeline does).
+            using var noise = new NoiseSource([100L, 101L]);
+            TensorAssert.BitwiseEqual(t[run + ".x_T"], noise.Randn(4, 8, 8), $"{run} x_T from the per-sample generators");
             var x = t[run + ".x_T"] * scheduler.InitNoiseSigma;
             for (int k = 0; k < 8; k++)
             {
                 using var scope = NewDisposeScope();
                 var input = scheduler.ScaleModelInput(x, k);
                 Close(t[$"{run}.input_{k}"], input, $"{run} model input {k}");
-                var next = scheduler.Step(new ModelOutput(t[$"{run}.output_{k}"], null), k, x, null);
+                var next = scheduler.Step(new ModelOutput(t[$"{run}.output_{k}"], null), k, x, noise);
                 var expected = t[$"{run}.x_{k + 1}"];
                 Close(expected, next, $"{run} x_{k + 1}");
                 x = expected.clone().DetachFromDisposeScope(); // the next step starts from diffusers' sample

@@ -32,7 +32,7 @@ public static class Schedulers
     public static readonly string[] Names = { "ddpm", "ddim", "euler", "euler-a", "dpmpp-2m", "unipc" };
 
     /// <summary>The schedulers ported from diffusers, which take a diffusers scheduler config.</summary>
-    public static readonly string[] DiffusersNames = { "ddim", "euler", "euler-a", "dpmpp-2m", "unipc" };
+    public static readonly string[] DiffusersNames = { "ddpm", "ddim", "euler", "euler-a", "dpmpp-2m", "unipc" };
 
     /// <summary>A diffusers-style scheduler for <paramref name="steps"/> inference steps; <paramref name="eta"/> is DDIM's η.</summary>
     public static IScheduler Create(string name, SchedulerConfig config, int steps, double eta = 0) => name switch
@@ -42,7 +42,7 @@ public static class Schedulers
         "euler-a" => new EulerScheduler(config, steps, ancestral: true),
         "dpmpp-2m" => new DpmSolverMultistepScheduler(config, steps),
         "unipc" => new UniPcScheduler(config, steps),
-        "ddpm" => throw new PagSharpException("the ddpm scheduler is not implemented for diffusers models yet; valid for them: " + string.Join(", ", DiffusersNames)),
+        "ddpm" => new DdpmScheduler(config, steps),
         _ => throw new PagSharpException($"unknown scheduler '{name}'; valid: {string.Join(", ", Names)}"),
     };
 

@@ -43,6 +43,8 @@ public sealed record SchedulerConfig
     /// <summary>Overrides of the Karras range (diffusers' <c>sigma_min</c>/<c>sigma_max</c>); null = the schedule's own.</summary>
     public double? SigmaMin { get; init; }
     public double? SigmaMax { get; init; }
+    /// <summary>DDPM: <c>variance_type</c> (null = fixed_small).</summary>
+    public string? VarianceType { get; init; }
     /// <summary>UniPC: solver order (default 2).</summary>
     public int SolverOrder { get; init; } = 2;
     /// <summary>UniPC: <c>bh2</c> (default) or <c>bh1</c>; DPM-Solver: <c>midpoint</c> or <c>heun</c> (<see cref="SolverType"/>).</summary>
@@ -125,6 +127,7 @@ public sealed record SchedulerConfig
             SigmaMin = c.Has("sigma_min") && c.Get("sigma_min") is { ValueKind: JsonValueKind.Number } smin ? smin.GetDouble() : null,
             SigmaMax = c.Has("sigma_max") && c.Get("sigma_max") is { ValueKind: JsonValueKind.Number } smax ? smax.GetDouble() : null,
             SolverOrder = c.Int("solver_order", 2),
+            VarianceType = c.StringOrNull("variance_type"),
             UniPcSolverType = c.StringOrNull("_class_name") == "UniPCMultistepScheduler" ? c.String("solver_type", "bh2") : "bh2",
             PredictX0 = c.Bool("predict_x0", true),
             DisableCorrector = c.Get("disable_corrector") is { ValueKind: JsonValueKind.Array } dc ? dc.EnumerateArray().Select(e => e.GetInt32()).ToArray() : [],
