@@ -13,7 +13,14 @@ public static class App
 
     public static int Run(string[] args)
     {
-        CpuRuntime.Configure();
+        int? threads;
+        try { (args, threads) = TakeThreads(args); }
+        catch (PagSharpException e)
+        {
+            AnsiConsole.MarkupLine($"[red]error:[/] {Markup.Escape(e.Message)}");
+            return ExitBadInput;
+        }
+        CpuRuntime.Configure(threads);
         var app = new CommandApp();
         var commands = new Dictionary<string, Type>(StringComparer.Ordinal);
         app.Configure(c =>
@@ -69,6 +76,26 @@ public static class App
             }
         }
         return app.Run(args);
+    }
+
+    /// <summary>
+    /// The global option <c>--threads N</c> (anywhere on the line): torch's intra-op threads for this run (default:
+    /// OMP_NUM_THREADS, else one per core). Removed from the arguments before the command parses them.
+    /// </summary>
+    internal static (string[] Args, int? Threads) TakeThreads(string[] args)
+    {
+        var rest = new List<string>();
+        int? threads = null;
+        for (int i = 0; i < args.Length; i++)
+        {
+            string? value = null;
+            if (args[i] == "--threads") value = i + 1 < args.Length ? args[++i] : throw new PagSharpException("--threads needs a value: the number of torch threads, e.g. --threads 1");
+            else if (args[i].StartsWith("--threads=", StringComparison.Ordinal)) value = args[i]["--threads=".Length..];
+            else { rest.Add(args[i]); continue; }
+            threads = int.TryParse(value, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out int n) && n is >= 1 and <= 1024
+                ? n : throw new PagSharpException($"--threads: '{value}' is not valid; expected an integer from 1 to 1024");
+        }
+        return (rest.ToArray(), threads);
     }
 
     private static ICommandConfigurator Add<T>(IConfigurator c, Dictionary<string, Type> commands, string name) where T : class, ICommand

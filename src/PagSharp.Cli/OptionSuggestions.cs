@@ -17,6 +17,7 @@ public static partial class OptionSuggestions
         .OfType<CommandOptionAttribute>()
         .SelectMany(a => a.LongNames.Select(n => "--" + n).Concat(a.ShortNames.Select(n => "-" + n)))
         .Append("--help")
+        .Append("--threads")
         .ToArray();
 
     /// <summary>The settings type of command <paramref name="command"/>'s class (its Command&lt;TSettings&gt; base).</summary>

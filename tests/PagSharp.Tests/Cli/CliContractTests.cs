@@ -153,3 +153,29 @@ public sealed class BadValueTests : IDisposable
         Assert.Empty(Directory.EnumerateFileSystemEntries(outDir));
     }
 }
+
+/// <summary>The global --threads option.</summary>
+public sealed class ThreadsOptionTests
+{
+    [Fact]
+    public void ThreadsIsTakenFromAnywhereOnTheLine()
+    {
+        var (args, n) = PagSharp.Cli.App.TakeThreads(["sample", "--count", "1", "--threads", "2"]);
+        Assert.Equal(["sample", "--count", "1"], args);
+        Assert.Equal(2, n);
+        (args, n) = PagSharp.Cli.App.TakeThreads(["--threads=1", "layers"]);
+        Assert.Equal(["layers"], args);
+        Assert.Equal(1, n);
+        Assert.Null(PagSharp.Cli.App.TakeThreads(["layers"]).Threads);
+    }
+
+    [Theory]
+    [InlineData("0")]
+    [InlineData("-1")]
+    [InlineData("two")]
+    public void BadThreadCountsFail(string value)
+    {
+        var e = Assert.Throws<PagSharpException>(() => PagSharp.Cli.App.TakeThreads(["sample", "--threads", value]));
+        Assert.Contains("--threads", e.Message);
+    }
+}
