@@ -125,6 +125,9 @@ public sealed class EvalCommand : Command<EvalCommand.Settings>
         }
     }
 
+    /// <summary>Below this many images per side, pag eval warns that FID is not comparable.</summary>
+    public const int MinImagesForFid = 200;
+
     private static void PrintTable(EvaluationResult r)
     {
         var table = new Table().AddColumn("metric").AddColumn(new TableColumn("value").RightAligned());
@@ -136,6 +139,8 @@ public sealed class EvalCommand : Command<EvalCommand.Settings>
         table.AddRow("reference", r.ReferenceCount.ToString(CultureInfo.InvariantCulture));
         table.AddRow("features", Markup.Escape(r.FeatureName));
         AnsiConsole.Write(table);
+        if (Math.Min(r.GeneratedCount, r.ReferenceCount) < MinImagesForFid)
+            AnsiConsole.MarkupLine($"[yellow]warning:[/] FID from {Math.Min(r.GeneratedCount, r.ReferenceCount)} images is strongly biased upwards and noisy; compare runs with hundreds to thousands of images each (docs/metrics.md)");
     }
 
     private static string F(double v) => v.ToString("F4", CultureInfo.InvariantCulture);

@@ -27,8 +27,10 @@ public sealed class RestoreCommand : Command<RestoreCommand.Settings>
     {
         [CommandOption("--image <FILE>")][Description("Ground-truth PNG/JPEG to degrade and restore.")]
         public string? Image { get; init; }
-        [CommandOption("--digit <LIST>")][Description("Held-out MNIST test digits by index (0..999), comma-separated.")]
+        [CommandOption("--digit <LIST>")][Description("Held-out MNIST test digits by class (0..9), comma-separated: the first held-out example of each (a class given twice takes its next example).")]
         public string? Digit { get; init; }
+        [CommandOption("--index <LIST>")][Description("Held-out MNIST test digits by their index in the test set (0..999), comma-separated.")]
+        public string? Index { get; init; }
         [CommandOption("--degraded <FILE>")][Description("An already-degraded PNG (measurement y) for the given --degradation (no ground truth).")]
         public string? Degraded { get; init; }
         [CommandOption("--degradation <SPEC>")][Description($"Operator: {OperatorSpec.ValidForms}.")]
@@ -49,8 +51,8 @@ public sealed class RestoreCommand : Command<RestoreCommand.Settings>
 
     public override int Execute(CommandContext context, Settings s, CancellationToken cancellationToken)
     {
-        if (new[] { s.Image, s.Digit, s.Degraded }.Count(v => v is not null) != 1)
-            throw new PagSharpException("give exactly one input: --image FILE, --digit LIST or --degraded FILE");
+        if (new[] { s.Image, s.Digit, s.Index, s.Degraded }.Count(v => v is not null) != 1)
+            throw new PagSharpException("give exactly one input: --image FILE, --digit CLASSES, --index INDICES or --degraded FILE");
         if (s.Degradation is null) throw new PagSharpException($"--degradation is required; valid forms: {OperatorSpec.ValidForms}");
         if (s.Count < 1) throw new PagSharpException($"--count must be ≥ 1 (got {s.Count})");
         var gradFrom = s.GradFrom switch
@@ -88,7 +90,7 @@ public sealed class RestoreCommand : Command<RestoreCommand.Settings>
         {
             truth = s.Image is not null
                 ? Png.Load(s.Image, cfg.ImageSize, cfg.InChannels).unsqueeze(0)
-                : LoadDigits(s.Digit!, cfg.InChannels, cfg.ImageSize);
+                : LoadDigits(s.Digit, s.Index, cfg.InChannels, cfg.ImageSize);
             using var g = new Generator((ulong)s.Seed);
             y = Measurement.Degrade(op, truth, g);
         }
@@ -156,7 +158,7 @@ public sealed class RestoreCommand : Command<RestoreCommand.Settings>
             ["model"] = loaded.Source, ["degradation"] = s.Degradation, ["sigma_y"] = s.SigmaY, ["zeta"] = s.Zeta,
             ["grad_from"] = s.GradFrom, ["timestep_respacing"] = respacing, ["pag_scale"] = guidance.PagScale?.ToString(),
             ["pag_layers"] = new JsonArray(guidance.PagLayers.Select(l => (JsonNode)l!).ToArray()), ["perturbation"] = guidance.Perturbation.Spec,
-            ["input"] = s.Image ?? s.Degraded ?? $"mnist test digits {s.Digit}", ["count"] = s.Count, ["seed"] = s.Seed,
+            ["input"] = s.Image ?? s.Degraded ?? (s.Digit is not null ? $"mnist test digits of classes {s.Digit}" : $"mnist test digits at indices {s.Index}"), ["count"] = s.Count, ["seed"] = s.Seed,
             ["seconds"] = seconds, ["metrics"] = metrics,
         };
         AtomicFile.WriteAllText(Path.Combine(s.Output, "run.json"), run.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
@@ -164,14 +166,32 @@ public sealed class RestoreCommand : Command<RestoreCommand.Settings>
         return 0;
     }
 
-    private static Tensor LoadDigits(string list, int channels, int size)
+    private static Tensor LoadDigits(string? classes, string? indices, int channels, int size)
     {
+        string option = classes is not null ? "--digit" : "--index";
         if (channels != 1 || size != MnistDataset.ImageSize)
-            throw new PagSharpException($"--digit needs a 1×{MnistDataset.ImageSize}×{MnistDataset.ImageSize} model (this one is {channels}×{size}×{size}); use --image");
-        var idx = list.Split(',', StringSplitOptions.TrimEntries).Select(v =>
-            int.TryParse(v, NumberStyles.Integer, CultureInfo.InvariantCulture, out int i) && i >= 0 && i < MnistDataset.TestCount ? (long)i
-                : throw new PagSharpException($"--digit '{v}': valid indices are 0..{MnistDataset.TestCount - 1}")).ToArray();
+            throw new PagSharpException($"{option} needs a 1×{MnistDataset.ImageSize}×{MnistDataset.ImageSize} model (this one is {channels}×{size}×{size}); use --image");
+        int max = classes is not null ? 9 : MnistDataset.TestCount - 1;
+        var values = (classes ?? indices!).Split(',', StringSplitOptions.TrimEntries).Select(v =>
+            int.TryParse(v, NumberStyles.Integer, CultureInfo.InvariantCulture, out int i) && i >= 0 && i <= max ? i
+                : throw new PagSharpException($"{option} '{v}': valid {(classes is not null ? "digit classes" : "test-set indices")} are 0..{max}")).ToArray();
         using var mnist = MnistDataset.Load();
+        long[] idx;
+        if (classes is null) idx = values.Select(i => (long)i).ToArray();
+        else
+        {
+            // The n-th mention of class c takes the n-th held-out example of c (in test-set order).
+            var labels = mnist.TestLabels.data<long>().ToArray();
+            var seen = new Dictionary<int, int>();
+            idx = values.Select(c =>
+            {
+                int nth = seen[c] = seen.GetValueOrDefault(c) + 1;
+                int found = -1;
+                for (int i = 0, k = 0; i < labels.Length; i++)
+                    if (labels[i] == c && ++k == nth) { found = i; break; }
+                return found >= 0 ? (long)found : throw new PagSharpException($"--digit: the test set holds fewer than {nth} examples of {c}");
+            }).ToArray();
+        }
         return mnist.TestImages.index_select(0, tensor(idx)).clone();
     }
 }
