@@ -167,13 +167,11 @@ public sealed class Txt2ImgCommand : Command<Txt2ImgSettings>
         return 0;
     }
 
-    /// <summary>--compare methods: none, cfg:W, pag:S and cfg:W+pag:S (SAG is not available for Stable Diffusion).</summary>
+    /// <summary>--compare methods: none, cfg:W, pag:S, sag:S and their cfg:W+ combinations.</summary>
     private static IReadOnlyList<CompareCommand.Method> CompareMethods(string spec)
     {
         var methods = CompareCommand.ParseMethods(spec);
         if (methods.Count == 0) throw new PagSharpException("--compare is empty; give methods such as none,cfg:7.5,pag:3,cfg:7.5+pag:3");
-        foreach (var m in methods)
-            if (m.Sag > 0) throw new PagSharpException($"--compare item '{m.Label}': SAG is not available for Stable Diffusion; valid: none, cfg:W, pag:S, cfg:W+pag:S");
         return methods;
     }
 
@@ -186,7 +184,7 @@ public sealed class Txt2ImgCommand : Command<Txt2ImgSettings>
                                   Tensor promptEmb, Tensor? negEmb, Tensor? init, long[] latentShape, int count, SdControl? control,
                                   CancellationToken cancellationToken)
     {
-        var guidances = methods.Select(m => s.BuildGuidance(sd.Unet.AttentionLayers, m.Cfg, m.Pag)).ToArray();
+        var guidances = methods.Select(m => s.BuildGuidance(sd.Unet.AttentionLayers, m.Cfg, m.Pag, m.Sag)).ToArray();
         var idx = Enumerable.Range(0, count).ToArray();
         var seeds = idx.Select(i => s.Seed + i).ToArray();
         var ct = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, App.CtrlC()).Token;

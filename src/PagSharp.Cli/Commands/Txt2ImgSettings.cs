@@ -24,8 +24,16 @@ public sealed class Txt2ImgSettings : CommandSettings
     public double GuidanceScale { get; init; } = 7.5;
     [CommandOption("--guidance-rescale <PHI>")][Description("diffusers' guidance_rescale in [[0, 1]] (with CFG).")]
     public double GuidanceRescale { get; init; }
-    [CommandOption("--pag-scale <S>")][Description("PAG scale (0 = off). Default 3, as diffusers' StableDiffusionPAGPipeline.")]
-    public double PagScale { get; init; } = 3;
+    [CommandOption("--pag-scale <S>")][Description("PAG scale (0 = off). Default 3, as diffusers' StableDiffusionPAGPipeline (0 with --sag-scale).")]
+    public double? PagScale { get; init; }
+    [CommandOption("--sag-scale <S>")][Description("Self-Attention Guidance scale (diffusers' StableDiffusionSAGPipeline sag_scale, e.g. 0.75): eps + s*(eps_uncond - eps_degraded); instead of PAG.")]
+    public double? SagScale { get; init; }
+    [CommandOption("--sag-layer <NAME>")][Description("Self-attention layer whose map gives SAG's mask (default: the mid block's, as diffusers).")]
+    public string? SagLayer { get; init; }
+    [CommandOption("--sag-blur-sigma <SIGMA>")][Description("Sigma of SAG's Gaussian blur of the predicted latents (default 1, as diffusers).")]
+    public double SagBlurSigma { get; init; } = 1.0;
+    [CommandOption("--sag-kernel <K>")][Description("Odd kernel size of SAG's Gaussian blur (default 9, as diffusers).")]
+    public int SagKernel { get; init; } = 9;
     [CommandOption("--pag-adaptive-scale <A>")][Description("diffusers' pag_adaptive_scale: s(t) = max(0, s - A*(1000 - t)).")]
     public double PagAdaptiveScale { get; init; }
     [CommandOption("--pag-scale-end <S>")][Description("Linear ramp of the PAG scale from --pag-scale at t = T-1 to this value at t = 0 (not in diffusers).")]
@@ -105,9 +113,12 @@ public sealed class Txt2ImgSettings : CommandSettings
     };
 
     /// <summary>The guidance these options mean for a U-Net with the given self-attention layers.</summary>
-    public GuidanceSettings BuildGuidance(IReadOnlyList<AttentionLayerInfo> layers, double? guidanceScale = null, double? pagScale = null)
+    public GuidanceSettings BuildGuidance(IReadOnlyList<AttentionLayerInfo> layers, double? guidanceScale = null, double? pagScale = null, double? sagScale = null)
     {
-        double pag = pagScale ?? PagScale;
+        double? sagS = sagScale ?? SagScale;
+        bool sag = sagS is > 0;
+        if (sagScale is null && sag && PagScale is > 0) throw new PagSharpException("--sag-scale and --pag-scale are alternatives: give one of them");
+        double pag = pagScale ?? PagScale ?? (sag ? 0 : 3);
         if (double.IsNaN(pag) || double.IsInfinity(pag) || pag < 0) throw new PagSharpException($"PAG scale must be a finite number ≥ 0 (got {pag}); 0 disables PAG");
         if (PagScaleEnd is not null && PagAdaptiveScale != 0) throw new PagSharpException("give --pag-scale-end or --pag-adaptive-scale, not both");
         var g = new GuidanceSettings
@@ -125,6 +136,14 @@ public sealed class Txt2ImgSettings : CommandSettings
             PagLayers = pag > 0 ? DiffusersLayerSpec.Resolve(PagLayers, layers) : Array.Empty<string>(),
             SharedPrefix = !NoSharedPrefix,
             PagCacheInterval = PagCacheInterval,
+            Sag = !sag || pag > 0 ? null : new SagSettings
+            {
+                Scale = new ScaleSchedule.Constant(sagS!.Value),
+                Layer = SagLayer is null ? null : DiffusersLayerSpec.Resolve(SagLayer, layers) is [var one] ? one
+                    : throw new PagSharpException($"--sag-layer '{SagLayer}' must name exactly one self-attention layer"),
+                BlurSigma = SagBlurSigma,
+                KernelSize = SagKernel,
+            },
         };
         g.Validate();
         return g;

@@ -50,8 +50,13 @@ public sealed class SagDenoiser : IGuidedDenoiser, IDisposable
     /// <param name="settings">Guidance settings with <see cref="GuidanceSettings.Sag"/> set (validated here).</param>
     /// <param name="alphasCumprod">ᾱ of the original process, indexed by model timestep (length T).</param>
     /// <param name="clipXstart">Clip x̂0 to [−1, 1] before blurring (the sampler's clip setting).</param>
-    public SagDenoiser(IDenoiserModel model, GuidanceSettings settings, IReadOnlyList<double> alphasCumprod, bool clipXstart = true)
+    /// <param name="predictionType">What the network outputs: epsilon, or v_prediction (converted to x̂0 and ε for the degradation).</param>
+    public SagDenoiser(IDenoiserModel model, GuidanceSettings settings, IReadOnlyList<double> alphasCumprod, bool clipXstart = true,
+                       string predictionType = "epsilon")
     {
+        if (predictionType is not ("epsilon" or "v_prediction"))
+            throw new PagSharpException($"SAG supports epsilon and v_prediction models (prediction type '{predictionType}')");
+        PredictionType = predictionType;
         settings.Validate();
         _sag = settings.Sag ?? throw new PagSharpException("these guidance settings have no SAG settings; use GuidedDenoiser (Sampler.CreateDenoiser chooses)");
         if (alphasCumprod.Count == 0 || alphasCumprod.Any(a => !(a > 0 && a <= 1)))
@@ -76,7 +81,7 @@ public sealed class SagDenoiser : IGuidedDenoiser, IDisposable
     /// <param name="originalProcess">The model's original, non-respaced process (its ᾱ is indexed by model timestep).</param>
     /// <param name="clipXstart">Clip x̂0 before blurring.</param>
     public SagDenoiser(IDenoiserModel model, GuidanceSettings settings, GaussianDiffusion originalProcess, bool clipXstart = true)
-        : this(model, settings, OriginalAlphas(originalProcess), clipXstart)
+        : this(model, settings, OriginalAlphas(originalProcess), clipXstart, "epsilon")
     {
     }
 
@@ -89,6 +94,8 @@ public sealed class SagDenoiser : IGuidedDenoiser, IDisposable
 
     /// <summary>The layer whose attention map gives the mask.</summary>
     public string Layer { get; }
+    /// <summary>What the network predicts: epsilon (ADM, most SD) or v_prediction (SD 2.x 768).</summary>
+    public string PredictionType { get; }
     /// <summary>Length T of the original process.</summary>
     public int TotalSteps { get; }
     public bool ClipXstart { get; }
@@ -159,7 +166,16 @@ public sealed class SagDenoiser : IGuidedDenoiser, IDisposable
     public Tensor DegradedInput(Tensor x, Tensor t, Tensor eps, Tensor map)
     {
         int r = (int)x.dim();
-        var x0 = GaussianDiffusion.Extract(_sqrtRecipAc, t, r) * x - GaussianDiffusion.Extract(_sqrtRecipM1Ac, t, r) * eps;
+        Tensor x0;
+        if (PredictionType == "v_prediction")
+        {
+            // The branch output is v: x̂0 = √ᾱ·x − √(1−ᾱ)·v and ε = √ᾱ·v + √(1−ᾱ)·x (diffusers' SAG pipeline).
+            var a = GaussianDiffusion.Extract(_sqrtAc, t, r);
+            var s = GaussianDiffusion.Extract(_sqrtOneMinusAc, t, r);
+            x0 = a * x - s * eps;
+            eps = a * eps + s * x;
+        }
+        else x0 = GaussianDiffusion.Extract(_sqrtRecipAc, t, r) * x - GaussianDiffusion.Extract(_sqrtRecipM1Ac, t, r) * eps;
         if (ClipXstart) x0 = x0.clamp(-1, 1);
         var mask = AttentionMask(map, x.shape[^2], x.shape[^1]);
         var x0Bar = BlurMasked(x0, mask, _sag.KernelSize, _sag.BlurSigma);

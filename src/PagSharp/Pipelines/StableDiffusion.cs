@@ -142,7 +142,7 @@ public sealed class StableDiffusion : IDisposable
         using var policyGen = new Generator((ulong)policySeed ^ 0x5bd1e995UL);
         try
         {
-            return StableDiffusionPipeline.Denoise(Unet, s, noise, promptEmbeds, negativeEmbeds, guidance, source, onStep, policyGen, cancellation, control, SchedulerFor(control).NumTrainTimesteps);
+            return StableDiffusionPipeline.Denoise(Unet, s, noise, promptEmbeds, negativeEmbeds, guidance, source, onStep, policyGen, cancellation, control, SchedulerFor(control));
         }
         finally
         {

@@ -32,17 +32,18 @@ public static class StableDiffusionPipeline
     /// <param name="policyGenerator">Random source for stochastic perturbation policies.</param>
     /// <param name="cancellation">Checked between steps.</param>
     /// <param name="control">A ControlNet with its image and settings (see <see cref="UNetDenoiser"/>).</param>
-    /// <param name="trainSteps">Length of the model's training process (num_train_timesteps; for scale ramps).</param>
+    /// <param name="schedule">The model's training schedule (num_train_timesteps for scale ramps; ᾱ and the prediction
+    /// type for SAG); default: diffusers' defaults.</param>
     public static Tensor Denoise(SdUNet unet, IScheduler scheduler, Tensor noise, Tensor promptEmbeds, Tensor? negativeEmbeds,
                                  GuidanceSettings guidance, NoiseSource? noiseSource = null, Action<LoopStep>? onStep = null,
                                  Generator? policyGenerator = null, CancellationToken cancellation = default, SdControl? control = null,
-                                 int trainSteps = 1000)
+                                 SchedulerConfig? schedule = null)
     {
-        if (guidance.UsesSag)
-            throw new PagSharpException("SAG is not available for Stable Diffusion yet; use PAG (PagScale) or CFG");
+        schedule ??= SchedulerConfig.Default;
         using var model = new UNetDenoiser(unet, promptEmbeds, guidance.UsesCfg ? negativeEmbeds : null, noise.shape, control);
         if (guidance.UsesCfg && negativeEmbeds is null) throw new PagSharpException("CFG (guidance scale > 1) needs negative prompt embeddings");
-        using var denoiser = new GuidedDenoiser(model, guidance, trainSteps, policyGenerator);
+        var denoiser = CreateDenoiser(model, guidance, schedule, noise.shape, policyGenerator);
+        using var _ = denoiser as IDisposable;
         // Inference mode for the loop (no autograd bookkeeping); the result is cloned outside it, so the caller gets
         // an ordinary tensor.
         Tensor latents;
@@ -52,4 +53,25 @@ public static class StableDiffusionPipeline
         latents.Dispose();
         return result;
     }
+
+    /// <summary>
+    /// The guided denoiser for a U-Net: the guidance engine, or with SAG a <see cref="SagDenoiser"/> as diffusers'
+    /// <c>StableDiffusionSAGPipeline</c> (x̂0 not clipped, ᾱ of the training schedule, SD's defaults — the mid block's
+    /// map, blur kernel 9, σ = 1 — where the settings leave them open).
+    /// </summary>
+    public static IGuidedDenoiser CreateDenoiser(UNetDenoiser model, GuidanceSettings guidance, SchedulerConfig schedule, long[] latentShape,
+                                                 Generator? policyGenerator = null)
+    {
+        if (!guidance.UsesSag) return new GuidedDenoiser(model, guidance, schedule.NumTrainTimesteps, policyGenerator);
+        var ac = DiffusersSchedule.AlphasCumprod(schedule).Select(a => (double)a).ToArray();
+        var sag = new SagDenoiser(model, guidance with { Sag = SdSagDefaults(guidance.Sag!, model.AttentionLayers) }, ac, clipXstart: false, schedule.PredictionType);
+        sag.CheckImageSize(latentShape[^2], latentShape[^1]);
+        return sag;
+    }
+
+    /// <summary>diffusers' SAG pipeline defaults for what <paramref name="s"/> leaves open: the mid block's self-attention, kernel 9, σ = 1.</summary>
+    public static SagSettings SdSagDefaults(SagSettings s, IReadOnlyList<PagSharp.Attention.AttentionLayerInfo> layers) => s with
+    {
+        Layer = s.Layer ?? layers.FirstOrDefault(l => l.Group == "middle")?.Name ?? throw new PagSharpException("SAG needs a mid-block self-attention layer; this UNet has none"),
+    };
 }

@@ -124,10 +124,13 @@ public sealed class ControlNetCliTests : IDisposable
         using var one = Npy.Load(single);
         Close.Assert(one[0], g[4], 1e-6, "cfg:6+pag:3 column vs pag txt2img");
         Close.AssertDiffer(g[1], g[4], 1e-4, "none vs cfg+pag");
-        // Refused combinations.
+        // SAG columns run too (one guidance engine for every family), and a latent-output comparison is refused.
         (exit, log) = Pag.Run(common.Concat(new[] { "--compare", "sag:1", "--output", _sd.Dir.File("c2") }).ToArray());
+        Assert.True(exit == 0, log);
+        Assert.True(File.Exists(Path.Combine(_sd.Dir.File("c2"), "compare.png")));
+        (exit, log) = Pag.Run(common.Concat(new[] { "--compare", "none", "--output-type", "latent", "--output", _sd.Dir.File("c3") }).ToArray());
         Assert.True(exit == 2, log);
-        Assert.Contains("SAG", log);
+        Assert.Contains("latent", log);
     }
 
     [Fact]

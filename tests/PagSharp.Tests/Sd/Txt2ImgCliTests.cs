@@ -195,4 +195,23 @@ public sealed class Txt2ImgCliTests : IDisposable
         Assert.Equal("linear", (string?)run["pag_schedule"]!["type"]);
         Assert.Equal(700, (int?)run["pag_interval"]![0]);
     }
+
+    [Fact]
+    public void SagScale_ReachesTheLibrary_InsteadOfPag()
+    {
+        var (exit, log) = Pag.Run("txt2img", "--model", _sd.Root, "--prompt", "hello cat", "--steps", "3", "--count", "1", "--seed", "5",
+            "--scheduler", "ddim", "--sag-scale", "0.75", "--output", _sd.Dir.File("sag"), "--save-tensor", _sd.Dir.File("sag.npy"));
+        Assert.True(exit == 0, log);
+        using var sd = PagSharp.Pipelines.StableDiffusion.Load(_sd.Root, new PagSharp.Pipelines.SdComponents(Vae: true, TextEncoder: true));
+        var g = new GuidanceSettings { GuidanceScale = 7.5, Sag = new SagSettings { Scale = new ScaleSchedule.Constant(0.75), BlurSigma = 1, KernelSize = 9 } };
+        using var images = sd.Generate("hello cat", new long[] { 5 }, g, scheduler: "ddim", steps: 3);
+        using var expected = Npy.Load(_sd.Dir.File("sag.npy"));
+        Close.Assert(expected, images, 1e-6, "Generate vs pag txt2img --sag-scale");
+        var run = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(_sd.Dir.File("sag"), "run.json")))!["settings"]!;
+        Assert.Equal(0.0, (double?)run["pag_scale"]); // SAG instead of diffusers' default PAG scale 3
+        Assert.NotNull(run["sag"]);
+        var (bad, badLog) = Pag.Run("txt2img", "--model", _sd.Root, "--prompt", "x", "--sag-scale", "0.75", "--pag-scale", "3", "--output", _sd.Dir.File("bad"));
+        Assert.Equal(2, bad);
+        Assert.Contains("alternatives", badLog);
+    }
 }
