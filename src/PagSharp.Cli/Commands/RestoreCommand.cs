@@ -1,3 +1,5 @@
+using PagSharp.Models.Adm;
+using PagSharp.Runs;
 using PagSharp.Denoisers;
 using PagSharp.Pipelines;
 using System.ComponentModel;
@@ -68,8 +70,6 @@ public sealed class RestoreCommand : Command<RestoreCommand.Settings>
         var cfg = loaded.Config;
         var op = OperatorSpec.Parse(s.Degradation, cfg.ImageSize, s.SigmaY, s.Seed);
         var guidance = s.BuildGuidance(loaded.Net.AttentionLayers, loaded.Config.GuidanceDefaults);
-        if (guidance.PagCacheInterval != 1)
-            throw new PagSharpException($"--pag-cache-interval {guidance.PagCacheInterval} is not valid for restore: DPS differentiates the guided prediction at every step, so the perturbed branch runs at every step (use 1, the default)");
         if (s.Sampler is not null && s.Sampler != "ddpm")
             throw new PagSharpException($"--scheduler {s.Sampler}: restore runs DPS on the ancestral DDPM chain; give --scheduler ddpm or leave it out");
         var options = s.BuildSampling(guidance) with { Scheduler = "ddpm" };
@@ -96,19 +96,11 @@ public sealed class RestoreCommand : Command<RestoreCommand.Settings>
         }
         long inputs = y.shape[0];
         var labels = s.ParseLabels();
-        var labelTensor = !loaded.Net.IsClassConditional ? null
-            : tensor(Enumerable.Range(0, (int)(inputs * s.Count)).Select(i => (long)(labels is null ? cfg.NullClass ?? 0 : labels[i % labels.Count])).ToArray());
         if (labels is not null && !loaded.Net.IsClassConditional) throw new PagSharpException("this model is unconditional: --label/--labels are not valid");
-        var model = new AdmDenoiser(loaded.Net, labelTensor, inputs * s.Count);
-        var spec = DiffusionSpec.Of(cfg);
-        var denoiser = Sampler.CreateDenoiser(model, spec, options);
-
         OutputPath.Check(s.Output, "--output", isFolder: true);
         if (s.SaveTensor is not null) OutputPath.Check(s.SaveTensor, "--save-tensor", isFolder: false);
-        var diffusion = GaussianDiffusion.Create(cfg.NoiseSchedule, cfg.DiffusionSteps, respacing, spec.Variance);
-        var yAll = y.repeat_interleave(s.Count, 0);
-        using var noise = new NoiseSource(Enumerable.Range(0, (int)(inputs * s.Count)).Select(i => s.Seed + i));
-        var xT = noise.Randn(cfg.InChannels, cfg.ImageSize, cfg.ImageSize);
+        var dps = new DpsOptions { StepSize = s.Zeta, GradientFrom = gradFrom, Clip = !s.NoClip };
+        int steps = Sampler.StepCount(options, cfg);
         var ct = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, App.CtrlC()).Token;
         var started = DateTime.UtcNow;
         Tensor restored = null!;
@@ -116,9 +108,8 @@ public sealed class RestoreCommand : Command<RestoreCommand.Settings>
             .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn())
             .Start(ctx =>
             {
-                var task = ctx.AddTask("DPS", maxValue: diffusion.NumSteps);
-                restored = Dps.Sample(model, denoiser, diffusion, op, yAll, xT, noise,
-                    new DpsOptions { StepSize = s.Zeta, GradientFrom = gradFrom, Clip = !s.NoClip },
+                var task = ctx.AddTask("DPS", maxValue: steps);
+                restored = Restoration.Run(loaded.Net, op, y, options, dps, s.Count,
                     info => { task.Value = info.Index + 1; task.Description = $"DPS step {info.Index + 1}/{info.Count}"; }, ct);
             });
         double seconds = (DateTime.UtcNow - started).TotalSeconds;
@@ -155,12 +146,12 @@ public sealed class RestoreCommand : Command<RestoreCommand.Settings>
         }
         var run = new JsonObject
         {
-            ["model"] = loaded.Source, ["degradation"] = s.Degradation, ["sigma_y"] = s.SigmaY, ["zeta"] = s.Zeta,
-            ["grad_from"] = s.GradFrom, ["timestep_respacing"] = respacing, ["pag_scale"] = guidance.PagScale?.ToString(),
-            ["pag_layers"] = new JsonArray(guidance.PagLayers.Select(l => (JsonNode)l!).ToArray()), ["perturbation"] = guidance.Perturbation.Spec,
+            ["model"] = ModelStore.Describe(loaded.Source), ["degradation"] = s.Degradation, ["sigma_y"] = s.SigmaY, ["zeta"] = s.Zeta,
+            ["grad_from"] = s.GradFrom, ["timestep_respacing"] = respacing,
             ["input"] = s.Image ?? s.Degraded ?? (s.Digit is not null ? $"mnist test digits of classes {s.Digit}" : $"mnist test digits at indices {s.Index}"), ["count"] = s.Count, ["seed"] = s.Seed,
             ["seconds"] = seconds, ["metrics"] = metrics,
         };
+        foreach (var (key, value) in RunManifest.Guidance(guidance, loaded.Net.AttentionLayers)) run[key] = value;
         AtomicFile.WriteAllText(Path.Combine(s.Output, "run.json"), run.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
         AnsiConsole.MarkupLine($"wrote {Markup.Escape(Path.Combine(s.Output, "restore.png"))} ({seconds:F0} s)");
         return 0;
