@@ -75,6 +75,8 @@ public class GuidanceOptionSettings : ModelSettings
     public string? Labels { get; init; }
     [CommandOption("--batch-size <N>")][Description("Samples per forward batch (default 16); it changes memory and speed, not the samples.")]
     public int BatchSize { get; init; } = 16;
+    [CommandOption("--memory-limit <MB>")][Description("Memory the activations may use, in MB (default: the machine's available memory). A batch that would not fit runs in smaller forward batches; a run whose single sample would not fit is refused.")]
+    public long? MemoryLimitMb { get; init; }
     [CommandOption("--seed <N>")][Description("Run seed; sample i uses seed + i.")]
     public long Seed { get; init; }
 
@@ -200,6 +202,7 @@ public class GuidanceOptionSettings : ModelSettings
     {
         Scheduler = Diffusion.Schedulers.Schedulers.Check(Sampler ?? "ddim"),
         KarrasSigmas = KarrasSigmas,
+        MemoryLimitBytes = MemoryLimitMb is long mb ? (mb >= 1 ? mb * 1_000_000 : throw new PagSharpException($"--memory-limit must be ≥ 1 MB (got {mb})")) : null,
         Steps = Steps,
         TimestepRespacing = TimestepRespacing,
         Eta = Eta,

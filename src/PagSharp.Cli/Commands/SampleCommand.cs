@@ -1,3 +1,4 @@
+using PagSharp.Runtime;
 using PagSharp.Runs;
 using PagSharp.Models.Adm;
 using PagSharp.Pipelines;
@@ -58,6 +59,10 @@ public sealed class SampleCommand : Command<SampleCommand.Settings>
 
         // Reject bad labels / guidance before anything is written.
         Sampler.Validate(loaded.Net, options);
+        var (forward, estimate, budget) = Sampler.PlanMemory(loaded.Net, options);
+        if (forward < options.BatchSize)
+            AnsiConsole.MarkupLine($"[yellow]warning:[/] batches of {options.BatchSize} need about {MemoryBudget.Format(estimate)} but {MemoryBudget.Format(budget ?? 0)} is available: " +
+                $"the forward calls run {forward} samples at a time (same seeds; results equal up to float rounding)");
 
         int bs = options.BatchSize;
         var settingsJson = new JsonObject

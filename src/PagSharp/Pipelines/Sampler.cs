@@ -42,6 +42,8 @@ public static class Sampler
         if (initNoise is not null && (initNoise.shape[0] != indices.Count || !initNoise.shape[1..].SequenceEqual(sampleShape)))
             throw new PagSharpException($"initial noise has shape [{string.Join(",", initNoise.shape)}]; expected [{indices.Count},{string.Join(",", sampleShape)}]");
         Validate(net, options);
+        int forward = PlanMemory(net, options).ForwardBatch;
+        if (forward < options.BatchSize) options = options with { BatchSize = forward };
         var diffusion = GaussianDiffusion.Create(spec.NoiseSchedule, spec.DiffusionSteps, options.ResolvedRespacing(spec.DiffusionSteps), spec.Variance);
 
         // Inference mode: no autograd bookkeeping at all (cheaper than no_grad). The concatenation (or copy) below
@@ -88,7 +90,8 @@ public static class Sampler
     /// <summary>
     /// Throws a <see cref="PagSharpException"/> for every problem <see cref="Sample"/> would meet (labels, guidance
     /// against the model's layers and null class, scheduler, steps, SAG kernel against the image size) without
-    /// sampling: callers check a run before they write anything.
+    /// sampling, and runs whose single sample would not fit in memory (<see cref="PlanMemory"/>): callers check a run
+    /// before they write anything.
     /// </summary>
     public static void Validate(AdmUNet net, SamplingOptions options)
     {
@@ -99,6 +102,32 @@ public static class Sampler
         (CreateScheduler(options, spec) as IDisposable)?.Dispose();
         using var probe = new AdmDenoiserProbe(net);
         (CreateDenoiser(probe.Model, spec, options, null, [cfg.InChannels, cfg.ImageSize, cfg.ImageSize]) as IDisposable)?.Dispose();
+        PlanMemory(net, options);
+    }
+
+    /// <summary>Multiplier on the activation estimate for allocator slack and per-step temporaries (measured peaks run up to ~1.5× the live tensors).</summary>
+    public const double MemorySlack = 1.5;
+
+    /// <summary>
+    /// The forward batch a run can afford: <c>options.BatchSize</c> when its estimated activations
+    /// (<see cref="AdmMemory.ActivationBytes"/> for all the step's branches, × <see cref="MemorySlack"/>) fit the
+    /// budget (<see cref="SamplingOptions.MemoryLimitBytes"/>, else the machine's available memory), otherwise the
+    /// largest batch that fits. Throws, with the estimate and the budget, when not even one sample fits.
+    /// </summary>
+    public static (int ForwardBatch, double EstimateBytes, double? BudgetBytes) PlanMemory(AdmUNet net, SamplingOptions options)
+    {
+        var g = options.Guidance;
+        int branches = 1 + (g.UsesCfg ? 1 : 0) + (g.UsesPag || g.UsesSag ? 1 : 0);
+        bool maps = g.UsesSag || (g.UsesPag && g.Perturbation is not Attention.IdentityPerturbation) || !net.FusedAttention;
+        double perSample = MemorySlack * AdmMemory.ActivationBytes(net.Config, branches, maps);
+        double? budget = options.MemoryLimitBytes ?? Runtime.MemoryBudget.AvailableBytes();
+        if (budget is not { } b) return (options.BatchSize, perSample * options.BatchSize, null);
+        if (perSample > b)
+            throw new PagSharpException($"this run needs about {Runtime.MemoryBudget.Format(perSample)} of activations for a single sample " +
+                $"({branches} branch{(branches > 1 ? "es" : "")}, image_size {net.Config.ImageSize}), but only {Runtime.MemoryBudget.Format(b)} is available; " +
+                "use a smaller image size or fewer guidance branches");
+        int fit = (int)Math.Max(1, Math.Min(options.BatchSize, Math.Floor(b / perSample)));
+        return (fit, perSample * options.BatchSize, b);
     }
 
     /// <summary>Number of sampling steps the options give for this model (respaced steps for ddpm/ddim).</summary>

@@ -27,6 +27,12 @@ public sealed record SamplingOptions
     /// <summary>Run seed; sample i uses seed <c>Seed + i</c> for its initial noise, sampler noise and stochastic policies.</summary>
     public long Seed { get; init; }
     public int BatchSize { get; init; } = 16;
+    /// <summary>
+    /// Memory the run's activations may use, in bytes; null = the machine's available memory. When a batch would not
+    /// fit, the forward calls run in smaller batches (the samples depend on their seeds only, up to float rounding);
+    /// when a single sample would not fit, the run is refused before it starts (<see cref="Sampler.PlanMemory"/>).
+    /// </summary>
+    public long? MemoryLimitBytes { get; init; }
 
     /// <summary>Whether the scheduler runs on guided-diffusion's respaced process (ddpm, ddim).</summary>
     public bool UsesRespacing => Scheduler is "ddpm" or "ddim";

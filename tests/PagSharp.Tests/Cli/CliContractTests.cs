@@ -179,3 +179,35 @@ public sealed class ThreadsOptionTests
         Assert.Contains("--threads", e.Message);
     }
 }
+
+/// <summary>pag sample refuses a run that cannot fit in memory before writing anything, and splits batches that do not.</summary>
+[Collection(CliCollection.Name)]
+public sealed class MemoryCheckCliTests : IDisposable
+{
+    private readonly TempDir _tmp = new();
+    public void Dispose() => _tmp.Dispose();
+
+    [Fact]
+    public void AHugeImageSizeIsRefusedWithTheEstimateAndTheAvailableMemory()
+    {
+        string cfg = _tmp.File("huge.json"), dir = _tmp.File("out");
+        File.WriteAllText(cfg, """{"image_size": 8192, "in_channels": 1, "num_channels": 32, "num_res_blocks": 1, "channel_mult": "1,2,2", "attention_resolutions": "16", "num_head_channels": 32, "learn_sigma": true}""");
+        var (exit, output) = Pag.Run("sample", "--config", cfg, "--random-weights", "--count", "1", "--steps", "2", "--output", dir);
+        Assert.Equal(2, exit);
+        string flat = output.ReplaceLineEndings(" ");
+        Assert.Contains("GB of activations for a single sample", flat);
+        Assert.Contains("is available", flat);
+        Assert.False(Directory.Exists(dir));
+    }
+
+    [Fact]
+    public void ABigBatchUnderALimitIsSplitWithAWarning()
+    {
+        string dir = _tmp.File("split");
+        var (exit, output) = Pag.Run("sample", "--count", "4", "--batch-size", "64", "--labels", "1", "--guidance-scale", "3", "--pag-scale", "2",
+            "--steps", "2", "--memory-limit", "200", "--output", dir);
+        Assert.True(exit == 0, output);
+        Assert.Contains("samples at a time", output.ReplaceLineEndings(" "));
+        Assert.True(File.Exists(Path.Combine(dir, "00003.png")));
+    }
+}
