@@ -1,3 +1,4 @@
+using System.Text.Json.Nodes;
 using System.ComponentModel;
 using System.Globalization;
 using System.Text.Json;
@@ -61,10 +62,31 @@ public sealed class EvalCommand : Command<EvalCommand.Settings>
         if (s.SaveStats is not null) genStats.Save(s.SaveStats);
         if (s.SaveReferenceStats is not null) refStats.Save(s.SaveReferenceStats);
 
-        var result = Evaluation.Evaluate(genStats, refStats, genFeatures, refFeatures, s.K, s.Splits, s.IsShuffle);
+        var result = Evaluation.Evaluate(genStats, refStats, genFeatures, refFeatures, s.K, s.Splits, s.IsShuffle, GeneratedLabels(s, network));
         PrintTable(result);
         if (s.Json is not null) AtomicFile.WriteAllText(s.Json, ToJson(result, s) + "\n");
         return 0;
+    }
+
+    /// <summary>
+    /// Per-image labels of one generated run folder of the MNIST model, read from its run.json (the label of each
+    /// sample file; the null class counts as unlabelled), in the order the folder's images are read; else null.
+    /// </summary>
+    private static IReadOnlyList<long?>? GeneratedLabels(Settings s, IFeatureNetwork network)
+    {
+        if (s.Generated.Length != 1 || network is not MnistFeatureNetwork || !Directory.Exists(s.Generated[0])) return null;
+        string manifest = Path.Combine(s.Generated[0], "run.json");
+        if (!File.Exists(manifest)) return null;
+        JsonNode? run;
+        try { run = JsonNode.Parse(File.ReadAllText(manifest)); }
+        catch (System.Text.Json.JsonException) { return null; }
+        int? nullClass = (int?)run?["settings"]?["model_config"]?["null_class"];
+        var byFile = new Dictionary<string, long?>(StringComparer.Ordinal);
+        foreach (var sample in run?["samples"]?.AsArray() ?? [])
+            if (sample?["file"]?.GetValue<string>() is { } file)
+                byFile[file] = sample["label"] is JsonValue v && v.TryGetValue<long>(out long l) && l != nullClass ? l : null;
+        if (byFile.Count == 0) return null;
+        return ImageSets.FolderFiles(s.Generated[0]).Select(f => byFile.GetValueOrDefault(f)).ToArray();
     }
 
     private static IFeatureNetwork LoadNetwork(Settings s)
@@ -135,6 +157,8 @@ public sealed class EvalCommand : Command<EvalCommand.Settings>
         table.AddRow($"Inception Score ({r.Splits} splits)", r.InceptionScore is double m ? $"{F(m)} ± {F(r.InceptionScoreStd ?? 0)}" : "n/a (statistics only)");
         table.AddRow($"precision (k = {r.K})", r.Precision is double p ? F(p) : "n/a (statistics only)");
         table.AddRow($"recall (k = {r.K})", r.Recall is double c ? F(c) : "n/a (statistics only)");
+        if (r.Recognised is double rec) table.AddRow($"recognised (p ≥ {Evaluation.RecognitionThreshold.ToString(CultureInfo.InvariantCulture)})", F(rec));
+        if (r.LabelAccuracy is double acc) table.AddRow($"classified as their label ({r.LabelledCount})", F(acc));
         table.AddRow("generated", r.GeneratedCount.ToString(CultureInfo.InvariantCulture));
         table.AddRow("reference", r.ReferenceCount.ToString(CultureInfo.InvariantCulture));
         table.AddRow("features", Markup.Escape(r.FeatureName));
@@ -158,6 +182,9 @@ public sealed class EvalCommand : Command<EvalCommand.Settings>
         ["splits"] = r.Splits,
         ["precision"] = r.Precision,
         ["recall"] = r.Recall,
+        ["recognised"] = r.Recognised,
+        ["label_accuracy"] = r.LabelAccuracy,
+        ["labelled_count"] = r.LabelledCount,
         ["k"] = r.K,
     }, new JsonSerializerOptions { WriteIndented = true });
 }

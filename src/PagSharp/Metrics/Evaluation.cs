@@ -23,6 +23,15 @@ public sealed record EvaluationResult
     public double? Recall { get; init; }
     /// <summary>Neighbourhood size of precision and recall.</summary>
     public int K { get; init; }
+    /// <summary>
+    /// Fraction of generated images the feature network's classifier recognises: top class probability ≥
+    /// <see cref="Evaluation.RecognitionThreshold"/> (for MNIST: a digit a person would read); null with statistics only.
+    /// </summary>
+    public double? Recognised { get; init; }
+    /// <summary>Fraction of the labelled generated images classified as their label; null when no labels were given.</summary>
+    public double? LabelAccuracy { get; init; }
+    /// <summary>Number of generated images that had a label.</summary>
+    public long LabelledCount { get; init; }
 }
 
 /// <summary>Combines the metrics: FID from statistics, IS from the generated class probabilities, precision/recall from both feature sets.</summary>
@@ -36,7 +45,7 @@ public static class Evaluation
     /// </summary>
     public static EvaluationResult Evaluate(FeatureStats generatedStats, FeatureStats referenceStats,
         FeatureSet? generated, FeatureSet? reference, int k = PrecisionRecall.DefaultK, int splits = InceptionScore.DefaultSplits,
-        long? shuffleSeed = null)
+        long? shuffleSeed = null, IReadOnlyList<long?>? generatedLabels = null)
     {
         ArgumentNullException.ThrowIfNull(generatedStats);
         ArgumentNullException.ThrowIfNull(referenceStats);
@@ -55,6 +64,34 @@ public static class Evaluation
             Precision = pr?.Precision,
             Recall = pr?.Recall,
             K = k,
+            Recognised = generated is null ? null : RecognisedFraction(generated.Probabilities),
+            LabelAccuracy = generated is null || generatedLabels is null ? null : LabelAccuracyOf(generated.Probabilities, generatedLabels, out long labelled) is var acc && labelled > 0 ? acc : null,
+            LabelledCount = generated is null || generatedLabels is null ? 0 : generatedLabels.Count(l => l is not null),
         };
+    }
+
+    /// <summary>The top-class probability an image needs to count as recognised (the "max-softmax ≥ 0.9").</summary>
+    public const double RecognitionThreshold = 0.9;
+
+    /// <summary>Fraction of rows of <paramref name="probabilities"/> [N, classes] whose largest entry is ≥ <see cref="RecognitionThreshold"/>.</summary>
+    public static double RecognisedFraction(TorchSharp.torch.Tensor probabilities)
+    {
+        using var max = probabilities.max(1).values;
+        using var ok = max >= RecognitionThreshold;
+        return ok.to_type(TorchSharp.torch.ScalarType.Float64).mean().item<double>();
+    }
+
+    /// <summary>Fraction of the labelled rows whose top class equals their label (rows with a null label are skipped).</summary>
+    public static double LabelAccuracyOf(TorchSharp.torch.Tensor probabilities, IReadOnlyList<long?> labels, out long labelled)
+    {
+        if (labels.Count != probabilities.shape[0])
+            throw new PagSharpException($"{labels.Count} labels for {probabilities.shape[0]} generated images");
+        using var argmax = probabilities.argmax(1);
+        var predicted = argmax.data<long>().ToArray();
+        long hit = 0;
+        labelled = 0;
+        for (int i = 0; i < predicted.Length; i++)
+            if (labels[i] is long l) { labelled++; if (predicted[i] == l) hit++; }
+        return labelled == 0 ? double.NaN : (double)hit / labelled;
     }
 }

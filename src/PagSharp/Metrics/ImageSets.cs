@@ -49,14 +49,25 @@ public static class ImageSets
     /// <exception cref="PagSharpException">The folder is missing, holds no images, or an image cannot be read.</exception>
     public static Tensor LoadFolder(string folder, int channels)
     {
+        var files = FolderFiles(folder);
+        return LoadFiles(folder, files, channels);
+    }
+
+    /// <summary>The image files <see cref="LoadFolder"/> reads, relative to the folder, in its order.</summary>
+    public static List<string> FolderFiles(string folder)
+    {
         if (!Directory.Exists(folder)) throw new PagSharpException($"image folder '{folder}' does not exist");
-        var files = Directory.EnumerateFiles(folder, "*", SearchOption.AllDirectories)
+        return Directory.EnumerateFiles(folder, "*", SearchOption.AllDirectories)
             .Where(f => Extensions.Contains(Path.GetExtension(f).ToLowerInvariant()))
             .Where(f => !string.Equals(Path.GetFileName(f), GridFileName, StringComparison.OrdinalIgnoreCase))
             .Select(f => Path.GetRelativePath(folder, f))
             .Where(r => !r.Split(Path.DirectorySeparatorChar).Any(part => part.StartsWith('.')))
             .Order(StringComparer.Ordinal)
             .ToList();
+    }
+
+    private static Tensor LoadFiles(string folder, List<string> files, int channels)
+    {
         if (files.Count == 0)
             throw new PagSharpException($"image folder '{folder}' holds no images (.png, .jpg or .jpeg; {GridFileName} is skipped)");
         float[] first = Png.LoadPixels(Path.Combine(folder, files[0]), null, channels, out int h, out int w);

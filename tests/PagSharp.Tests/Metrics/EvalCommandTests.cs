@@ -127,4 +127,45 @@ public sealed class EvalCommandTests : IDisposable
             Assert.Contains(message, output);
         }
     }
+
+    [Fact]
+    public void RunFoldersGetRecognitionAndLabelAccuracy()
+    {
+        // 20 real test digits with the run.json pag sample writes: 10 labelled with their true class, 5 with a wrong
+        // label, 5 with the null class (unlabelled). Real digits are recognised; accuracy is over the labelled 15.
+        string folder = Directory.CreateDirectory(_dir.File("run")).FullName;
+        var labels = _mnist.TestLabels.data<long>().ToArray();
+        var samples = new System.Text.Json.Nodes.JsonArray();
+        for (int i = 0; i < 20; i++)
+        {
+            int idx = i * 37;
+            using var img = _mnist.TestImages[idx];
+            Png.Save(Path.Combine(folder, $"{i:D5}.png"), img);
+            long label = i < 10 ? labels[idx] : i < 15 ? (labels[idx] + 1) % 10 : 10;
+            samples.Add(new System.Text.Json.Nodes.JsonObject { ["index"] = i, ["file"] = $"{i:D5}.png", ["label"] = label });
+        }
+        var run = new System.Text.Json.Nodes.JsonObject
+        {
+            ["settings"] = new System.Text.Json.Nodes.JsonObject { ["model_config"] = new System.Text.Json.Nodes.JsonObject { ["null_class"] = 10 } },
+            ["samples"] = samples,
+        };
+        File.WriteAllText(Path.Combine(folder, "run.json"), run.ToJsonString());
+        string json = _dir.File("run.json.out");
+        var (exit, output) = Pag.Run("eval", "--generated", folder, "--json", json);
+        Assert.True(exit == 0, output);
+        var r = Json(json);
+        Assert.Equal(15, r.GetProperty("labelled_count").GetInt64());
+        Assert.InRange(r.GetProperty("label_accuracy").GetDouble(), 8.0 / 15 - 1e-9, 11.0 / 15 + 1e-9); // 10 right, 5 wrong, give or take a misread digit
+        Assert.InRange(r.GetProperty("recognised").GetDouble(), 0.85, 1.0);
+        Assert.Contains("classified as their label (15)", output);
+    }
+
+    [Fact]
+    public void RecognitionAndAccuracyFormulas()
+    {
+        using var p = TorchSharp.torch.tensor(new float[] { 0.95f, 0.05f, 0.5f, 0.5f, 0.1f, 0.9f }).reshape(3, 2);
+        Assert.Equal(2.0 / 3, Evaluation.RecognisedFraction(p), 12);
+        Assert.Equal(0.5, Evaluation.LabelAccuracyOf(p, [0L, null, 0L], out long n), 12);
+        Assert.Equal(2, n);
+    }
 }
