@@ -23,6 +23,12 @@ public static partial class FlagNames
         ["Epochs"] = "--epochs",
         ["Count"] = "--count",
         ["KarrasSigmas"] = "--karras-sigmas",
+        ["EmaRate"] = "--ema-rate",
+        ["LabelDropProb"] = "--label-drop",
+        ["LearningRate"] = "--lr",
+        ["GradClip"] = "--grad-clip",
+        ["WeightDecay"] = "--weight-decay",
+        ["Precision"] = "--precision",
         ["Scheduler"] = "--scheduler",
     };
 

@@ -1,3 +1,4 @@
+using PagSharp.Runtime;
 using PagSharp.Runs;
 using PagSharp.Guidance;
 using PagSharp.Denoisers;
@@ -82,6 +83,9 @@ public sealed class Txt2ImgCommand : Command<Txt2ImgSettings>
         if (controlImage is not null && controlImage.shape[0] != 1 && controlImage.shape[0] != count)
             throw new PagSharpException($"--control-image '{s.ControlImage}' holds {controlImage.shape[0]} images but --count is {count}; give one, or one per image");
         var latentShape = sd.LatentShape(height, width);
+        var (fitting, perImage, budget) = sd.PlanMemory(guidance, latentShape, s.BatchSize);
+        if (fitting < s.BatchSize)
+            AnsiConsole.MarkupLine($"[yellow]warning:[/] batches of {s.BatchSize} need about {MemoryBudget.Format(perImage * s.BatchSize)} of U-Net activations but {MemoryBudget.Format(budget ?? 0)} is available; --batch-size {fitting} fits");
         if (init is not null && !init.shape[1..].SequenceEqual(latentShape))
             throw new PagSharpException($"--init-noise has shape [{string.Join(",", init.shape)}]; for {width}×{height} images this model expects [{count},{string.Join(",", latentShape)}]");
 

@@ -154,6 +154,26 @@ public sealed class StableDiffusion : IDisposable
     /// <summary>Use Karras sigmas whatever the folder's scheduler config says (A1111/ComfyUI "Karras" samplers; <c>--karras-sigmas</c>).</summary>
     public bool KarrasSigmas { get; set; }
 
+    /// <summary>
+    /// The largest batch of <paramref name="latentShape"/> [C, h, w] latents whose U-Net step with
+    /// <paramref name="guidance"/> fits the budget (<paramref name="limitBytes"/>, else the machine's available
+    /// memory), from <see cref="SdMemory.ActivationBytes"/> × <see cref="Sampler.MemorySlack"/>. Throws, with the
+    /// estimate and the budget, when not even one image fits; returns <paramref name="batch"/> when the budget is unknown.
+    /// </summary>
+    public (int FittingBatch, double PerImageBytes, double? BudgetBytes) PlanMemory(GuidanceSettings guidance, long[] latentShape, int batch, long? limitBytes = null)
+    {
+        int branches = 1 + (guidance.UsesCfg ? 1 : 0) + (guidance.UsesPag || guidance.UsesSag ? 1 : 0);
+        bool maps = guidance.UsesSag || (guidance.UsesPag && guidance.Perturbation is not PagSharp.Attention.IdentityPerturbation) || !Unet.FusedAttention;
+        double perImage = Sampler.MemorySlack * SdMemory.ActivationBytes(Unet.Config, latentShape[^2], latentShape[^1], branches, maps);
+        double? budget = limitBytes ?? Runtime.MemoryBudget.AvailableBytes();
+        if (budget is not { } b) return (batch, perImage, null);
+        if (perImage > b)
+            throw new PagSharpException($"this run needs about {Runtime.MemoryBudget.Format(perImage)} of U-Net activations for a single image " +
+                $"({branches} branch{(branches > 1 ? "es" : "")}, latents {latentShape[^2]}×{latentShape[^1]}), but only {Runtime.MemoryBudget.Format(b)} is available; " +
+                "use a smaller image size or fewer guidance branches");
+        return ((int)Math.Max(1, Math.Min(batch, Math.Floor(b / perImage))), perImage, b);
+    }
+
     public SchedulerConfig SchedulerFor(SdControl? control)
     {
         var c = control is null ? Scheduler : ControlNetScheduler ?? Scheduler;

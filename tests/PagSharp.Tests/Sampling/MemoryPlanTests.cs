@@ -50,3 +50,22 @@ public sealed class MemoryPlanTests
         Close.Assert(whole, split, 1e-3, "split forward batches vs one batch");
     }
 }
+
+/// <summary>The Stable Diffusion U-Net's estimate.</summary>
+public sealed class SdMemoryTests
+{
+    [Fact]
+    public void TheEstimateCountsSkipsWidestInputAndMaps()
+    {
+        // Two levels of 32 and 64 channels, one layer each, attention in the first, 8×8 latents.
+        var cfg = new PagSharp.Models.Sd.SdUNetConfig
+        {
+            BlockOutChannels = [32, 64], LayersPerBlock = [1, 1], DownBlockTypes = ["CrossAttnDownBlock2D", "DownBlock2D"],
+            UpBlockTypes = ["UpBlock2D", "CrossAttnUpBlock2D"], AttentionHeads = [2, 2], CrossAttentionDim = [16, 16], TransformerLayersPerBlock = [1, 1],
+        };
+        // Skips: conv_in 32·64 + level 0: 32·64 + down 32·16 + level 1: 64·16; widest: (32 + 32)·64 = 4096 vs (64 + 32)·16.
+        double skips = 2048 + 2048 + 512 + 1024, widest = 4096, map = 2 * 64.0 * 64;
+        Assert.Equal(4.0 * 2 * (skips + 4 * widest), PagSharp.Models.Sd.SdMemory.ActivationBytes(cfg, 8, 8, 2, false));
+        Assert.Equal(4.0 * 2 * (skips + 4 * widest + 2 * map), PagSharp.Models.Sd.SdMemory.ActivationBytes(cfg, 8, 8, 2, true));
+    }
+}

@@ -152,6 +152,13 @@ public sealed class SdBadInputTests : IDisposable
     }
 
     [Fact]
+    public void AnImageTooLargeForMemoryIsRefusedBeforeAnythingIsWritten()
+    {
+        var r = Latent("--width", "32768", "--height", "32768");
+        AssertBad(r, "for a single image", "is available");
+    }
+
+    [Fact]
     public void SchedulerConfig_UnsupportedKeysAreNamed()
     {
         var cfg = JsonNode.Parse(File.ReadAllText(_sd.Path("scheduler/scheduler_config.json")))!.AsObject();
