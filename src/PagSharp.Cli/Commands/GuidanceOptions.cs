@@ -65,6 +65,21 @@ public class GuidanceOptionSettings : ModelSettings
     public double? SagBlurSigma { get; init; }
     [CommandOption("--sag-kernel <K>")][Description("Odd kernel size of SAG's Gaussian blur. Default 31 (official ADM); must be < 2 x image size.")]
     public int? SagKernel { get; init; }
+    [CommandOption("--apg")][Description("Adaptive Projected Guidance instead of the plain CFG combination (Sadat et al. 2024; diffusers' AdaptiveProjectedGuidance); scale from --guidance-scale.")]
+    public bool Apg { get; init; }
+    [CommandOption("--apg-eta <E>")][Description("APG: weight of the update's component parallel to the conditional prediction (default 1, as diffusers; the paper uses 0).")]
+    public double ApgEta { get; init; } = 1.0;
+    [CommandOption("--apg-norm-threshold <R>")][Description("APG: cap on the norm of the update (default 15, as diffusers; 0 = no cap).")]
+    public double ApgNormThreshold { get; init; } = 15.0;
+    [CommandOption("--apg-momentum <B>")][Description("APG: momentum of the update (default none; the paper uses -0.5).")]
+    public double? ApgMomentum { get; init; }
+    [CommandOption("--cfg-zero-star")][Description("CFG-Zero* (Fan et al. 2025; diffusers' ClassifierFreeZeroStarGuidance): optimised scale of the unconditional prediction, and the first --zero-init-steps steps predict zero.")]
+    public bool CfgZeroStar { get; init; }
+    [CommandOption("--zero-init-steps <N>")][Description("CFG-Zero*: steps whose prediction is zeroed (default 1).")]
+    public int ZeroInitSteps { get; init; } = 1;
+
+    /// <summary>The APG settings these options mean, or null.</summary>
+    public ApgSettings? BuildApg() => Apg ? new ApgSettings { Eta = ApgEta, NormThreshold = ApgNormThreshold, Momentum = ApgMomentum } : null;
     [CommandOption("--split-batch")][Description("Run guidance branches as separate forward calls (less memory) instead of one batched call.")]
     public bool SplitBatch { get; init; }
     [CommandOption("--no-shared-prefix")][Description("Run the PAG branch as a full extra pass instead of forking it from the conditional branch at the first perturbed layer (slower; same result within float rounding).")]
@@ -145,6 +160,9 @@ public class GuidanceOptionSettings : ModelSettings
             Sag = BuildSag(layers, method, sagScaleOverride),
             SplitBatch = SplitBatch,
             SharedPrefix = !NoSharedPrefix,
+            Apg = BuildApg(),
+            CfgZeroStar = CfgZeroStar,
+            ZeroInitSteps = ZeroInitSteps,
         };
     }
 

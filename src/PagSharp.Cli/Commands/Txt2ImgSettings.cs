@@ -50,6 +50,21 @@ public sealed class Txt2ImgSettings : CommandSettings
     public string PagLayers { get; init; } = "mid";
     [CommandOption("--perturbation <POLICY>")][Description("What the perturbed layers compute: identity (PAG), mask:R, mask-nodiag:R, noise:S, noise-logits:S, blur:S, soft:L.")]
     public string Perturbation { get; init; } = "identity";
+    [CommandOption("--apg")][Description("Adaptive Projected Guidance instead of the plain CFG combination (Sadat et al. 2024; diffusers' AdaptiveProjectedGuidance); scale from --guidance-scale.")]
+    public bool Apg { get; init; }
+    [CommandOption("--apg-eta <E>")][Description("APG: weight of the update's component parallel to the conditional prediction (default 1, as diffusers; the paper uses 0).")]
+    public double ApgEta { get; init; } = 1.0;
+    [CommandOption("--apg-norm-threshold <R>")][Description("APG: cap on the norm of the update (default 15, as diffusers; 0 = no cap).")]
+    public double ApgNormThreshold { get; init; } = 15.0;
+    [CommandOption("--apg-momentum <B>")][Description("APG: momentum of the update (default none; the paper uses -0.5).")]
+    public double? ApgMomentum { get; init; }
+    [CommandOption("--cfg-zero-star")][Description("CFG-Zero* (Fan et al. 2025; diffusers' ClassifierFreeZeroStarGuidance): optimised scale of the unconditional prediction, and the first --zero-init-steps steps predict zero.")]
+    public bool CfgZeroStar { get; init; }
+    [CommandOption("--zero-init-steps <N>")][Description("CFG-Zero*: steps whose prediction is zeroed (default 1).")]
+    public int ZeroInitSteps { get; init; } = 1;
+
+    /// <summary>The APG settings these options mean, or null.</summary>
+    public ApgSettings? BuildApg() => Apg ? new ApgSettings { Eta = ApgEta, NormThreshold = ApgNormThreshold, Momentum = ApgMomentum } : null;
     [CommandOption("--no-shared-prefix")][Description("Run the perturbed branch as a full pass instead of forking it at the first perturbed layer.")]
     public bool NoSharedPrefix { get; init; }
     [CommandOption("--steps|--num-inference-steps <N>")][Description("Denoising steps. Default 50.")]
@@ -136,6 +151,9 @@ public sealed class Txt2ImgSettings : CommandSettings
             PagLayers = pag > 0 ? DiffusersLayerSpec.Resolve(PagLayers, layers) : Array.Empty<string>(),
             SharedPrefix = !NoSharedPrefix,
             PagCacheInterval = PagCacheInterval,
+            Apg = BuildApg(),
+            CfgZeroStar = CfgZeroStar,
+            ZeroInitSteps = ZeroInitSteps,
             Sag = !sag || pag > 0 ? null : new SagSettings
             {
                 Scale = new ScaleSchedule.Constant(sagS!.Value),

@@ -56,6 +56,16 @@ public sealed record GuidanceSettings
     /// is active: x_r = x·(std(c)/std(x)) per sample, then φ·x_r + (1 − φ)·x. 0 = off.
     /// </summary>
     public double GuidanceRescale { get; init; }
+    /// <summary>Adaptive Projected Guidance instead of the plain CFG combination (with CFG active); null = off.</summary>
+    public ApgSettings? Apg { get; init; }
+    /// <summary>
+    /// CFG-Zero* (Fan et al. 2025), as diffusers' <c>ClassifierFreeZeroStarGuidance</c>: the unconditional prediction
+    /// is scaled by s* = ⟨ε(c), ε(∅)⟩ / (‖ε(∅)‖² + 1e−8) per sample before the CFG combination, and the first
+    /// <see cref="ZeroInitSteps"/> steps predict zero.
+    /// </summary>
+    public bool CfgZeroStar { get; init; }
+    /// <summary>With <see cref="CfgZeroStar"/>: steps (from the first) whose prediction is zeroed (diffusers' default 1).</summary>
+    public int ZeroInitSteps { get; init; } = 1;
     /// <summary>Run the branches as separate forward calls instead of one batched call (less memory).</summary>
     public bool SplitBatch { get; init; }
     /// <summary>
@@ -99,6 +109,9 @@ public sealed record GuidanceSettings
         if (GuidanceInterval is { } gi && gi.Hi < gi.Lo)
             throw new PagSharpException($"guidance interval {gi.Hi}:{gi.Lo} must be written t_hi:t_lo with t_hi ≥ t_lo");
         PagScale?.Validate("PAG scale");
+        Apg?.Validate();
+        if (Apg is not null && CfgZeroStar) throw new PagSharpException("Apg and CfgZeroStar both replace the CFG combination; choose one");
+        if (ZeroInitSteps < 0) throw new PagSharpException($"ZeroInitSteps must be ≥ 0 (got {ZeroInitSteps})");
         PagDirectionCache.Validate(PagCacheInterval);
         if (PagInterval is { } iv && iv.Hi < iv.Lo)
             throw new PagSharpException($"PAG interval {iv.Hi}:{iv.Lo} must be written t_hi:t_lo with t_hi ≥ t_lo");

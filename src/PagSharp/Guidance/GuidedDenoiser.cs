@@ -131,7 +131,10 @@ public sealed class GuidedDenoiser : IGuidedDenoiser, IDisposable
         _ = b;
 
         var c = outs[condIdx];
-        Tensor guided = cfg ? outs[0] + w * (c - outs[0]) : c;
+        Tensor guided = !cfg ? c
+            : _g.Apg is { } apg ? Apg(c, outs[0], w, apg, step)
+            : _g.CfgZeroStar ? ZeroStar(c, outs[0], w)
+            : outs[0] + w * (c - outs[0]);
         if (pag || reuse)
         {
             // Δ = ε(c) − ε̂(c): computed this step, or (cache interval) the last one computed.
@@ -143,7 +146,55 @@ public sealed class GuidedDenoiser : IGuidedDenoiser, IDisposable
                 guided = guided + s * direction;
         }
         if (cfg && _g.GuidanceRescale > 0) guided = RescaleNoiseCfg(guided, c, _g.GuidanceRescale);
+        if (_g.CfgZeroStar && step.Index < _g.ZeroInitSteps) guided = zeros_like(guided);
         return new ModelOutput(guided, varValues);
+    }
+
+    private Tensor? _apgMomentum;
+
+    /// <summary>APG (<see cref="ApgSettings"/>) as diffusers' <c>normalized_guidance</c>; the momentum restarts with each trajectory.</summary>
+    private Tensor Apg(Tensor cond, Tensor uncond, double w, ApgSettings apg, StepContext step)
+    {
+        var diff = cond - uncond;
+        var dims = Enumerable.Range(1, (int)diff.dim() - 1).Select(d => (long)d).ToArray();
+        if (apg.Momentum is { } beta)
+        {
+            if (step.Index == 0 || _apgMomentum is null || !_apgMomentum.shape.SequenceEqual(diff.shape))
+            {
+                _apgMomentum?.Dispose();
+                _apgMomentum = diff.detach().clone().DetachFromDisposeScope();
+            }
+            else
+            {
+                var avg = (diff + beta * _apgMomentum).detach().DetachFromDisposeScope();
+                _apgMomentum.Dispose();
+                _apgMomentum = avg;
+            }
+            diff = _apgMomentum.alias();
+        }
+        if (apg.NormThreshold > 0)
+        {
+            var norm = diff.square().sum(dims, keepdim: true).sqrt();
+            diff = diff * minimum(ones_like(diff), apg.NormThreshold / norm);
+        }
+        var v0 = diff.to_type(ScalarType.Float64);
+        // torch.nn.functional.normalize over all but the batch axis: x / max(‖x‖, 1e-12).
+        var c64 = cond.to_type(ScalarType.Float64);
+        var v1 = c64 / c64.square().sum(dims, keepdim: true).sqrt().clamp_min(1e-12);
+        var parallel = (v0 * v1).sum(dims, keepdim: true) * v1;
+        var orthogonal = v0 - parallel;
+        var update = orthogonal.to_type(diff.dtype) + apg.Eta * parallel.to_type(diff.dtype);
+        return uncond + w * update;
+    }
+
+    /// <summary>CFG-Zero*: ε(∅)·s* + w·(ε(c) − ε(∅)·s*) with s* = ⟨ε(c), ε(∅)⟩ / (‖ε(∅)‖² + 1e−8) per sample (float32).</summary>
+    public static Tensor ZeroStar(Tensor cond, Tensor uncond, double w)
+    {
+        var c = cond.flatten(1).to_type(ScalarType.Float32);
+        var u = uncond.flatten(1).to_type(ScalarType.Float32);
+        var alpha = (c * u).sum(1, keepdim: true) / ((u * u).sum(1, keepdim: true) + 1e-8);
+        var scaled = uncond * alpha.to_type(cond.dtype).view([-1, .. Enumerable.Repeat(1L, (int)cond.dim() - 1)]);
+        return scaled + w * (cond - scaled);
     }
 
     /// <summary>
@@ -159,5 +210,9 @@ public sealed class GuidedDenoiser : IGuidedDenoiser, IDisposable
         return (float)phi * rescaled + (float)(1 - phi) * noiseCfg;
     }
 
-    public void Dispose() => _pagCache.Dispose();
+    public void Dispose()
+    {
+        _pagCache.Dispose();
+        _apgMomentum?.Dispose();
+    }
 }

@@ -27,6 +27,9 @@ public static class RunManifest
             if (g.PagCacheInterval != 1) yield return ("pag_cache_interval", g.PagCacheInterval);
         }
         yield return ("split_batch", g.SplitBatch);
+        if (g.Apg is { } apg)
+            yield return ("apg", new JsonObject { ["eta"] = apg.Eta, ["norm_threshold"] = apg.NormThreshold, ["momentum"] = apg.Momentum });
+        if (g.CfgZeroStar) yield return ("cfg_zero_star", new JsonObject { ["zero_init_steps"] = g.ZeroInitSteps });
         if (g.Sag is { } sag)
             yield return ("sag", new JsonObject
             {

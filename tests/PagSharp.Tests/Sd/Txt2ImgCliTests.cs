@@ -214,4 +214,24 @@ public sealed class Txt2ImgCliTests : IDisposable
         Assert.Equal(2, bad);
         Assert.Contains("alternatives", badLog);
     }
+
+    [Theory]
+    [InlineData("apg")]
+    [InlineData("cfgzero")]
+    public void ApgAndCfgZeroStar_ReachTheLibrary(string method)
+    {
+        string[] flags = method == "apg" ? ["--apg", "--apg-eta", "0", "--apg-momentum", "-0.5"] : ["--cfg-zero-star"];
+        var (exit, log) = Pag.Run(new[] { "txt2img", "--model", _sd.Root, "--prompt", "hello cat", "--steps", "3", "--count", "1", "--seed", "9",
+            "--scheduler", "ddim", "--output", _sd.Dir.File(method), "--save-tensor", _sd.Dir.File(method + ".npy") }.Concat(flags).ToArray());
+        Assert.True(exit == 0, log);
+        using var sd = PagSharp.Pipelines.StableDiffusion.Load(_sd.Root, new PagSharp.Pipelines.SdComponents(Vae: true, TextEncoder: true));
+        var layers = PagSharp.Attention.DiffusersLayerSpec.Resolve("mid", sd.Unet.AttentionLayers);
+        var g = new GuidanceSettings { GuidanceScale = 7.5, PagScale = new ScaleSchedule.Constant(3), PagLayers = layers };
+        g = method == "apg" ? g with { Apg = new ApgSettings { Eta = 0, Momentum = -0.5 } } : g with { CfgZeroStar = true };
+        using var images = sd.Generate("hello cat", new long[] { 9 }, g, scheduler: "ddim", steps: 3);
+        using var expected = Npy.Load(_sd.Dir.File(method + ".npy"));
+        Close.Assert(expected, images, 1e-6, $"Generate vs pag txt2img ({method})");
+        using var plain = sd.Generate("hello cat", new long[] { 9 }, g with { Apg = null, CfgZeroStar = false }, scheduler: "ddim", steps: 3);
+        Close.AssertDiffer(plain, images, 1e-4, $"{method} changed nothing");
+    }
 }
