@@ -10,7 +10,7 @@ public static class PerturbationSpec
         "identity (PAG), mask:R (random logit masking with drop rate R in [0,1], diagonal kept), " +
         "mask-nodiag:R (the same, diagonal maskable), noise:S (Gaussian noise σ=S ≥ 0 on the softmax probabilities, as the official code), " +
         "noise-logits:S (the same on the logits), blur:S (Gaussian blur over the query grid, σ=S > 0 tokens), " +
-        "soft:L ((1−L)·A + L·I, L in [0,1])";
+        "soft:L ((1−L)·A + L·I, L in [0,1]), seg:S (SEG: Gaussian blur of the queries over the token grid, σ=S ≥ 0 tokens, or seg:inf for the mean query)";
 
     /// <summary>
     /// <c>identity | mask:R | mask-nodiag:R | noise:S | noise-logits:S | blur:S | soft:L</c> → the policy.
@@ -30,6 +30,7 @@ public static class PerturbationSpec
         string name = s[..colon], arg = s[(colon + 1)..];
         if (!Known(name))
             throw new PagSharpException($"unknown perturbation '{name}' in '{spec}'; valid: {ValidForms}");
+        if (name == "seg" && arg is "inf" or "infinity") return new SegPerturbation(double.PositiveInfinity);
         if (!double.TryParse(arg, NumberStyles.Float, CultureInfo.InvariantCulture, out double v) || double.IsNaN(v) || double.IsInfinity(v))
             throw new PagSharpException($"perturbation '{spec}': '{arg}' is not a number; valid: {ValidForms}");
         try
@@ -42,6 +43,7 @@ public static class PerturbationSpec
                 "noise-logits" => new NoisePerturbation(v, NoiseTarget.Logits),
                 "blur" => new BlurPerturbation(v),
                 "soft" => new SoftPerturbation(v),
+                "seg" => new SegPerturbation(v),
                 _ => throw new InvalidOperationException(name),
             };
         }
@@ -51,5 +53,5 @@ public static class PerturbationSpec
         }
     }
 
-    private static bool Known(string name) => name is "mask" or "mask-nodiag" or "noise" or "noise-logits" or "blur" or "soft";
+    private static bool Known(string name) => name is "mask" or "mask-nodiag" or "noise" or "noise-logits" or "blur" or "soft" or "seg";
 }

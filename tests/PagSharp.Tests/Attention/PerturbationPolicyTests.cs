@@ -230,3 +230,71 @@ public class PerturbationPolicyTests
         finally { IO.TensorAssert.DisposeAll(cases); }
     }
 }
+
+/// <summary>SEG's query blur: the σ limits and a finite σ against the blur written out here.</summary>
+public sealed class SegPerturbationTests
+{
+    private static (Tensor Q, Tensor K, Tensor V) Qkv(int h, int w)
+    {
+        using var g = new Generator(21);
+        return (randn(new long[] { 2, 3, h * w, 4 }, generator: g), randn(new long[] { 2, 3, h * w, 4 }, generator: g), randn(new long[] { 2, 3, h * w, 4 }, generator: g));
+    }
+
+    private static AttentionContext Ctx(int h, int w) => new("test", h, w, null);
+
+    [Fact]
+    public void SigmaZeroIsNormalAttention_AndInfinityIsTheMeanQuery()
+    {
+        var (q, k, v) = Qkv(4, 4);
+        TestModels.AssertBitwiseEqual(AttentionMath.Normal(q, k, v), new SegPerturbation(0).Attend(q, k, v, Ctx(4, 4)), "seg:0");
+        TestModels.AssertBitwiseEqual(AttentionMath.Normal(q, k, v), new SegPerturbation(1e-3).Attend(q, k, v, Ctx(4, 4)), "seg:0.001 (kernel 1)");
+        var mean = q.mean(new long[] { 2 }, keepdim: true).expand_as(q);
+        TestModels.AssertClose(AttentionMath.Normal(mean, k, v), new SegPerturbation(double.PositiveInfinity).Attend(q, k, v, Ctx(4, 4)), 1e-6, "seg:inf");
+        Assert.Equal("seg:inf", PerturbationSpec.Parse("seg:inf").Spec);
+        Assert.Equal(0.8, ((SegPerturbation)PerturbationSpec.Parse("seg:0.8")).Sigma);
+    }
+
+    [Fact]
+    public void KernelSizesFollowTheAuthorsRule()
+    {
+        var s = new SegPerturbation(1.5);          // ⌈9⌉ = 9, odd → 9
+        Assert.Equal(9, s.KernelSize(16));
+        Assert.Equal(9, s.KernelSize(8));           // even side 8 → min(9, 8 + 1)
+        Assert.Equal(7, s.KernelSize(7));           // odd side 7 → min(9, 7)
+        Assert.Equal(11, new SegPerturbation(1.7).KernelSize(64)); // ⌈10.2⌉ = 11, odd → 11
+        Assert.Equal(5, new SegPerturbation(2.0 / 3).KernelSize(64)); // ⌈4⌉ = 4, even → 5
+    }
+
+    [Fact]
+    public void AFiniteSigmaMatchesTheBlurWrittenOut()
+    {
+        const int h = 4, w = 4;
+        const double sigma = 0.8;
+        var (q, k, v) = Qkv(h, w);
+        var seg = new SegPerturbation(sigma);
+        int ks = seg.KernelSize(h);   // ⌈4.8⌉ = 5 → 5; min(5, 4 + 1) = 5
+        Assert.Equal(5, ks);
+        var taps = Enumerable.Range(0, ks).Select(i => Math.Exp(-Math.Pow(i - (ks - 1) / 2.0, 2) / (2 * sigma * sigma))).ToArray();
+        double sum = taps.Sum();
+        taps = taps.Select(t => t / sum).ToArray();
+        static int Reflect(int i, int side) => i < 0 ? -i : i >= side ? 2 * (side - 1) - i : i;
+        var qd = q.to_type(ScalarType.Float64).data<double>().ToArray();
+        var outd = new double[qd.Length];
+        int p = ks / 2, dim = 4;
+        for (int nh = 0; nh < 2 * 3; nh++)
+            for (int y = 0; y < h; y++)
+                for (int x = 0; x < w; x++)
+                    for (int c = 0; c < dim; c++)
+                    {
+                        double acc = 0;
+                        for (int dy = -p; dy <= p; dy++)
+                            for (int dx = -p; dx <= p; dx++)
+                                acc += taps[dy + p] * taps[dx + p] * qd[((nh * h + Reflect(y + dy, h)) * w + Reflect(x + dx, w)) * dim + c];
+                        outd[((nh * h + y) * w + x) * dim + c] = acc;
+                    }
+        var expectedQ = tensor(outd).reshape(q.shape).to_type(ScalarType.Float32);
+        TestModels.AssertClose(expectedQ, seg.BlurQueries(q, h, w), 1e-5, "blurred queries");
+        TestModels.AssertClose(AttentionMath.Normal(expectedQ, k, v), seg.Attend(q, k, v, Ctx(h, w)), 1e-5, "SEG attention");
+        Assert.True(TestModels.MaxAbsDiff(AttentionMath.Normal(q, k, v), seg.Attend(q, k, v, Ctx(h, w))) > 1e-3, "the blur changed nothing");
+    }
+}

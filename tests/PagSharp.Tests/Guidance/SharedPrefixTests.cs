@@ -41,9 +41,11 @@ public class SharedPrefixTests
     }
 
     [Theory]
-    [InlineData(false)]
-    [InlineData(true)]
-    public void GuidedDenoiserGivesTheSameEpsWithAndWithoutSharedPrefix(bool cfg)
+    [InlineData(false, "identity")]
+    [InlineData(true, "identity")]
+    [InlineData(true, "seg:1")]
+    [InlineData(false, "seg:inf")]
+    public void GuidedDenoiserGivesTheSameEpsWithAndWithoutSharedPrefix(bool cfg, string perturbation)
     {
         using var _ = no_grad();
         using var net = TestModels.Tiny(classConditional: true);
@@ -53,7 +55,8 @@ public class SharedPrefixTests
         var model = TestModels.Adm(net, y);
         var t = full(2, 700L);
         var layers = net.AttentionLayers.Select(l => l.Name).ToArray();
-        var g = new GuidanceSettings { GuidanceScale = cfg ? 3 : 1, PagScale = new ScaleSchedule.Constant(2), PagLayers = layers };
+        var g = new GuidanceSettings { GuidanceScale = cfg ? 3 : 1, PagScale = new ScaleSchedule.Constant(2), PagLayers = layers,
+                                       Perturbation = PagSharp.Attention.PerturbationSpec.Parse(perturbation) };
         var shared = new GuidedDenoiser(model, g, 1000).Predict(x, TestModels.At(t));
         var naive = new GuidedDenoiser(model, g with { SharedPrefix = false }, 1000).Predict(x, TestModels.At(t));
         // Network outputs agree within 1e-5 (test above); the guided ε = ε + s(ε − ε̂) (+ CFG) amplifies that by ≤ 1 + 2s + 2w.
