@@ -1,3 +1,4 @@
+using PagSharp.Runtime;
 using PagSharp.Models.Adm;
 using System.ComponentModel;
 using PagSharp.Models;
@@ -24,5 +25,15 @@ public class ModelSettings : CommandSettings
     [Description("Use randomly initialised weights (no checkpoint), e.g. for benchmarks.")]
     public bool RandomWeights { get; init; }
 
-    public LoadedAdm LoadModel() => ModelStore.Load(Preset, Config, Checkpoint, RandomWeights);
+    [CommandOption("--dtype <TYPE>")]
+    [Description("Type the network computes in: float32 (default), bfloat16 (weights and activations in bfloat16; guidance and the sampler stay float32), float16.")]
+    public string Dtype { get; init; } = "float32";
+
+    public LoadedAdm LoadModel()
+    {
+        var type = ComputeType.Parse(Dtype);
+        var loaded = ModelStore.Load(Preset, Config, Checkpoint, RandomWeights);
+        ComputeType.Apply(loaded.Net, type);
+        return loaded;
+    }
 }

@@ -69,7 +69,7 @@ public sealed class SampleCommand : Command<SampleCommand.Settings>
         {
             ["model"] = ModelStore.Describe(loaded.Source),
             ["model_config"] = JsonNode.Parse(loaded.Config.ToJson()),
-            ["sampler"] = options.Scheduler, ["karras_sigmas"] = options.KarrasSigmas, ["timestep_respacing"] = respacing, ["steps"] = Sampler.StepCount(options, loaded.Config),
+            ["dtype"] = s.Dtype, ["sampler"] = options.Scheduler, ["karras_sigmas"] = options.KarrasSigmas, ["timestep_respacing"] = respacing, ["steps"] = Sampler.StepCount(options, loaded.Config),
             ["eta"] = s.Eta, ["clip_denoised"] = !s.NoClip,
             ["labels"] = options.Labels is null ? null : new JsonArray(options.Labels.Select(l => (JsonNode)l!).ToArray()),
             ["seed"] = s.Seed, ["count"] = count, ["batch_size"] = bs,

@@ -56,8 +56,11 @@ public sealed class Txt2ImgCommand : Command<Txt2ImgSettings>
         using var sd = StableDiffusion.Load(s.Model, new SdComponents(Vae: !latentOut, TextEncoder: needText));
         string scheduler = s.Scheduler ?? sd.Folder.NativeSchedulerName ?? "ddim";
         sd.KarrasSigmas = s.KarrasSigmas;
+        var computeType = ComputeType.Parse(s.Dtype);
+        ComputeType.Apply(sd.Unet, computeType);
         var guidance = s.BuildGuidance(sd.Unet.AttentionLayers);
         using var controlNet = controlNetPath is null ? null : LoadControlNet(controlNetPath, sd);
+        if (controlNet is not null) ComputeType.Apply(controlNet, computeType);
         using var controlImage = controlNet is null ? null : LoadControlImage(s, sd, controlNet);
         var control = controlNet is null ? null : new SdControl(controlNet, controlImage!)
         {
@@ -340,6 +343,7 @@ public sealed class Txt2ImgCommand : Command<Txt2ImgSettings>
         ["negative_prompt_embeds"] = s.NegativePromptEmbeds is null ? null : FullSpec(s.NegativePromptEmbeds),
         ["clip_skip"] = s.ClipSkip,
         ["scheduler"] = scheduler,
+        ["dtype"] = s.Dtype,
         ["scheduler_config"] = JsonSerializer.SerializeToNode(sd.SchedulerFor(control)),
         ["num_inference_steps"] = s.Steps,
         ["eta"] = s.Eta,

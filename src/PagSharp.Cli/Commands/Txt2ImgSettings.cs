@@ -71,6 +71,8 @@ public sealed class Txt2ImgSettings : CommandSettings
     public int Steps { get; init; } = 50;
     [CommandOption("--scheduler <NAME>")][Description("ddpm, ddim, euler, euler-a, dpmpp-2m or unipc (diffusers semantics, settings from scheduler/scheduler_config.json). Default: the folder's own when it is one of these, else ddim.")]
     public string? Scheduler { get; init; }
+    [CommandOption("--dtype <TYPE>")][Description("Type the U-Net (and ControlNet) compute in: float32 (default), bfloat16, float16; text encoder, VAE, guidance and scheduler stay float32.")]
+    public string Dtype { get; init; } = "float32";
     [CommandOption("--karras-sigmas")][Description("Karras noise levels (use_karras_sigmas) for euler, dpmpp-2m and unipc, as \"DPM++ 2M Karras\" in A1111/ComfyUI. A folder whose scheduler config sets use_karras_sigmas uses them without this flag.")]
     public bool KarrasSigmas { get; init; }
     [CommandOption("--eta <ETA>")][Description("DDIM eta (0 = deterministic).")]

@@ -9,11 +9,13 @@ namespace PagSharp.Denoisers;
 /// guided-diffusion's U-Net (k-diffusion's <c>OpenAIDenoiser</c> idea) on the denoiser contract: ε, and for
 /// learned-variance models the variance values (the second half of the output channels); class labels as the condition
 /// and the null class (a model trained with label dropout) as the unconditional branch. Timesteps reach the network
-/// as int64 when they are whole numbers (DDPM, DDIM) and as float32 otherwise (σ-based schedulers).
+/// as int64 when they are whole numbers (DDPM, DDIM) and as float32 otherwise (σ-based schedulers). A network held in
+/// bfloat16 or float16 gets its input in that type; its output is handed back in the sample's type (float32).
 /// </summary>
 public sealed class AdmDenoiser : IDenoiserModel
 {
     private readonly Tensor? _labels;
+    private readonly ScalarType _dtype;
     private readonly Dictionary<(string Blocks, bool InferenceMode), Tensor?> _labelsFor = new();
 
     /// <param name="net">The network.</param>
@@ -36,6 +38,7 @@ public sealed class AdmDenoiser : IDenoiserModel
                 throw new PagSharpException($"label {(lo < 0 ? lo : hi)} is out of range; valid labels are 0..{nc - 1}" + (net.Config.NullClass is int nul ? $" ({nul} = no class)" : ""));
         }
         _labels = labels;
+        _dtype = net.parameters().First().dtype;
         BatchSize = labels?.shape[0] ?? batchSize ?? throw new PagSharpException("give the batch size of an unconditional model's samples");
     }
 
@@ -53,7 +56,9 @@ public sealed class AdmDenoiser : IDenoiserModel
         using var t = step.Timestep == Math.Floor(step.Timestep)
             ? full(n, (long)step.Timestep, dtype: ScalarType.Int64, device: x.device)
             : full(n, step.Timestep, dtype: ScalarType.Float32, device: x.device);
-        var o = Net.Forward(x, t, LabelsFor(blocks), plan);
+        // A reduced-precision network (bfloat16, float16) computes in its own type; guidance and the scheduler stay float32.
+        var o = Net.Forward(x.dtype == _dtype ? x : x.to_type(_dtype), t, LabelsFor(blocks), plan);
+        if (o.dtype != x.dtype) o = o.to_type(x.dtype);
         if (!Net.Config.LearnSigma) return new ModelOutput(o, null);
         var parts = o.split(x.shape[1], 1);
         return new ModelOutput(parts[0], parts[1]);

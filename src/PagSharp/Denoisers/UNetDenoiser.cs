@@ -23,6 +23,7 @@ public sealed class UNetDenoiser : IDenoiserModel, IDisposable
     private readonly SdControl? _control;
     private readonly Tensor? _controlImage;
     private readonly Dictionary<string, Tensor> _embeddings = new(StringComparer.Ordinal);
+    private readonly ScalarType _dtype;
 
     /// <param name="unet">The U-Net.</param>
     /// <param name="promptEmbeds">Text conditioning [B, S, D].</param>
@@ -43,6 +44,7 @@ public sealed class UNetDenoiser : IDenoiserModel, IDisposable
         if (negativeEmbeds is not null && !negativeEmbeds.shape.SequenceEqual(promptEmbeds.shape))
             throw new PagSharpException($"negative prompt embeddings have shape [{string.Join(",", negativeEmbeds.shape)}] but the prompt embeddings [{string.Join(",", promptEmbeds.shape)}]; they must match (as diffusers requires)");
         _prompt = promptEmbeds;
+        _dtype = unet.parameters().First().dtype;
         _negative = negativeEmbeds;
         _control = control;
         if (control is not null) _controlImage = PrepareControl(unet, control, latentShape).DetachFromDisposeScope();
@@ -58,6 +60,8 @@ public sealed class UNetDenoiser : IDenoiserModel, IDisposable
     {
         long b = BatchSize;
         var emb = EmbeddingsFor(blocks);
+        var dtype = _dtype;
+        var xIn = x.dtype == dtype ? x : x.to_type(dtype);
         using var tt = tensor((float)step.Timestep);
         ControlNetResiduals? residuals = null;
         try
@@ -71,16 +75,17 @@ public sealed class UNetDenoiser : IDenoiserModel, IDisposable
                 {
                     // Only the conditional (and fed perturbed) entries; the unconditional entries get zero residuals.
                     long skip = uncond * b, rest = x.shape[0] - skip;
-                    using var part = _control.Net.Forward(x.narrow(0, skip, rest), tt, emb.narrow(0, skip, rest),
+                    using var part = _control.Net.Forward(xIn.narrow(0, skip, rest), tt, emb.narrow(0, skip, rest),
                         Repeat(_controlImage!, (int)(rest / b)), scale, true);
                     residuals = new ControlNetResiduals(
                         part.Down.Select(dn => cat(new[] { zeros(Shape(dn, skip), dtype: dn.dtype, device: dn.device), dn }, 0)).ToList(),
                         cat(new[] { zeros(Shape(part.Mid, skip), dtype: part.Mid.dtype, device: part.Mid.device), part.Mid }, 0));
                 }
                 else
-                    residuals = _control.Net.Forward(x, tt, emb, Repeat(_controlImage!, blocks.Count), scale, _control.EffectiveGuessMode);
+                    residuals = _control.Net.Forward(xIn, tt, emb, Repeat(_controlImage!, blocks.Count), scale, _control.EffectiveGuessMode);
             }
-            return new ModelOutput(Unet.Forward(x, tt, emb, plan, residuals), null);
+            var o = Unet.Forward(xIn, tt, emb, plan, residuals);
+            return new ModelOutput(o.dtype == x.dtype ? o : o.to_type(x.dtype), null);
         }
         finally
         {
@@ -98,7 +103,9 @@ public sealed class UNetDenoiser : IDenoiserModel, IDisposable
         if (blocks.Contains(Branch.Unconditional) && _negative is null)
             throw new PagSharpException("CFG (guidance scale > 1) needs negative prompt embeddings");
         var parts = blocks.Select(k => k == Branch.Conditional ? _prompt : _negative!).ToArray();
-        return _embeddings[key] = (parts.Length == 1 ? parts[0].alias() : cat(parts, 0)).DetachFromDisposeScope();
+        var joined = parts.Length == 1 ? parts[0].alias() : cat(parts, 0);
+        if (joined.dtype != _dtype) joined = joined.to_type(_dtype);
+        return _embeddings[key] = joined.DetachFromDisposeScope();
     }
 
     private static Tensor Repeat(Tensor x, int times) => times == 1 ? x : cat(Enumerable.Repeat(x, times).ToArray(), 0);
@@ -120,7 +127,7 @@ public sealed class UNetDenoiser : IDenoiserModel, IDisposable
             throw new PagSharpException($"the control image is {img.shape[3]}×{img.shape[2]} but latents of {latentShape[3]}×{latentShape[2]} need a {latentShape[3] * f}×{latentShape[2] * f} control image (width×height; this ControlNet downsamples by {f}); resize it to the generation size");
         if (!img.is_floating_point())
             throw new PagSharpException($"the control image holds {img.dtype} values; expected floating-point values (0..1 for the standard SD ControlNets)");
-        img = img.to_type(ScalarType.Float32);
+        img = img.to_type(control.Net.parameters().First().dtype);
         return img.shape[0] == b ? img.alias() : img.expand(b, -1, -1, -1).contiguous();
     }
 
