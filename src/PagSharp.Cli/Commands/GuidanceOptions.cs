@@ -65,6 +65,10 @@ public class GuidanceOptionSettings : ModelSettings
     public double? SagBlurSigma { get; init; }
     [CommandOption("--sag-kernel <K>")][Description("Odd kernel size of SAG's Gaussian blur. Default 31 (official ADM); must be < 2 x image size.")]
     public int? SagKernel { get; init; }
+    [CommandOption("--guidance-model <CHECKPOINT>")][Description("Autoguidance: the weaker version of the same model (same config; e.g. an early EMA snapshot) to guide with.")]
+    public string? GuidanceModel { get; init; }
+    [CommandOption("--autoguidance-scale <S>")][Description("Autoguidance scale s (Karras et al. 2024): eps + s*(eps - eps_guide); needs --guidance-model. Combines with CFG and PAG.")]
+    public double? AutoguidanceScale { get; init; }
     [CommandOption("--apg")][Description("Adaptive Projected Guidance instead of the plain CFG combination (Sadat et al. 2024; diffusers' AdaptiveProjectedGuidance); scale from --guidance-scale.")]
     public bool Apg { get; init; }
     [CommandOption("--apg-eta <E>")][Description("APG: weight of the update's component parallel to the conditional prediction (default 1, as diffusers; the paper uses 0).")]
@@ -163,6 +167,7 @@ public class GuidanceOptionSettings : ModelSettings
             Apg = BuildApg(),
             CfgZeroStar = CfgZeroStar,
             ZeroInitSteps = ZeroInitSteps,
+            AutoguidanceScale = AutoguidanceScale is double a && a != 0 ? new ScaleSchedule.Constant(a) : null,
         };
     }
 
@@ -214,6 +219,20 @@ public class GuidanceOptionSettings : ModelSettings
             || !int.TryParse(parts[1], NumberStyles.Integer, CultureInfo.InvariantCulture, out int lo))
             throw new PagSharpException($"{option} '{spec}' must be HI:LO model timesteps, e.g. 999:500");
         return (hi, lo);
+    }
+
+    /// <summary>The guide network of autoguidance (--guidance-model, same preset/config as the model), or null.</summary>
+    public LoadedAdm? LoadGuide()
+    {
+        if (GuidanceModel is null)
+        {
+            if (AutoguidanceScale is double a && a != 0) throw new PagSharpException("--autoguidance-scale needs --guidance-model CHECKPOINT (a weaker version of the same model)");
+            return null;
+        }
+        if (!File.Exists(GuidanceModel)) throw new PagSharpException($"--guidance-model '{GuidanceModel}' does not exist");
+        var loaded = ModelStore.Load(Preset, Config, GuidanceModel, false);
+        PagSharp.Runtime.ComputeType.Apply(loaded.Net, PagSharp.Runtime.ComputeType.Parse(Dtype));
+        return loaded;
     }
 
     public SamplingOptions BuildSampling(GuidanceSettings guidance) => new()

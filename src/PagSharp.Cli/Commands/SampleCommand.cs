@@ -40,6 +40,7 @@ public sealed class SampleCommand : Command<SampleCommand.Settings>
     public override int Execute(CommandContext context, Settings s, CancellationToken cancellationToken)
     {
         using var loaded = s.LoadModel();
+        using var guide = s.LoadGuide();
         var guidance = s.BuildGuidance(loaded.Net.AttentionLayers, loaded.Config.GuidanceDefaults);
         var options = s.BuildSampling(guidance);
         options.Validate();
@@ -58,7 +59,7 @@ public sealed class SampleCommand : Command<SampleCommand.Settings>
             throw new PagSharpException($"--save-tensor '{s.SaveTensor}' must be a .npy file");
 
         // Reject bad labels / guidance before anything is written.
-        Sampler.Validate(loaded.Net, options);
+        Sampler.Validate(loaded.Net, options, guide?.Net);
         var (forward, estimate, budget) = Sampler.PlanMemory(loaded.Net, options);
         if (forward < options.BatchSize)
             AnsiConsole.MarkupLine($"[yellow]warning:[/] batches of {options.BatchSize} need about {MemoryBudget.Format(estimate)} but {MemoryBudget.Format(budget ?? 0)} is available: " +
@@ -77,6 +78,7 @@ public sealed class SampleCommand : Command<SampleCommand.Settings>
             ["shard"] = $"{shardK}/{shardN}",
         };
         foreach (var (key, value) in RunManifest.Guidance(guidance, loaded.Net.AttentionLayers)) settingsJson[key] = value;
+        if (guide is not null) settingsJson["guidance_model"] = ModelStore.Describe(guide.Source);
         if (s.SaveTensor is not null) CheckOutputFile(s.SaveTensor, "--save-tensor");
 
         using var run = RunFolder.Open(s.Output, settingsJson, count, bs, (shardK, shardN), i => new JsonObject
@@ -118,7 +120,7 @@ public sealed class SampleCommand : Command<SampleCommand.Settings>
                             task.Value = batchNo * steps + p.Step;
                             task.Description = $"batch {batchNo + 1}/{myBatches.Count} step {p.Step}/{p.StepsPerBatch} {p.StepsPerSecond:F2} it/s";
                         });
-                        var x = Sampler.Sample(loaded.Net, options, idx, x0, progress, ct);
+                        var x = Sampler.Sample(loaded.Net, options, idx, x0, progress, ct, guide?.Net);
                         run.SaveBatch(b, x, s.SaveTensor is null ? null : x);
                         written += idx.Length;
                         done++;

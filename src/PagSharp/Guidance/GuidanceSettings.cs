@@ -56,6 +56,14 @@ public sealed record GuidanceSettings
     /// is active: x_r = x·(std(c)/std(x)) per sample, then φ·x_r + (1 − φ)·x. 0 = off.
     /// </summary>
     public double GuidanceRescale { get; init; }
+    /// <summary>
+    /// Autoguidance (Karras et al. 2024, "Guiding a Diffusion Model with a Bad Version of Itself"): scale s of
+    /// ε(c) + s·(ε(c) − ε_bad(c)), ε_bad the prediction of a weaker guide model (given to the engine); null = off.
+    /// Combines with CFG and PAG (their terms add).
+    /// </summary>
+    public ScaleSchedule? AutoguidanceScale { get; init; }
+    public bool UsesAutoguidance => AutoguidanceScale is not null;
+
     /// <summary>Adaptive Projected Guidance instead of the plain CFG combination (with CFG active); null = off.</summary>
     public ApgSettings? Apg { get; init; }
     /// <summary>
@@ -110,6 +118,7 @@ public sealed record GuidanceSettings
             throw new PagSharpException($"guidance interval {gi.Hi}:{gi.Lo} must be written t_hi:t_lo with t_hi ≥ t_lo");
         PagScale?.Validate("PAG scale");
         Apg?.Validate();
+        AutoguidanceScale?.Validate("autoguidance scale");
         if (Apg is not null && CfgZeroStar) throw new PagSharpException("Apg and CfgZeroStar both replace the CFG combination; choose one");
         if (ZeroInitSteps < 0) throw new PagSharpException($"ZeroInitSteps must be ≥ 0 (got {ZeroInitSteps})");
         PagDirectionCache.Validate(PagCacheInterval);

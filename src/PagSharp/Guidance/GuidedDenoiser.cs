@@ -28,6 +28,7 @@ namespace PagSharp.Guidance;
 public sealed class GuidedDenoiser : IGuidedDenoiser, IDisposable
 {
     private readonly IDenoiserModel _model;
+    private readonly IDenoiserModel? _guide;
     private readonly GuidanceSettings _g;
     private readonly int _totalSteps;
     private readonly Generator? _policyGenerator;
@@ -38,7 +39,8 @@ public sealed class GuidedDenoiser : IGuidedDenoiser, IDisposable
     /// <param name="settings">Guidance settings (validated here against the model).</param>
     /// <param name="totalSteps">Length T of the model's training process (for scale ramps).</param>
     /// <param name="policyGenerator">Random source for stochastic perturbation policies.</param>
-    public GuidedDenoiser(IDenoiserModel model, GuidanceSettings settings, int totalSteps, Generator? policyGenerator = null)
+    /// <param name="guide">The weaker model of autoguidance (same conditioning), needed when <see cref="GuidanceSettings.AutoguidanceScale"/> is set.</param>
+    public GuidedDenoiser(IDenoiserModel model, GuidanceSettings settings, int totalSteps, Generator? policyGenerator = null, IDenoiserModel? guide = null)
     {
         settings.Validate();
         if (settings.UsesSag)
@@ -46,6 +48,11 @@ public sealed class GuidedDenoiser : IGuidedDenoiser, IDisposable
         if (settings.UsesCfg && model.WhyNoUnconditional is { } why)
             throw new PagSharpException($"CFG (guidance scale > 1) needs an unconditional branch, but {why}. Use PAG alone, or a guidance scale ≤ 1.");
         CheckLayers(model, settings.PagLayers);
+        if (settings.UsesAutoguidance && guide is null)
+            throw new PagSharpException("autoguidance (AutoguidanceScale) needs a guide model: a weaker version of the same model");
+        if (guide is not null && guide.BatchSize != model.BatchSize)
+            throw new PagSharpException($"the guide model was given {guide.BatchSize} samples' conditioning, the model {model.BatchSize}");
+        _guide = guide;
         _model = model;
         _g = settings;
         _totalSteps = totalSteps;
@@ -97,10 +104,11 @@ public sealed class GuidedDenoiser : IGuidedDenoiser, IDisposable
     public ModelOutput Predict(Tensor x, StepContext step)
     {
         double s = PagScaleAt(step.Timestep), w = CfgScaleAt(step.Timestep);
+        double sAuto = _g.AutoguidanceScale?.At(step.Timestep, _totalSteps) ?? 0;
         bool pag = s != 0, cfg = w > 1;
         bool reuse = pag && !_pagCache.ComputesAt(step.Timestep, x.shape);
         if (reuse) pag = false; // this step's perturbed branch is replaced by the cached direction
-        if (!pag && !cfg && !reuse) return _model.Forward(x, step, [Branch.Conditional], null);
+        if (!pag && !cfg && !reuse && sAuto == 0) return _model.Forward(x, step, [Branch.Conditional], null);
 
         long b = x.shape[0];
         // Branch order: [uncond], cond, [perturbed].
@@ -144,6 +152,12 @@ public sealed class GuidedDenoiser : IGuidedDenoiser, IDisposable
                 guided = reuse ? c + (s - 1) * direction : outs[nb - 1] + s * direction; // ε̂ + g·Δ = ε + (g − 1)·Δ
             else
                 guided = guided + s * direction;
+        }
+        if (sAuto != 0)
+        {
+            // Autoguidance: the weaker model's conditional prediction, as its own forward call.
+            var bad = _guide!.Forward(x, step, [Branch.Conditional], null).Output;
+            guided = guided + sAuto * (c - bad);
         }
         if (cfg && _g.GuidanceRescale > 0) guided = RescaleNoiseCfg(guided, c, _g.GuidanceRescale);
         if (_g.CfgZeroStar && step.Index < _g.ZeroInitSteps) guided = zeros_like(guided);

@@ -32,8 +32,9 @@ public static class Sampler
     /// <param name="initNoise">Optional x_T for these samples ([N,C,H,W]); otherwise drawn from each sample's seed.</param>
     /// <param name="progress">Step progress.</param>
     /// <param name="cancellation">Stops between steps.</param>
+    /// <param name="guide">The weaker model of autoguidance (same config), when <c>options.Guidance.AutoguidanceScale</c> is set.</param>
     public static Tensor Sample(AdmUNet net, SamplingOptions options, IReadOnlyList<long> indices, Tensor? initNoise = null,
-                                IProgress<SamplingProgress>? progress = null, CancellationToken cancellation = default)
+                                IProgress<SamplingProgress>? progress = null, CancellationToken cancellation = default, AdmUNet? guide = null)
     {
         options.Validate();
         var cfg = net.Config;
@@ -41,7 +42,7 @@ public static class Sampler
         long[] sampleShape = [cfg.InChannels, cfg.ImageSize, cfg.ImageSize];
         if (initNoise is not null && (initNoise.shape[0] != indices.Count || !initNoise.shape[1..].SequenceEqual(sampleShape)))
             throw new PagSharpException($"initial noise has shape [{string.Join(",", initNoise.shape)}]; expected [{indices.Count},{string.Join(",", sampleShape)}]");
-        Validate(net, options);
+        Validate(net, options, guide);
         int forward = PlanMemory(net, options).ForwardBatch;
         if (forward < options.BatchSize) options = options with { BatchSize = forward };
         var diffusion = GaussianDiffusion.Create(spec.NoiseSchedule, spec.DiffusionSteps, options.ResolvedRespacing(spec.DiffusionSteps), spec.Variance);
@@ -66,7 +67,7 @@ public static class Sampler
                     labels = tensor(batch.Select(i => (long)(options.Labels is { } l ? l[(int)(i % l.Count)] : cfg.NullClass!.Value)).ToArray());
                 using var policyGen = new Generator((ulong)options.SampleSeed(batch[0]) ^ 0x5bd1e995UL);
                 var model = new AdmDenoiser(net, labels, batch.Length);
-                var denoiser = CreateDenoiser(model, spec, options, policyGen);
+                var denoiser = CreateDenoiser(model, spec, options, policyGen, null, guide is null ? null : new AdmDenoiser(guide, labels, batch.Length));
                 var scheduler = CreateScheduler(options, spec, diffusion);
                 var sw = Stopwatch.StartNew();
                 void Report(LoopStep s) => progress?.Report(new SamplingProgress(s.Index + 1, s.Count, bi, batches, (s.Index + 1) / Math.Max(sw.Elapsed.TotalSeconds, 1e-9)));
@@ -93,15 +94,19 @@ public static class Sampler
     /// sampling, and runs whose single sample would not fit in memory (<see cref="PlanMemory"/>): callers check a run
     /// before they write anything.
     /// </summary>
-    public static void Validate(AdmUNet net, SamplingOptions options)
+    public static void Validate(AdmUNet net, SamplingOptions options, AdmUNet? guide = null)
     {
+        if (options.Guidance.UsesAutoguidance && guide is null)
+            throw new PagSharpException("autoguidance (AutoguidanceScale) needs a guide model: a weaker version of the same model");
+        if (guide is not null && guide.Config with { GuidanceDefaults = null } != net.Config with { GuidanceDefaults = null })
+            throw new PagSharpException("the guide model of autoguidance must have the same config as the model");
         options.Validate();
         var cfg = net.Config;
         CheckLabels(net, options.Labels);
         var spec = DiffusionSpec.Of(cfg);
         (CreateScheduler(options, spec) as IDisposable)?.Dispose();
         using var probe = new AdmDenoiserProbe(net);
-        (CreateDenoiser(probe.Model, spec, options, null, [cfg.InChannels, cfg.ImageSize, cfg.ImageSize]) as IDisposable)?.Dispose();
+        (CreateDenoiser(probe.Model, spec, options, null, [cfg.InChannels, cfg.ImageSize, cfg.ImageSize], guide is null ? null : probe.Model) as IDisposable)?.Dispose();
         PlanMemory(net, options);
     }
 
@@ -161,8 +166,10 @@ public static class Sampler
     /// validates the settings against the model; <paramref name="sampleShape"/> [C,H,W], when given, is checked too.
     /// </summary>
     public static IGuidedDenoiser CreateDenoiser(IDenoiserModel model, DiffusionSpec spec, SamplingOptions options,
-                                                 Generator? policyGenerator = null, long[]? sampleShape = null)
+                                                 Generator? policyGenerator = null, long[]? sampleShape = null, IDenoiserModel? guide = null)
     {
+        if (options.Guidance.UsesSag && options.Guidance.UsesAutoguidance)
+            throw new PagSharpException("SAG and autoguidance cannot be combined yet; use PAG with autoguidance");
         if (options.Guidance.UsesSag)
         {
             var original = GaussianDiffusion.Create(spec.NoiseSchedule, spec.DiffusionSteps, "", spec.Variance);
@@ -170,7 +177,7 @@ public static class Sampler
             if (sampleShape is { Length: >= 2 }) sag.CheckImageSize(sampleShape[^2], sampleShape[^1]);
             return sag;
         }
-        return new GuidedDenoiser(model, options.Guidance, spec.DiffusionSteps, policyGenerator);
+        return new GuidedDenoiser(model, options.Guidance, spec.DiffusionSteps, policyGenerator, guide);
     }
 
     /// <summary>An adapter of the network with one sample's labels (the null class, or 0), for validation only.</summary>

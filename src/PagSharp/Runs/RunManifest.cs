@@ -29,6 +29,7 @@ public static class RunManifest
         yield return ("split_batch", g.SplitBatch);
         if (g.Apg is { } apg)
             yield return ("apg", new JsonObject { ["eta"] = apg.Eta, ["norm_threshold"] = apg.NormThreshold, ["momentum"] = apg.Momentum });
+        if (g.AutoguidanceScale is { } auto) yield return ("autoguidance_scale", Schedule(auto));
         if (g.CfgZeroStar) yield return ("cfg_zero_star", new JsonObject { ["zero_init_steps"] = g.ZeroInitSteps });
         if (g.Sag is { } sag)
             yield return ("sag", new JsonObject

@@ -79,3 +79,31 @@ public sealed class GuidanceDefaultsTests : IDisposable
         Assert.Contains("pag sample --pag uses it", output);
     }
 }
+
+/// <summary>pag sample --guidance-model / --autoguidance-scale.</summary>
+[Collection(CliCollection.Name)]
+public sealed class AutoguidanceCliTests : IDisposable
+{
+    private readonly AdmACli _adm = new();
+    public void Dispose() => _adm.Dispose();
+
+    [Fact]
+    public void TheModelItselfAsGuideGivesTheUnguidedSamples_AndTheRunRecordsIt()
+    {
+        string a = _adm.Dir.File("a"), b = _adm.Dir.File("b");
+        string[] common = ["sample", "--config", _adm.Config, "--checkpoint", _adm.Weights, "--init-noise", _adm.InitNoise, "--steps", "3"];
+        var (exit, output) = Pag.Run([.. common, "--output", a, "--save-tensor", a + ".npy"]);
+        Assert.True(exit == 0, output);
+        (exit, output) = Pag.Run([.. common, "--guidance-model", _adm.Weights, "--autoguidance-scale", "2", "--output", b, "--save-tensor", b + ".npy"]);
+        Assert.True(exit == 0, output);
+        using var x = PagSharp.IO.Npy.Load(a + ".npy");
+        using var y = PagSharp.IO.Npy.Load(b + ".npy");
+        PagSharp.Tests.Models.Close.Assert(x, y, 1e-5, "guide = model: no guidance");
+        var run = JsonNode.Parse(File.ReadAllText(Path.Combine(b, "run.json")))!["settings"]!;
+        Assert.Equal(2.0, (double?)run["autoguidance_scale"]!["scale"]);
+        Assert.NotNull(run["guidance_model"]);
+        (exit, output) = Pag.Run([.. common, "--autoguidance-scale", "2", "--output", _adm.Dir.File("c")]);
+        Assert.Equal(2, exit);
+        Assert.Contains("--guidance-model", output);
+    }
+}
