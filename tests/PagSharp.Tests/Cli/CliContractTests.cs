@@ -211,3 +211,18 @@ public sealed class MemoryCheckCliTests : IDisposable
         Assert.True(File.Exists(Path.Combine(dir, "00003.png")));
     }
 }
+
+/// <summary>pag compare's method tokens for the guidance family.</summary>
+public sealed class CompareTokensTests
+{
+    [Fact]
+    public void ApgCfgZeroAndAutoTokensParse()
+    {
+        var m = PagSharp.Cli.Commands.CompareCommand.ParseMethods("apg:3,cfgzero:2+pag:1,auto:1.5+cfg:4");
+        Assert.Equal((3.0, true, false), (m[0].Cfg, m[0].Apg, m[0].ZeroStar));
+        Assert.Equal((2.0, 1.0, true), (m[1].Cfg, m[1].Pag, m[1].ZeroStar));
+        Assert.Equal((4.0, 1.5), (m[2].Cfg, m[2].Auto));
+        Assert.Contains("alternative", Assert.Throws<PagSharpException>(() => PagSharp.Cli.Commands.CompareCommand.ParseMethods("apg:3+cfgzero:3")).Message);
+        Assert.Contains("valid: none, pag, sag, cfg, apg, cfgzero, auto", Assert.Throws<PagSharpException>(() => PagSharp.Cli.Commands.CompareCommand.ParseMethods("slg:1")).Message);
+    }
+}
