@@ -19,8 +19,10 @@ public sealed class ForwardCommand : Command<ForwardCommand.Settings>
         public string? Timesteps { get; init; }
         [CommandOption("--labels <Y>")][Description("Comma-separated class labels or a tensor spec (class-conditional models).")]
         public string? Labels { get; init; }
-        [CommandOption("--perturb <SPEC>")][Description("Layers whose attention is replaced by the identity (all batch entries).")]
+        [CommandOption("--perturb <SPEC>")][Description("Layers whose attention is perturbed (all batch entries) with --perturbation.")]
         public string? Perturb { get; init; }
+        [CommandOption("--perturbation <POLICY>")][Description("What the --perturb layers compute, as pag sample: identity (PAG, default), mask:R, mask-nodiag:R, noise:S, noise-logits:S, blur:S, soft:L, seg:S, seg:inf.")]
+        public string Perturbation { get; init; } = "identity";
         [CommandOption("--output <FILE>")][Description("Output .npy (or .safetensors, key 'out').")]
         public string? Output { get; init; }
         [CommandOption("--model <DIR>")][Description("A diffusers Stable Diffusion folder: run its UNet (needs --encoder-hidden-states).")]
@@ -33,7 +35,8 @@ public sealed class ForwardCommand : Command<ForwardCommand.Settings>
     {
         if (s.Input is null || s.Timesteps is null || s.Output is null)
             throw new PagSharpException("pag forward needs --input, --timesteps and --output");
-        if (s.Model is not null) return SdForward.Run(s.Model, s.Input, s.Timesteps, s.EncoderHiddenStates, s.Perturb, s.Output, s.Labels);
+        var policy = PerturbationSpec.Parse(s.Perturbation);
+        if (s.Model is not null) return SdForward.Run(s.Model, s.Input, s.Timesteps, s.EncoderHiddenStates, s.Perturb, s.Output, s.Labels, policy);
         if (s.EncoderHiddenStates is not null) throw new PagSharpException("--encoder-hidden-states is for a Stable Diffusion UNet (--model DIR)");
         using var loaded = s.LoadModel();
         using var x = TensorSpec.Load(s.Input).to_type(ScalarType.Float32);
@@ -48,7 +51,7 @@ public sealed class ForwardCommand : Command<ForwardCommand.Settings>
         if (y is null && loaded.Net.IsClassConditional)
             throw new PagSharpException($"this model is class-conditional: give --labels (0..{cfg.ResolvedNumClasses - 1})");
         if (y is not null) CheckRange(y, 0, cfg.ResolvedNumClasses!.Value - 1, "--labels", $"valid labels are 0..{cfg.ResolvedNumClasses - 1}");
-        var plan = s.Perturb is null ? null : PerturbationPlan.Perturb(LayerSpec.Resolve(s.Perturb, loaded.Net.AttentionLayers), IdentityPerturbation.Instance);
+        var plan = s.Perturb is null ? null : PerturbationPlan.Perturb(LayerSpec.Resolve(s.Perturb, loaded.Net.AttentionLayers), policy, generator: new TorchSharp.torch.Generator(0));
         using var _ = no_grad();
         using var output = loaded.Net.Forward(x, t, y, plan);
         if (s.Output.EndsWith(".safetensors", StringComparison.OrdinalIgnoreCase))

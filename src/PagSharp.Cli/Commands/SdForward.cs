@@ -9,7 +9,7 @@ namespace PagSharp.Cli.Commands;
 /// <summary><c>pag forward --model DIR</c>: one call of a diffusers SD UNet, optionally with identity-perturbed self-attention layers.</summary>
 internal static class SdForward
 {
-    public static int Run(string model, string input, string timesteps, string? ehsSpec, string? perturb, string output, string? labels)
+    public static int Run(string model, string input, string timesteps, string? ehsSpec, string? perturb, string output, string? labels, IAttentionPerturbation policy)
     {
         if (labels is not null) throw new PagSharpException("--labels is for class-conditional ADM models; a Stable Diffusion UNet takes --encoder-hidden-states");
         if (ehsSpec is null) throw new PagSharpException("pag forward --model needs --encoder-hidden-states TENSOR ([B,S,D] text conditioning)");
@@ -25,7 +25,7 @@ internal static class SdForward
             throw new PagSharpException($"--encoder-hidden-states has shape [{string.Join(",", ehsRaw.shape)}]; expected [{b} or 1,S,{d}] (cross_attention_dim {d})");
         using var ehs = ehsRaw.shape[0] == b ? ehsRaw.alias() : ehsRaw.expand(b, -1, -1).contiguous();
         using var t = Timesteps(timesteps, b);
-        var plan = perturb is null ? null : PerturbationPlan.Perturb(DiffusersLayerSpec.Resolve(perturb, unet.AttentionLayers), IdentityPerturbation.Instance);
+        var plan = perturb is null ? null : PerturbationPlan.Perturb(DiffusersLayerSpec.Resolve(perturb, unet.AttentionLayers), policy, generator: new TorchSharp.torch.Generator(0));
         using var _ = no_grad();
         using var o = unet.Forward(x, t, ehs, plan);
         ForwardCommand.Save(output, o);

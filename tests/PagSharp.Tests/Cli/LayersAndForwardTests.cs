@@ -10,6 +10,31 @@ public sealed class LayersAndForwardTests : IDisposable
 
     public void Dispose() => _adm.Dispose();
 
+    /// <summary>--perturbation reaches the layers: seg:0 is the unperturbed pass, seg:inf the network with mean queries there.</summary>
+    [Fact]
+    public void Forward_TakesAPerturbationPolicy()
+    {
+        string Run(string policy)
+        {
+            string output = _adm.Dir.File("pol_" + policy.Replace(':', '_') + ".npy");
+            var (exit, log) = Pag.Run("forward", "--config", _adm.Config, "--checkpoint", _adm.Weights, "--input", _adm.Cases + ":x",
+                "--timesteps", "0,250,500,999", "--perturb", "middle_block.1", "--perturbation", policy, "--output", output);
+            Assert.True(exit == 0, log);
+            return output;
+        }
+        using var none = SafeTensors.LoadTensor(_adm.Cases, "out_none");
+        using var seg0 = Npy.Load(Run("seg:0"));
+        Close.Assert(none, seg0, 1e-4, "seg:0 = no perturbation");
+        using var segInf = Npy.Load(Run("seg:inf"));
+        using var pag = SafeTensors.LoadTensor(_adm.Cases, "out_pag_mid");
+        Close.AssertDiffer(none, segInf, 1e-3, "seg:inf vs none");
+        Close.AssertDiffer(pag, segInf, 1e-3, "seg:inf vs identity");
+        var (bad, badLog) = Pag.Run("forward", "--config", _adm.Config, "--checkpoint", _adm.Weights, "--input", _adm.Cases + ":x",
+            "--timesteps", "0", "--perturb", "middle_block.1", "--perturbation", "wobble:1", "--output", _adm.Dir.File("bad.npy"));
+        Assert.Equal(2, bad);
+        Assert.Contains("unknown perturbation", badLog);
+    }
+
     [Fact]
     public void Layers_ListsEveryAttentionBlock()
     {
