@@ -131,7 +131,7 @@ public class GuidanceOptionSettings : ModelSettings
 
         if (PagScale is not null && PagScaleOfficial is not null) throw new PagSharpException("give --pag-scale or --pag-scale-official, not both");
         double? s = pagScaleOverride ?? PagScale ?? (Pag && PagScaleOfficial is null ? defaults!.PagScale : null);
-        string layerSpec = PagLayers ?? defaults?.PagLayers ?? "middle";
+        var (layerSpec, headsByItem) = HeadSpec.Split(PagLayers ?? defaults?.PagLayers ?? "middle");
         if (PagLayers is not null && s is null && PagScaleOfficial is null && !Pag && method == "pag")
             AnsiConsole.MarkupLine("[yellow]warning:[/] --pag-layers has no effect without --pag-scale (or --pag); sampling without PAG");
         var formula = PagFormula.Paper;
@@ -157,6 +157,7 @@ public class GuidanceOptionSettings : ModelSettings
             GuidanceInterval = ParseInterval(GuidanceInterval, "--guidance-interval"),
             PagScale = schedule,
             PagLayers = schedule is null ? Array.Empty<string>() : LayerSpec.Resolve(layerSpec, layers),
+            PagHeads = headsByItem.SelectMany(kv => LayerSpec.Resolve(kv.Key, layers).Select(l => (l, kv.Value))).ToDictionary(p => p.l, p => p.Value),
             Perturbation = PerturbationSpec.Parse(Perturbation),
             PagInterval = ParseInterval(PagInterval, "--pag-interval"),
             Formula = formula,

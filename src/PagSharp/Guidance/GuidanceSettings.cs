@@ -37,6 +37,8 @@ public sealed record GuidanceSettings
     public ScaleSchedule? PagScale { get; init; }
     /// <summary>Resolved attention layer names to perturb.</summary>
     public IReadOnlyList<string> PagLayers { get; init; } = Array.Empty<string>();
+    /// <summary>Per-head PAG: for a layer listed here only these heads are perturbed (others keep normal attention); absent = all heads.</summary>
+    public IReadOnlyDictionary<string, int[]> PagHeads { get; init; } = new Dictionary<string, int[]>();
     /// <summary>The perturbation policy (identity = PAG).</summary>
     public IAttentionPerturbation Perturbation { get; init; } = IdentityPerturbation.Instance;
     /// <summary>PAG only for model timesteps Lo ≤ t ≤ Hi; null = every step.</summary>

@@ -48,6 +48,13 @@ public sealed class GuidedDenoiser : IGuidedDenoiser, IDisposable
         if (settings.UsesCfg && model.WhyNoUnconditional is { } why)
             throw new PagSharpException($"CFG (guidance scale > 1) needs an unconditional branch, but {why}. Use PAG alone, or a guidance scale ≤ 1.");
         CheckLayers(model, settings.PagLayers);
+        foreach (var (layer, heads) in settings.PagHeads)
+        {
+            var info = model.AttentionLayers.FirstOrDefault(l => l.Name == layer)
+                ?? throw new PagSharpException($"PagHeads names '{layer}', which is not a self-attention layer of this model");
+            if (heads.Any(h => h < 0 || h >= info.Heads))
+                throw new PagSharpException($"layer '{layer}' has {info.Heads} heads (0..{info.Heads - 1}); PagHeads asks for {string.Join(",", heads)}");
+        }
         if (settings.UsesAutoguidance && guide is null)
             throw new PagSharpException("autoguidance (AutoguidanceScale) needs a guide model: a weaker version of the same model");
         if (guide is not null && guide.BatchSize != model.BatchSize)
@@ -86,11 +93,17 @@ public sealed class GuidedDenoiser : IGuidedDenoiser, IDisposable
         // Shared prefix: the perturbed branch equals the conditional one up to the first perturbed layer, so it is not
         // fed in; the network forks the conditional entries there (see PerturbationPlan.ForkSource).
         if (pag && !_g.SharedPrefix) blocks.Add(Branch.Conditional);
-        PerturbationPlan? plan = pag
-            ? PerturbationPlan.Perturb(_g.PagLayers, _g.Perturbation, Range(b * (nb - 1), b), _policyGenerator,
-                _g.SharedPrefix ? Range(b * condIdx, b) : null)
-            : null;
+        PerturbationPlan? plan = pag ? PlanFor(Range(b * (nb - 1), b), _g.SharedPrefix ? Range(b * condIdx, b) : null) : null;
         return _layouts[(cfg, pag)] = new BatchLayout(blocks.ToArray(), nb, plan);
+    }
+
+    /// <summary>The PAG plan on the given entries: the policy at every PAG layer, on the chosen heads where <see cref="GuidanceSettings.PagHeads"/> says so.</summary>
+    private PerturbationPlan PlanFor(long[]? entries, long[]? forkSource)
+    {
+        var plan = new PerturbationPlan { Generator = _policyGenerator, ForkSource = forkSource };
+        foreach (var layer in _g.PagLayers)
+            plan.Add(layer, _g.PagHeads.TryGetValue(layer, out var heads) ? new HeadSubsetPerturbation(_g.Perturbation, heads) : _g.Perturbation, entries);
+        return plan;
     }
 
     private static long[] Range(long start, long count) => Enumerable.Range(0, (int)count).Select(i => start + i).ToArray();
@@ -121,7 +134,7 @@ public sealed class GuidedDenoiser : IGuidedDenoiser, IDisposable
             for (int i = 0; i < nb; i++)
             {
                 bool perturbed = pag && i == nb - 1;
-                var plan = perturbed ? PerturbationPlan.Perturb(_g.PagLayers, _g.Perturbation, null, _policyGenerator) : null;
+                var plan = perturbed ? PlanFor(null, null) : null;
                 var o = _model.Forward(x, step, [cfg && i == 0 ? Branch.Unconditional : Branch.Conditional], plan);
                 outs[i] = o.Output;
                 if (i == condIdx) varValues = o.VarValues;

@@ -23,6 +23,9 @@ public static class RunManifest
             yield return ("pag_formula", g.Formula == PagFormula.Official ? "official" : "paper");
             yield return ("pag_layers", new JsonArray(g.PagLayers.Select(l => (JsonNode)l!).ToArray()));
             yield return ("perturbation", g.Perturbation.Spec);
+            if (g.PagHeads.Count > 0)
+                yield return ("pag_heads", new JsonObject(g.PagHeads.OrderBy(kv => kv.Key, StringComparer.Ordinal)
+                    .Select(kv => new KeyValuePair<string, JsonNode?>(kv.Key, new JsonArray(kv.Value.Select(h => (JsonNode)h!).ToArray())))));
             if (g.PagInterval is { } pi) yield return ("pag_interval", new JsonArray(pi.Hi, pi.Lo));
             if (g.PagCacheInterval != 1) yield return ("pag_cache_interval", g.PagCacheInterval);
         }

@@ -298,3 +298,34 @@ public sealed class SegPerturbationTests
         Assert.True(TestModels.MaxAbsDiff(AttentionMath.Normal(q, k, v), seg.Attend(q, k, v, Ctx(h, w))) > 1e-3, "the blur changed nothing");
     }
 }
+
+/// <summary>Per-head PAG: the policy on the chosen heads, normal attention on the others.</summary>
+public sealed class HeadSubsetTests
+{
+    [Fact]
+    public void ChosenHeadsGetThePolicyOthersNormalAttention()
+    {
+        using var g = new Generator(4);
+        var q = randn(new long[] { 2, 4, 16, 8 }, generator: g);
+        var k = randn(new long[] { 2, 4, 16, 8 }, generator: g);
+        var v = randn(new long[] { 2, 4, 16, 8 }, generator: g);
+        var ctx = new AttentionContext("layer", 4, 4, null);
+        var outp = new HeadSubsetPerturbation(IdentityPerturbation.Instance, [1, 3]).Attend(q, k, v, ctx);
+        var normal = AttentionMath.Normal(q, k, v);
+        foreach (int h in new[] { 0, 2 }) TestModels.AssertBitwiseEqual(normal[.., h], outp[.., h], $"head {h} normal");
+        foreach (int h in new[] { 1, 3 }) TestModels.AssertBitwiseEqual(v[.., h], outp[.., h], $"head {h} identity");
+        TestModels.AssertClose(IdentityPerturbation.Instance.Attend(q, k, v, ctx), new HeadSubsetPerturbation(IdentityPerturbation.Instance, [0, 1, 2, 3]).Attend(q, k, v, ctx), 0, "all heads = the policy");
+        Assert.Contains("has 4 heads", Assert.Throws<PagSharpException>(() => new HeadSubsetPerturbation(IdentityPerturbation.Instance, [4]).Attend(q, k, v, ctx)).Message);
+    }
+
+    [Fact]
+    public void HeadSpecsSplitFromLayerSpecs()
+    {
+        var (spec, heads) = HeadSpec.Split("middle_block.1:h0,h3,output@16,input_blocks.3.1:h1");
+        Assert.Equal("middle_block.1,output@16,input_blocks.3.1", spec);
+        Assert.Equal([0, 3], heads["middle_block.1"]);
+        Assert.Equal([1], heads["input_blocks.3.1"]);
+        Assert.Empty(HeadSpec.Split("middle,output").Heads);
+        Assert.Throws<PagSharpException>(() => HeadSpec.Split("middle_block.1:x"));
+    }
+}

@@ -45,6 +45,7 @@ public class SharedPrefixTests
     [InlineData(true, "identity")]
     [InlineData(true, "seg:1")]
     [InlineData(false, "seg:inf")]
+    [InlineData(true, "heads")]
     public void GuidedDenoiserGivesTheSameEpsWithAndWithoutSharedPrefix(bool cfg, string perturbation)
     {
         using var _ = no_grad();
@@ -56,7 +57,8 @@ public class SharedPrefixTests
         var t = full(2, 700L);
         var layers = net.AttentionLayers.Select(l => l.Name).ToArray();
         var g = new GuidanceSettings { GuidanceScale = cfg ? 3 : 1, PagScale = new ScaleSchedule.Constant(2), PagLayers = layers,
-                                       Perturbation = PagSharp.Attention.PerturbationSpec.Parse(perturbation) };
+                                       Perturbation = PagSharp.Attention.PerturbationSpec.Parse(perturbation == "heads" ? "identity" : perturbation),
+                                       PagHeads = perturbation == "heads" ? new Dictionary<string, int[]> { [layers[0]] = [1] } : new Dictionary<string, int[]>() };
         var shared = new GuidedDenoiser(model, g, 1000).Predict(x, TestModels.At(t));
         var naive = new GuidedDenoiser(model, g with { SharedPrefix = false }, 1000).Predict(x, TestModels.At(t));
         // Network outputs agree within 1e-5 (test above); the guided ε = ε + s(ε − ε̂) (+ CFG) amplifies that by ≤ 1 + 2s + 2w.
