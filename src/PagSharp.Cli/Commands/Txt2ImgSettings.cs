@@ -48,6 +48,8 @@ public sealed class Txt2ImgSettings : CommandSettings
     public int PagCacheInterval { get; init; } = 1;
     [CommandOption("--pag-layers <SPEC>")][Description("Self-attention layers to perturb: diffusers identifiers (mid, down_blocks.1, up_blocks.0.attentions.1, regular expressions), groups input/middle/output/all, globs or exact names. Default mid.")]
     public string PagLayers { get; init; } = "mid";
+    [CommandOption("--pag-layer-match <MODE>")][Description("How --pag-layers identifiers match: exact (default: literal dotted prefixes, down_blocks.1 never matches down_blocks.10; mid/down/up for mid_block/down_blocks/up_blocks) or diffusers (regular expressions searched in the names, as diffusers' pag_applied_layers, for parity).")]
+    public string PagLayerMatch { get; init; } = "exact";
     [CommandOption("--perturbation <POLICY>")][Description("What the perturbed layers compute: identity (PAG), mask:R, mask-nodiag:R, noise:S, noise-logits:S, blur:S, soft:L.")]
     public string Perturbation { get; init; } = "identity";
     [CommandOption("--apg")][Description("Adaptive Projected Guidance instead of the plain CFG combination (Sadat et al. 2024; diffusers' AdaptiveProjectedGuidance); scale from --guidance-scale.")]
@@ -150,7 +152,12 @@ public sealed class Txt2ImgSettings : CommandSettings
             GuidanceSchedule = GuidanceScaleEnd is double we ? new ScaleSchedule.Linear(guidanceScale ?? GuidanceScale, we) : null,
             GuidanceInterval = GuidanceOptionSettings.ParseInterval(GuidanceInterval, "--guidance-interval"),
             Perturbation = PerturbationSpec.Parse(Perturbation),
-            PagLayers = pag > 0 ? DiffusersLayerSpec.Resolve(PagLayers, layers) : Array.Empty<string>(),
+            PagLayers = pag > 0 ? DiffusersLayerSpec.Resolve(PagLayers, layers, PagLayerMatch switch
+            {
+                "exact" => LayerMatch.Exact,
+                "diffusers" => LayerMatch.Diffusers,
+                _ => throw new PagSharpException($"--pag-layer-match '{PagLayerMatch}': valid: exact, diffusers"),
+            }) : Array.Empty<string>(),
             SharedPrefix = !NoSharedPrefix,
             PagCacheInterval = PagCacheInterval,
             Apg = BuildApg(),

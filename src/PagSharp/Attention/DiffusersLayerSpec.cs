@@ -21,6 +21,32 @@ namespace PagSharp.Attention;
 /// </summary>
 public static class DiffusersLayerSpec
 {
+    /// <summary>
+    /// How a diffusers identifier matches (step 4 above): <see cref="LayerMatch.Diffusers"/> searches it as a regular
+    /// expression, as diffusers does (<c>blocks.1</c> also matches <c>blocks.10</c>, which diffusers' issue tracker
+    /// reports as a bug; kept for parity); <see cref="LayerMatch.Exact"/> takes it literally as a whole dotted prefix of
+    /// the name (<c>down_blocks.1</c> matches <c>down_blocks.1.…</c> only), with <c>mid</c>, <c>down</c>, <c>up</c>
+    /// standing for <c>mid_block</c>, <c>down_blocks</c>, <c>up_blocks</c>.
+    /// </summary>
+    public static IReadOnlyList<string> Resolve(string spec, IReadOnlyList<AttentionLayerInfo> layers, LayerMatch match)
+    {
+        if (match == LayerMatch.Diffusers) return Resolve(spec, layers);
+        if (string.IsNullOrWhiteSpace(spec))
+            throw new PagSharpException($"empty layer specification; {Describe(layers)}");
+        var chosen = new HashSet<string>(StringComparer.Ordinal);
+        foreach (var item in spec.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries))
+        {
+            string prefix = item switch { "mid" => "mid_block", "down" => "down_blocks", "up" => "up_blocks", _ => item };
+            bool special = item is "all" or "input" or "middle" or "output" || item.Contains('@') || item.Contains('*') || item.Contains('?');
+            var matched = special ? Match(item, layers)
+                : layers.Where(l => l.Name == prefix || l.Name.StartsWith(prefix + ".", StringComparison.Ordinal)).Select(l => l.Name).ToList();
+            if (matched.Count == 0)
+                throw new PagSharpException($"PAG layer '{item}' matches no self-attention layer as an exact dotted prefix (regular expressions need the diffusers matching mode); {Describe(layers)}");
+            chosen.UnionWith(matched);
+        }
+        return layers.Where(l => chosen.Contains(l.Name)).Select(l => l.Name).ToArray();
+    }
+
     public static IReadOnlyList<string> Resolve(string spec, IReadOnlyList<AttentionLayerInfo> layers)
     {
         if (string.IsNullOrWhiteSpace(spec))
@@ -74,4 +100,13 @@ public static class DiffusersLayerSpec
         "give diffusers identifiers (mid, down_blocks.1, up_blocks.0.attentions.1, or any regular expression searched in the names), " +
         "groups input, middle, output, all (optionally @RES), globs, or exact names; the self-attention layers are: " +
         string.Join(", ", layers.Select(l => l.Name));
+}
+
+/// <summary>How diffusers-style layer identifiers match layer names (<see cref="DiffusersLayerSpec.Resolve(string, IReadOnlyList{AttentionLayerInfo}, LayerMatch)"/>).</summary>
+public enum LayerMatch
+{
+    /// <summary>Literal whole dotted prefixes (the CLI's default).</summary>
+    Exact,
+    /// <summary>Regular expressions searched in the names, as diffusers' <c>pag_applied_layers</c> (parity).</summary>
+    Diffusers,
 }

@@ -329,3 +329,26 @@ public sealed class HeadSubsetTests
         Assert.Throws<PagSharpException>(() => HeadSpec.Split("middle_block.1:x"));
     }
 }
+
+/// <summary>Exact and diffusers matching of diffusers-style layer identifiers.</summary>
+public sealed class LayerMatchTests
+{
+    private static readonly AttentionLayerInfo[] Layers =
+    [
+        new("down_blocks.1.attentions.0.transformer_blocks.0.attn1", "input", 32, 64, 2),
+        new("down_blocks.10.attentions.0.transformer_blocks.0.attn1", "input", 16, 64, 2),
+        new("mid_block.attentions.0.transformer_blocks.0.attn1", "middle", 8, 64, 2),
+        new("up_blocks.1.attentions.2.transformer_blocks.0.attn1", "output", 16, 64, 2),
+    ];
+
+    [Fact]
+    public void ExactMatchingTakesWholeDottedPrefixes_DiffusersMatchingSearchesRegexes()
+    {
+        Assert.Equal([Layers[0].Name], DiffusersLayerSpec.Resolve("down_blocks.1", Layers, LayerMatch.Exact));
+        Assert.Equal([Layers[0].Name, Layers[1].Name], DiffusersLayerSpec.Resolve("down_blocks.1", Layers, LayerMatch.Diffusers));
+        Assert.Equal([Layers[2].Name], DiffusersLayerSpec.Resolve("mid", Layers, LayerMatch.Exact));
+        Assert.Equal([Layers[3].Name], DiffusersLayerSpec.Resolve("up_blocks.1.attentions.2", Layers, LayerMatch.Exact));
+        Assert.Equal([Layers[0].Name, Layers[1].Name], DiffusersLayerSpec.Resolve("input", Layers, LayerMatch.Exact));
+        Assert.Contains("diffusers matching mode", Assert.Throws<PagSharpException>(() => DiffusersLayerSpec.Resolve("down_blocks\\.1", Layers, LayerMatch.Exact)).Message);
+    }
+}
