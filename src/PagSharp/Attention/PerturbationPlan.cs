@@ -50,6 +50,15 @@ public sealed class PerturbationPlan
         return this;
     }
 
+    /// <summary>
+    /// The batch entries (of <paramref name="batch"/>) for which <paramref name="layer"/> is skipped
+    /// (<see cref="SkipPerturbation"/>), or null when it is not.
+    /// </summary>
+    public long[]? SkippedEntries(string layer, long batch) =>
+        _entries.TryGetValue(layer, out var e) && e.Policy is SkipPerturbation
+            ? e.BatchIndices ?? Enumerable.Range(0, (int)batch).Select(i => (long)i).ToArray()
+            : null;
+
     public bool IsEmpty => _entries.Count == 0 && _capture.Count == 0;
     public IReadOnlyCollection<string> PerturbedLayers => _entries.Keys;
     public bool TryGet(string layer, out Entry entry) => _entries.TryGetValue(layer, out entry!);

@@ -10,7 +10,8 @@ public static class PerturbationSpec
         "identity (PAG), mask:R (random logit masking with drop rate R in [0,1], diagonal kept), " +
         "mask-nodiag:R (the same, diagonal maskable), noise:S (Gaussian noise σ=S ≥ 0 on the softmax probabilities, as the official code), " +
         "noise-logits:S (the same on the logits), blur:S (Gaussian blur over the query grid, σ=S > 0 tokens), " +
-        "soft:L ((1−L)·A + L·I, L in [0,1]), seg:S (SEG: Gaussian blur of the queries over the token grid, σ=S ≥ 0 tokens, or seg:inf for the mean query)";
+        "soft:L ((1−L)·A + L·I, L in [0,1]), seg:S (SEG: Gaussian blur of the queries over the token grid, σ=S ≥ 0 tokens, or seg:inf for the mean query), " +
+        "skip (SLG: the layer contributes nothing, its block passes its input on)";
 
     /// <summary>
     /// <c>identity | mask:R | mask-nodiag:R | noise:S | noise-logits:S | blur:S | soft:L</c> → the policy.
@@ -22,6 +23,7 @@ public static class PerturbationSpec
             throw new PagSharpException($"empty perturbation; valid: {ValidForms}");
         string s = spec.Trim();
         if (s == "identity") return IdentityPerturbation.Instance;
+        if (s == "skip") return SkipPerturbation.Instance;
         int colon = s.IndexOf(':');
         if (colon < 0)
             throw new PagSharpException(Known(s)

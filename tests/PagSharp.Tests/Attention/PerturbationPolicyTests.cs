@@ -352,3 +352,37 @@ public sealed class LayerMatchTests
         Assert.Contains("diffusers matching mode", Assert.Throws<PagSharpException>(() => DiffusersLayerSpec.Resolve("down_blocks\\.1", Layers, LayerMatch.Exact)).Message);
     }
 }
+
+/// <summary>Skip-layer guidance's policy: the skipped block passes its input on (ADM), the self-attention adds nothing (SD).</summary>
+public sealed class SkipPerturbationTests
+{
+    [Fact]
+    public void ASkippedAdmAttentionBlockReturnsItsInput_OnTheSkippedEntriesOnly()
+    {
+        using var net = TestModels.Tiny(classConditional: false);
+        var block = net.modules().OfType<AttentionBlock>().First();
+        using var g = new Generator(6);
+        var x = randn(new long[] { 3, block.Channels, 8, 8 }, generator: g);
+        using var _ = no_grad();
+        var normal = block.Forward(x, null);
+        var plan = PerturbationPlan.Perturb([block.Path], SkipPerturbation.Instance, [1]);
+        var outp = block.Forward(x, plan);
+        TestModels.AssertBitwiseEqual(x[1], outp[1], "skipped entry = input");
+        TestModels.AssertClose(normal[0], outp[0], 1e-5, "entry 0 normal");
+        TestModels.AssertClose(normal[2], outp[2], 1e-5, "entry 2 normal");
+        Assert.True(TestModels.MaxAbsDiff(normal[1], x[1]) > 1e-4, "the block is not an identity to begin with");
+        Assert.Equal("skip", PerturbationSpec.Parse("skip").Spec);
+    }
+
+    [Fact]
+    public void ASkippedSdSelfAttentionAddsNothing()
+    {
+        using var attn = new PagSharp.Models.Sd.SdAttention(16, null, 2, 8, bias: false, path: "test.attn1");
+        using var g = new Generator(7);
+        var h = randn(new long[] { 2, 16, 16 }, generator: g);
+        using var _ = no_grad();
+        var outp = attn.Forward(h, null, 4, 4, PerturbationPlan.Perturb(["test.attn1"], SkipPerturbation.Instance));
+        Assert.Equal(0f, outp.abs().max().item<float>());
+        Assert.True(attn.Forward(h, null, 4, 4, null).abs().max().item<float>() > 1e-4);
+    }
+}

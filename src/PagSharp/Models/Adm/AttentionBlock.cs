@@ -73,7 +73,14 @@ public sealed class AttentionBlock : Module
         // Layout for the attention core: [B, heads, T, ch].
         var a = PerturbableAttention.Attend(Path, q.transpose(2, 3), k.transpose(2, 3), v.transpose(2, 3), height, width, plan, FusedAttention);
         var h = proj_out.forward(a.transpose(2, 3).reshape(b, c, t));
-        return (xf + h).reshape(x.shape);
+        var outp = xf + h;
+        if (plan?.SkippedEntries(Path, b) is { } skipped)
+        {
+            // Skip-layer guidance: the block passes its input on for these entries.
+            using var idx = tensor(skipped, device: x.device);
+            outp = outp.index_copy(0, idx, xf.index_select(0, idx));
+        }
+        return outp.reshape(x.shape);
     }
 
     /// <summary>Unperturbed attention through libtorch's fused kernel when no map is needed (<see cref="AttentionMath.Attend"/>); set per network by <see cref="AdmUNet.FusedAttention"/>.</summary>

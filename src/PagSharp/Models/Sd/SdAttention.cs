@@ -75,6 +75,12 @@ internal sealed class SdAttention : Module
             ? PerturbableAttention.Attend(Path, q, k, v, height, width, plan, FusedAttention)
             : AttentionMath.Attend(q, k, v, FusedAttention, false, out _);
         var o = to_out.forward(a.transpose(1, 2).reshape(b, -1, (long)Heads * HeadDim));
+        if (Path is not null && plan?.SkippedEntries(Path, b) is { } skipped)
+        {
+            // Skip-layer guidance: no contribution for these entries (the transformer block adds its residual).
+            using var idx = tensor(skipped, device: o.device);
+            o = o.index_fill(0, idx, 0);
+        }
         return _residual ? o + residual : o;
     }
 
