@@ -65,6 +65,22 @@ public class GuidanceOptionSettings : ModelSettings
     public double? SagBlurSigma { get; init; }
     [CommandOption("--sag-kernel <K>")][Description("Odd kernel size of SAG's Gaussian blur. Default 31 (official ADM); must be < 2 x image size.")]
     public int? SagKernel { get; init; }
+    [CommandOption("--guidance-start <F>")][Description("Apply CFG from this fraction of the steps on (diffusers' guider start; default 0).")]
+    public double? GuidanceStart { get; init; }
+    [CommandOption("--guidance-stop <F>")][Description("Apply CFG until this fraction of the steps (diffusers' guider stop; default 1).")]
+    public double? GuidanceStop { get; init; }
+    [CommandOption("--pag-start <F>")][Description("Apply PAG from this fraction of the steps on (default 0).")]
+    public double? PagStart { get; init; }
+    [CommandOption("--pag-stop <F>")][Description("Apply PAG until this fraction of the steps (default 1).")]
+    public double? PagStop { get; init; }
+
+    /// <summary>A [start, stop) step window from the two options, or null when neither is given.</summary>
+    internal static (double Start, double Stop)? StepWindow(double? start, double? stop) =>
+        start is null && stop is null ? null : (start ?? 0, stop ?? 1);
+    [CommandOption("--autoguidance-start <F>")][Description("Apply autoguidance from this fraction of the steps on (default 0).")]
+    public double? AutoguidanceStart { get; init; }
+    [CommandOption("--autoguidance-stop <F>")][Description("Apply autoguidance until this fraction of the steps (default 1).")]
+    public double? AutoguidanceStop { get; init; }
     [CommandOption("--guidance-model <CHECKPOINT>")][Description("Autoguidance: the weaker version of the same model (same config; e.g. an early EMA snapshot) to guide with.")]
     public string? GuidanceModel { get; init; }
     [CommandOption("--autoguidance-scale <S>")][Description("Autoguidance scale s (Karras et al. 2024): eps + s*(eps - eps_guide); needs --guidance-model. Combines with CFG and PAG.")]
@@ -169,6 +185,9 @@ public class GuidanceOptionSettings : ModelSettings
             CfgZeroStar = CfgZeroStar,
             ZeroInitSteps = ZeroInitSteps,
             AutoguidanceScale = AutoguidanceScale is double a && a != 0 ? new ScaleSchedule.Constant(a) : null,
+            GuidanceSteps = StepWindow(GuidanceStart, GuidanceStop),
+            PagSteps = StepWindow(PagStart, PagStop),
+            AutoguidanceSteps = StepWindow(AutoguidanceStart, AutoguidanceStop),
         };
     }
 

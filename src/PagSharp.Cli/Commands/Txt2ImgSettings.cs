@@ -44,7 +44,16 @@ public sealed class Txt2ImgSettings : CommandSettings
     public double? GuidanceScaleEnd { get; init; }
     [CommandOption("--guidance-interval <HI:LO>")][Description("Apply CFG only for model timesteps LO <= t <= HI (Kynkäänniemi et al. 2024; not in diffusers).")]
     public string? GuidanceInterval { get; init; }
-    [CommandOption("--pag-cache-interval <N>")][Description("Approximation for speed (not in diffusers): run the perturbed branch at one step in N and reuse its direction eps - eps_perturbed at the others. Default 1 = exact PAG.")]
+    [CommandOption("--guidance-start <F>")][Description("Apply CFG from this fraction of the steps on (diffusers' guider start; default 0).")]
+    public double? GuidanceStart { get; init; }
+    [CommandOption("--guidance-stop <F>")][Description("Apply CFG until this fraction of the steps (diffusers' guider stop; default 1).")]
+    public double? GuidanceStop { get; init; }
+    [CommandOption("--pag-start <F>")][Description("Apply PAG from this fraction of the steps on (default 0).")]
+    public double? PagStart { get; init; }
+    [CommandOption("--pag-stop <F>")][Description("Apply PAG until this fraction of the steps (default 1).")]
+    public double? PagStop { get; init; }
+
+        [CommandOption("--pag-cache-interval <N>")][Description("Approximation for speed (not in diffusers): run the perturbed branch at one step in N and reuse its direction eps - eps_perturbed at the others. Default 1 = exact PAG.")]
     public int PagCacheInterval { get; init; } = 1;
     [CommandOption("--pag-layers <SPEC>")][Description("Self-attention layers to perturb: diffusers identifiers (mid, down_blocks.1, up_blocks.0.attentions.1, regular expressions), groups input/middle/output/all, globs or exact names. Default mid.")]
     public string PagLayers { get; init; } = "mid";
@@ -163,6 +172,8 @@ public sealed class Txt2ImgSettings : CommandSettings
             Apg = BuildApg(),
             CfgZeroStar = CfgZeroStar,
             ZeroInitSteps = ZeroInitSteps,
+            GuidanceSteps = GuidanceOptionSettings.StepWindow(GuidanceStart, GuidanceStop),
+            PagSteps = GuidanceOptionSettings.StepWindow(PagStart, PagStop),
             Sag = !sag || pag > 0 ? null : new SagSettings
             {
                 Scale = new ScaleSchedule.Constant(sagS!.Value),

@@ -31,6 +31,20 @@ public sealed record GuidanceSettings
     public double GuidanceScale { get; init; } = 1;
     /// <summary>CFG scale w per model timestep (ramp, adaptive, …); null = the constant <see cref="GuidanceScale"/>. Steps where w ≤ 1 run without CFG.</summary>
     public ScaleSchedule? GuidanceSchedule { get; init; }
+    /// <summary>
+    /// CFG only on the steps of [Start, Stop) as fractions of the run's steps, as diffusers' guiders' <c>start</c>/<c>stop</c>:
+    /// step i is in when ⌊Start·n⌋ ≤ i &lt; ⌊Stop·n⌋; null = every step. Combines with <see cref="GuidanceInterval"/>.
+    /// </summary>
+    public (double Start, double Stop)? GuidanceSteps { get; init; }
+    /// <summary>PAG only on the steps of [Start, Stop) as fractions of the run's steps (see <see cref="GuidanceSteps"/>); null = every step.</summary>
+    public (double Start, double Stop)? PagSteps { get; init; }
+    /// <summary>Autoguidance only on the steps of [Start, Stop) as fractions of the run's steps; null = every step.</summary>
+    public (double Start, double Stop)? AutoguidanceSteps { get; init; }
+
+    /// <summary>Whether step <paramref name="index"/> of <paramref name="count"/> lies in a [Start, Stop) step window (null = always).</summary>
+    public static bool InSteps((double Start, double Stop)? window, int index, int count) =>
+        window is not { } w || ((int)(w.Start * count) <= index && index < (int)(w.Stop * count));
+
     /// <summary>CFG only for model timesteps Lo ≤ t ≤ Hi; null = every step.</summary>
     public (int Hi, int Lo)? GuidanceInterval { get; init; }
     /// <summary>PAG scale s (paper convention) per timestep; null disables PAG.</summary>
@@ -122,6 +136,9 @@ public sealed record GuidanceSettings
         Apg?.Validate();
         AutoguidanceScale?.Validate("autoguidance scale");
         if (Apg is not null && CfgZeroStar) throw new PagSharpException("Apg and CfgZeroStar both replace the CFG combination; choose one");
+        foreach (var (name, w) in new[] { ("GuidanceSteps", GuidanceSteps), ("PagSteps", PagSteps), ("AutoguidanceSteps", AutoguidanceSteps) })
+            if (w is { } win && !(win.Start >= 0 && win.Start < win.Stop && win.Stop <= 1))
+                throw new PagSharpException($"{name} ({win.Start}, {win.Stop}) must satisfy 0 ≤ start < stop ≤ 1 (fractions of the steps)");
         if (ZeroInitSteps < 0) throw new PagSharpException($"ZeroInitSteps must be ≥ 0 (got {ZeroInitSteps})");
         PagDirectionCache.Validate(PagCacheInterval);
         if (PagInterval is { } iv && iv.Hi < iv.Lo)

@@ -116,8 +116,9 @@ public sealed class GuidedDenoiser : IGuidedDenoiser, IDisposable
 
     public ModelOutput Predict(Tensor x, StepContext step)
     {
-        double s = PagScaleAt(step.Timestep), w = CfgScaleAt(step.Timestep);
-        double sAuto = _g.AutoguidanceScale?.At(step.Timestep, _totalSteps) ?? 0;
+        double s = GuidanceSettings.InSteps(_g.PagSteps, step.Index, step.Count) ? PagScaleAt(step.Timestep) : 0;
+        double w = GuidanceSettings.InSteps(_g.GuidanceSteps, step.Index, step.Count) ? CfgScaleAt(step.Timestep) : 1;
+        double sAuto = GuidanceSettings.InSteps(_g.AutoguidanceSteps, step.Index, step.Count) ? _g.AutoguidanceScale?.At(step.Timestep, _totalSteps) ?? 0 : 0;
         bool pag = s != 0, cfg = w > 1;
         bool reuse = pag && !_pagCache.ComputesAt(step.Timestep, x.shape);
         if (reuse) pag = false; // this step's perturbed branch is replaced by the cached direction

@@ -15,6 +15,9 @@ public static class RunManifest
         yield return ("guidance_scale", g.GuidanceScale);
         if (g.GuidanceSchedule is not null) yield return ("guidance_schedule", Schedule(g.GuidanceSchedule));
         if (g.GuidanceInterval is { } gi) yield return ("guidance_interval", new JsonArray(gi.Hi, gi.Lo));
+        if (g.GuidanceSteps is { } gs) yield return ("guidance_steps", new JsonArray(gs.Start, gs.Stop));
+        if (g.PagSteps is { } ps) yield return ("pag_steps", new JsonArray(ps.Start, ps.Stop));
+        if (g.AutoguidanceSteps is { } aws) yield return ("autoguidance_steps", new JsonArray(aws.Start, aws.Stop));
         if (g.GuidanceRescale != 0) yield return ("guidance_rescale", g.GuidanceRescale);
         yield return ("pag_scale", g.PagScale is ScaleSchedule.Constant c ? c.Scale : g.PagScale is null ? 0 : null);
         if (g.PagScale is not null and not ScaleSchedule.Constant) yield return ("pag_schedule", Schedule(g.PagScale));

@@ -53,3 +53,35 @@ public sealed class AutoguidanceTests
         Assert.Contains("same config", Assert.Throws<PagSharpException>(() => Sampler.Sample(good, options, [0, 1], guide: other)).Message);
     }
 }
+
+/// <summary>Start/stop fractions of the steps for CFG, PAG and autoguidance (diffusers' guider start/stop).</summary>
+public sealed class StepWindowTests
+{
+    [Fact]
+    public void MethodsApplyOnlyInsideTheirStepWindows()
+    {
+        Assert.True(GuidanceSettings.InSteps((0.2, 0.6), 2, 10));
+        Assert.False(GuidanceSettings.InSteps((0.2, 0.6), 6, 10));
+        Assert.False(GuidanceSettings.InSteps((0.2, 0.6), 1, 10));
+        Assert.True(GuidanceSettings.InSteps(null, 9, 10));
+
+        using var net = TestModels.Tiny(classConditional: true);
+        using var g = new Generator(5);
+        var x = randn(new long[] { 2, 3, 16, 16 }, generator: g);
+        var y = tensor(new long[] { 0, 1 });
+        using var _ = no_grad();
+        var layers = new[] { net.AttentionLayers[0].Name };
+        var settings = new GuidanceSettings
+        {
+            GuidanceScale = 3, GuidanceSteps = (0.0, 0.5), PagScale = new ScaleSchedule.Constant(2), PagLayers = layers, PagSteps = (0.5, 1.0),
+        };
+        using var d = new GuidedDenoiser(TestModels.Adm(net, y), settings, 1000);
+        var t = full(2, 500L);
+        var c = TestModels.Fwd(net, x, t, y, null).Output;
+        var u = TestModels.Fwd(net, x, t, full(2, 2L), null).Output;
+        var p = TestModels.Fwd(net, x, t, y, PagSharp.Attention.PerturbationPlan.Perturb(layers, PagSharp.Attention.IdentityPerturbation.Instance)).Output;
+        TestModels.AssertClose(u + 3 * (c - u), d.Predict(x, new StepContext(1, 4, 500)).Output, 2e-5, "step 1 of 4: CFG only");
+        TestModels.AssertClose(c + 2 * (c - p), d.Predict(x, new StepContext(3, 4, 500)).Output, 2e-5, "step 3 of 4: PAG only");
+        Assert.Throws<PagSharpException>(() => new GuidedDenoiser(TestModels.Adm(net, y), settings with { PagSteps = (0.6, 0.4) }, 1000));
+    }
+}
