@@ -58,6 +58,25 @@ public static class DiffusersSchedule
     /// <summary>Rounds half to even, like numpy's <c>round</c>.</summary>
     public static double Round(double v) => Math.Round(v, MidpointRounding.ToEven);
 
+    /// <summary>
+    /// The integer timesteps of diffusers' multistep solvers (DPM-Solver, UniPC) for <paramref name="steps"/> steps:
+    /// <c>linspace</c> (default) round(linspace(0, T−1, n+1)) reversed without the last; <c>leading</c>
+    /// round(i·⌊T/(n+1)⌋) reversed without the last, + steps_offset; <c>trailing</c> round(arange(T, 0, −T/n)) − 1.
+    /// </summary>
+    public static int[] MultistepTimesteps(SchedulerConfig config, int steps, string scheduler)
+    {
+        int T = config.NumTrainTimesteps;
+        string spacing = config.TimestepSpacing ?? "linspace";
+        return spacing switch
+        {
+            "linspace" => NpLinspace(0, T - 1, steps + 1).Select(v => (int)Round(v)).Reverse().Take(steps).ToArray(),
+            "leading" => Enumerable.Range(0, steps + 1).Select(i => (int)Round(i * (double)(T / (steps + 1)))).Reverse().Take(steps)
+                .Select(t => t + config.StepsOffset).ToArray(),
+            "trailing" => NpArange(T, 0, -(double)T / steps).Select(v => (int)Round(v) - 1).ToArray(),
+            _ => throw new PagSharpException($"{scheduler}: unknown timestep_spacing '{spacing}'"),
+        };
+    }
+
     public static void CheckSteps(int steps, SchedulerConfig c, string scheduler)
     {
         if (steps < 1) throw new PagSharpException($"{scheduler}: the number of inference steps must be ≥ 1 (got {steps})");

@@ -23,16 +23,7 @@ public sealed class DpmSolverMultistepScheduler : IScheduler, IDisposable
         DiffusersSchedule.CheckSteps(steps, config, "dpmpp-2m");
         config.Refuse("dpmpp-2m", "thresholding", "use_exponential_sigmas", "use_beta_sigmas", "use_lu_lambdas", "lambda_min_clipped");
         _c = config;
-        int T = config.NumTrainTimesteps;
-        string spacing = config.TimestepSpacing ?? "linspace";
-        _timesteps = spacing switch
-        {
-            "linspace" => DiffusersSchedule.NpLinspace(0, T - 1, steps + 1).Select(v => (int)DiffusersSchedule.Round(v)).Reverse().Take(steps).ToArray(),
-            "leading" => Enumerable.Range(0, steps + 1).Select(i => (int)DiffusersSchedule.Round(i * (double)(T / (steps + 1)))).Reverse().Take(steps)
-                .Select(t => t + config.StepsOffset).ToArray(),
-            "trailing" => DiffusersSchedule.NpArange(T, 0, -(double)T / steps).Select(v => (int)DiffusersSchedule.Round(v) - 1).ToArray(),
-            _ => throw new PagSharpException($"dpmpp-2m: unknown timestep_spacing '{spacing}'"),
-        };
+        _timesteps = DiffusersSchedule.MultistepTimesteps(config, steps, "dpmpp-2m");
         var ac = DiffusersSchedule.AlphasCumprod(config);
         var train = Sigmas.Training(ac);
         float last = config.FinalSigmasType == "sigma_min" ? MathF.Sqrt((1f - ac[0]) / ac[0]) : 0f;

@@ -34,16 +34,7 @@ public sealed class UniPcScheduler : IScheduler, IDisposable
             throw new PagSharpException($"unipc: prediction_type '{config.PredictionType}' is not supported");
         _c = config;
         _outputs = new Tensor?[config.SolverOrder];
-        int T = config.NumTrainTimesteps;
-        string spacing = config.TimestepSpacing ?? "linspace";
-        _timesteps = spacing switch
-        {
-            "linspace" => DiffusersSchedule.NpLinspace(0, T - 1, steps + 1).Select(v => (int)DiffusersSchedule.Round(v)).Reverse().Take(steps).ToArray(),
-            "leading" => Enumerable.Range(0, steps + 1).Select(i => (int)DiffusersSchedule.Round(i * (double)(T / (steps + 1)))).Reverse().Take(steps)
-                .Select(t => t + config.StepsOffset).ToArray(),
-            "trailing" => DiffusersSchedule.NpArange(T, 0, -(double)T / steps).Select(v => (int)DiffusersSchedule.Round(v) - 1).ToArray(),
-            _ => throw new PagSharpException($"unipc: unknown timestep_spacing '{spacing}'"),
-        };
+        _timesteps = DiffusersSchedule.MultistepTimesteps(config, steps, "unipc");
         var ac = DiffusersSchedule.AlphasCumprod(config);
         var train = Sigmas.Training(ac);
         if (config.UseKarrasSigmas)
