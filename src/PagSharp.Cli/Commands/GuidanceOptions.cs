@@ -11,7 +11,7 @@ using Spectre.Console.Cli;
 namespace PagSharp.Cli.Commands;
 
 /// <summary>Sampler and guidance options shared by <c>sample</c> and <c>compare</c> (diffusers names in kebab-case).</summary>
-public class GuidanceOptionSettings : ModelSettings
+public class GuidanceOptionSettings : ModelSettings, IPerturbedBranchOptions
 {
     [CommandOption("--scheduler|--sampler <NAME>")][Description("ddim (default) or ddpm (guided-diffusion's samplers on the respaced process), or euler, euler-a, dpmpp-2m, unipc (diffusers' schedulers over the model's noise schedule).")]
     public string? Sampler { get; init; }
@@ -85,6 +85,20 @@ public class GuidanceOptionSettings : ModelSettings
     public string? GuidanceModel { get; init; }
     [CommandOption("--autoguidance-scale <S>")][Description("Autoguidance scale s (Karras et al. 2024): eps + s*(eps - eps_guide); needs --guidance-model. Combines with CFG and PAG.")]
     public double? AutoguidanceScale { get; init; }
+    [CommandOption("--seg-scale <S>")][Description("Smoothed Energy Guidance (Hong 2024) as its own branch: eps + s*(eps - eps_seg), queries blurred at --seg-layers. Combines with CFG and PAG.")]
+    public double? SegScale { get; init; }
+    [CommandOption("--seg-blur-sigma <SIGMA>")][Description("SEG: Gaussian blur sigma of the queries in latent/pixel cells; 'inf' = the mean query (default 10, the paper's SDXL setting).")]
+    public string? SegBlurSigma { get; init; }
+    [CommandOption("--seg-layers <SPEC>")][Description("SEG: layers whose queries are blurred (same syntax as --pag-layers; default: the middle block).")]
+    public string? SegLayers { get; init; }
+    [CommandOption("--slg-scale <S>")][Description("Skip-layer guidance as its own branch: eps + s*(eps - eps_skip), with --slg-layers skipped (SD 3.5's recipe). Combines with CFG and PAG.")]
+    public double? SlgScale { get; init; }
+    [CommandOption("--slg-layers <SPEC>")][Description("SLG: attention layers to skip (same syntax as --pag-layers; default: the middle block).")]
+    public string? SlgLayers { get; init; }
+    [CommandOption("--slg-start <F>")][Description("Apply SLG from this fraction of the steps on (default 0.01, SD 3.5).")]
+    public double? SlgStart { get; init; }
+    [CommandOption("--slg-stop <F>")][Description("Apply SLG until this fraction of the steps (default 0.2, SD 3.5).")]
+    public double? SlgStop { get; init; }
     [CommandOption("--apg")][Description("Adaptive Projected Guidance instead of the plain CFG combination (Sadat et al. 2024; diffusers' AdaptiveProjectedGuidance); scale from --guidance-scale.")]
     public bool Apg { get; init; }
     [CommandOption("--apg-eta <E>")][Description("APG: weight of the update's component parallel to the conditional prediction (default 1, as diffusers; the paper uses 0).")]
@@ -188,8 +202,10 @@ public class GuidanceOptionSettings : ModelSettings
             GuidanceSteps = StepWindow(GuidanceStart, GuidanceStop),
             PagSteps = StepWindow(PagStart, PagStop),
             AutoguidanceSteps = StepWindow(AutoguidanceStart, AutoguidanceStop),
+            Perturbed = this.BuildPerturbed(spec => LayerSpec.Resolve(spec, layers), "middle"),
         };
     }
+
 
     private SagSettings? BuildSag(IReadOnlyList<AttentionLayerInfo> layers, string method, double? sagScaleOverride)
     {

@@ -8,7 +8,7 @@ using Spectre.Console.Cli;
 namespace PagSharp.Cli.Commands;
 
 /// <summary>Options of <c>pag txt2img</c> (diffusers' StableDiffusionPAGPipeline arguments in kebab-case).</summary>
-public sealed class Txt2ImgSettings : CommandSettings
+public sealed class Txt2ImgSettings : CommandSettings, IPerturbedBranchOptions
 {
     [CommandOption("--model <DIR>")][Description("diffusers Stable Diffusion 1.x/2.x folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/).")]
     public string? Model { get; init; }
@@ -61,6 +61,20 @@ public sealed class Txt2ImgSettings : CommandSettings
     public string PagLayerMatch { get; init; } = "exact";
     [CommandOption("--perturbation <POLICY>")][Description("What the perturbed layers compute: identity (PAG), mask:R, mask-nodiag:R, noise:S, noise-logits:S, blur:S, soft:L.")]
     public string Perturbation { get; init; } = "identity";
+    [CommandOption("--seg-scale <S>")][Description("Smoothed Energy Guidance (Hong 2024) as its own branch: eps + s*(eps - eps_seg), queries blurred at --seg-layers. Combines with CFG and PAG.")]
+    public double? SegScale { get; init; }
+    [CommandOption("--seg-blur-sigma <SIGMA>")][Description("SEG: Gaussian blur sigma of the queries in latent/pixel cells; 'inf' = the mean query (default 10, the paper's SDXL setting).")]
+    public string? SegBlurSigma { get; init; }
+    [CommandOption("--seg-layers <SPEC>")][Description("SEG: layers whose queries are blurred (same syntax as --pag-layers; default: the middle block).")]
+    public string? SegLayers { get; init; }
+    [CommandOption("--slg-scale <S>")][Description("Skip-layer guidance as its own branch: eps + s*(eps - eps_skip), with --slg-layers skipped (SD 3.5's recipe). Combines with CFG and PAG.")]
+    public double? SlgScale { get; init; }
+    [CommandOption("--slg-layers <SPEC>")][Description("SLG: attention layers to skip (same syntax as --pag-layers; default: the middle block).")]
+    public string? SlgLayers { get; init; }
+    [CommandOption("--slg-start <F>")][Description("Apply SLG from this fraction of the steps on (default 0.01, SD 3.5).")]
+    public double? SlgStart { get; init; }
+    [CommandOption("--slg-stop <F>")][Description("Apply SLG until this fraction of the steps (default 0.2, SD 3.5).")]
+    public double? SlgStop { get; init; }
     [CommandOption("--apg")][Description("Adaptive Projected Guidance instead of the plain CFG combination (Sadat et al. 2024; diffusers' AdaptiveProjectedGuidance); scale from --guidance-scale.")]
     public bool Apg { get; init; }
     [CommandOption("--apg-eta <E>")][Description("APG: weight of the update's component parallel to the conditional prediction (default 1, as diffusers; the paper uses 0).")]
@@ -174,6 +188,7 @@ public sealed class Txt2ImgSettings : CommandSettings
             ZeroInitSteps = ZeroInitSteps,
             GuidanceSteps = GuidanceOptionSettings.StepWindow(GuidanceStart, GuidanceStop),
             PagSteps = GuidanceOptionSettings.StepWindow(PagStart, PagStop),
+            Perturbed = this.BuildPerturbed(spec => DiffusersLayerSpec.Resolve(spec, layers, LayerMatch.Exact), "mid"),
             Sag = !sag || pag > 0 ? null : new SagSettings
             {
                 Scale = new ScaleSchedule.Constant(sagS!.Value),

@@ -17,6 +17,8 @@ public static class PerturbableAttention
             return normal(q, k, v, false, out _);
 
         bool capture = plan.WantsCapture(layer);
+        var entries = plan.EntriesOf(layer);
+        if (entries.Count > 1) return AttendGathered(layer, q, k, v, height, width, plan, entries, capture, normal);
         if (!plan.TryGet(layer, out var entry))
         {
             var a = normal(q, k, v, capture, out var map);
@@ -42,14 +44,31 @@ public static class PerturbableAttention
             if (capture) plan.Store(layer, tailMap!);
             return cat(new[] { an, ap }, 0);
         }
-        var pertSet = new HashSet<long>(pert);
-        foreach (var i in pert)
-            if (i < 0 || i >= batch) throw new PagSharpException($"perturbation batch index {i} is outside the batch of {batch} at layer '{layer}'");
-        long[] keep = Enumerable.Range(0, (int)batch).Select(i => (long)i).Where(i => !pertSet.Contains(i)).ToArray();
-        using var pi = tensor(pert, device: q.device);
-        var outp = entry.Policy.Attend(q.index_select(0, pi), k.index_select(0, pi), v.index_select(0, pi), ctx);
+        return AttendGathered(layer, q, k, v, height, width, plan, [entry], capture, normal);
+    }
+
+    /// <summary>
+    /// Perturbations of one layer on disjoint, named entries (one per guidance branch: PAG, SEG, SLG, …) gathered out of
+    /// the batch; normal attention on the entries none of them names.
+    /// </summary>
+    private static Tensor AttendGathered(string layer, Tensor q, Tensor k, Tensor v, int height, int width, PerturbationPlan plan,
+                                        IReadOnlyList<PerturbationPlan.Entry> entries, bool capture, NormalFn normal)
+    {
+        long batch = q.shape[0];
+        var ctx = new AttentionContext(layer, height, width, plan.Generator);
         var result = empty_like(v);
-        result.index_copy_(0, pi, outp);
+        var covered = new HashSet<long>();
+        foreach (var e in entries)
+        {
+            var idx = e.BatchIndices ?? throw new PagSharpException($"layer '{layer}' has several perturbations; each must name its batch entries");
+            foreach (var i in idx)
+                if (i < 0 || i >= batch) throw new PagSharpException($"perturbation batch index {i} is outside the batch of {batch} at layer '{layer}'");
+            covered.UnionWith(idx);
+            using var pi = tensor(idx, device: q.device);
+            var outp = e.Policy.Attend(q.index_select(0, pi), k.index_select(0, pi), v.index_select(0, pi), ctx);
+            result.index_copy_(0, pi, outp);
+        }
+        long[] keep = Enumerable.Range(0, (int)batch).Select(i => (long)i).Where(i => !covered.Contains(i)).ToArray();
         if (keep.Length > 0)
         {
             using var ki = tensor(keep, device: q.device);
@@ -59,4 +78,6 @@ public static class PerturbableAttention
         }
         return result;
     }
+
+    private delegate Tensor NormalFn(Tensor q, Tensor k, Tensor v, bool wantMap, out Tensor? map);
 }

@@ -9,7 +9,7 @@ namespace PagSharp.Attention;
 /// </summary>
 public sealed class PerturbationPlan
 {
-    private readonly Dictionary<string, Entry> _entries = new(StringComparer.Ordinal);
+    private readonly Dictionary<string, List<Entry>> _entries = new(StringComparer.Ordinal);
     private readonly HashSet<string> _capture = new(StringComparer.Ordinal);
     private readonly Dictionary<string, Tensor> _captured = new(StringComparer.Ordinal);
 
@@ -37,11 +37,21 @@ public sealed class PerturbationPlan
         return plan;
     }
 
+    /// <summary>
+    /// Perturbs <paramref name="layer"/> with <paramref name="policy"/> on the given entries (null = all). Several
+    /// entries for one layer (one per guidance branch: PAG, SEG, SLG, …) must name disjoint batch entries.
+    /// </summary>
     public PerturbationPlan Add(string layer, IAttentionPerturbation policy, long[]? batchIndices = null)
     {
-        _entries[layer] = new Entry(policy, batchIndices);
+        if (!_entries.TryGetValue(layer, out var list)) _entries[layer] = list = new List<Entry>();
+        if (list.Count > 0 && (batchIndices is null || list.Any(e => e.BatchIndices is null || e.BatchIndices.Intersect(batchIndices).Any())))
+            throw new PagSharpException($"layer '{layer}' is perturbed twice on the same batch entries");
+        list.Add(new Entry(policy, batchIndices));
         return this;
     }
+
+    /// <summary>Every perturbation of <paramref name="layer"/> (empty when it is not perturbed).</summary>
+    public IReadOnlyList<Entry> EntriesOf(string layer) => _entries.TryGetValue(layer, out var list) ? list : [];
 
     /// <summary>Ask <paramref name="layer"/> to store its softmax attention map ([B, heads, T, T]) during the call.</summary>
     public PerturbationPlan Capture(string layer)
@@ -54,14 +64,21 @@ public sealed class PerturbationPlan
     /// The batch entries (of <paramref name="batch"/>) for which <paramref name="layer"/> is skipped
     /// (<see cref="SkipPerturbation"/>), or null when it is not.
     /// </summary>
-    public long[]? SkippedEntries(string layer, long batch) =>
-        _entries.TryGetValue(layer, out var e) && e.Policy is SkipPerturbation
-            ? e.BatchIndices ?? Enumerable.Range(0, (int)batch).Select(i => (long)i).ToArray()
-            : null;
+    public long[]? SkippedEntries(string layer, long batch)
+    {
+        var skips = EntriesOf(layer).Where(e => e.Policy is SkipPerturbation).ToList();
+        if (skips.Count == 0) return null;
+        return skips.SelectMany(e => e.BatchIndices ?? Enumerable.Range(0, (int)batch).Select(i => (long)i)).Distinct().Order().ToArray();
+    }
 
     public bool IsEmpty => _entries.Count == 0 && _capture.Count == 0;
     public IReadOnlyCollection<string> PerturbedLayers => _entries.Keys;
-    public bool TryGet(string layer, out Entry entry) => _entries.TryGetValue(layer, out entry!);
+    /// <summary>The first perturbation of <paramref name="layer"/>; false when it is not perturbed.</summary>
+    public bool TryGet(string layer, out Entry entry)
+    {
+        entry = _entries.TryGetValue(layer, out var list) && list.Count > 0 ? list[0] : null!;
+        return entry is not null;
+    }
     public bool WantsCapture(string layer) => _capture.Contains(layer);
 
     internal void Store(string layer, Tensor map)

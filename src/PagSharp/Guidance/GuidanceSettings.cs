@@ -80,6 +80,9 @@ public sealed record GuidanceSettings
     public ScaleSchedule? AutoguidanceScale { get; init; }
     public bool UsesAutoguidance => AutoguidanceScale is not null;
 
+    /// <summary>Further perturbed branches next to PAG (SEG, SLG), each ε + s·(ε − ε̃); empty = none.</summary>
+    public IReadOnlyList<PerturbedGuidance> Perturbed { get; init; } = [];
+
     /// <summary>Adaptive Projected Guidance instead of the plain CFG combination (with CFG active); null = off.</summary>
     public ApgSettings? Apg { get; init; }
     /// <summary>
@@ -134,6 +137,10 @@ public sealed record GuidanceSettings
             throw new PagSharpException($"guidance interval {gi.Hi}:{gi.Lo} must be written t_hi:t_lo with t_hi ≥ t_lo");
         PagScale?.Validate("PAG scale");
         Apg?.Validate();
+        foreach (var p in Perturbed) p.Validate();
+        if (Perturbed.Count > 0 && Sag is not null) throw new PagSharpException("SEG/SLG branches cannot be combined with SAG");
+        if (Perturbed.Count > 0 && Formula == PagFormula.Official && UsesPag)
+            throw new PagSharpException("the official-ADM PAG formula is defined for PAG alone; use PagFormula.Paper with SEG/SLG");
         AutoguidanceScale?.Validate("autoguidance scale");
         if (Apg is not null && CfgZeroStar) throw new PagSharpException("Apg and CfgZeroStar both replace the CFG combination; choose one");
         foreach (var (name, w) in new[] { ("GuidanceSteps", GuidanceSteps), ("PagSteps", PagSteps), ("AutoguidanceSteps", AutoguidanceSteps) })

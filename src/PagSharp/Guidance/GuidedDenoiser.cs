@@ -16,6 +16,8 @@ namespace PagSharp.Guidance;
 /// <item>CFG: ε(∅) + w·(ε(c) − ε(∅))</item>
 /// <item>PAG: ε + s·(ε − ε̂) (paper/diffusers), or ε̂ + g·(ε − ε̂) (official ADM code)</item>
 /// <item>CFG+PAG: ε(∅) + w·(ε(c) − ε(∅)) + s·(ε(c) − ε̂(c))</item>
+/// <item>each further perturbed branch j (<see cref="GuidanceSettings.Perturbed"/>: SEG, SLG): + s_j·(ε(c) − ε̃_j(c)),
+/// as its own block of the batch</item>
 /// <item>then, at steps with CFG and <see cref="GuidanceSettings.GuidanceRescale"/> φ &gt; 0, diffusers'
 /// <c>rescale_noise_cfg</c>.</item>
 /// </list>
@@ -33,7 +35,7 @@ public sealed class GuidedDenoiser : IGuidedDenoiser, IDisposable
     private readonly int _totalSteps;
     private readonly Generator? _policyGenerator;
     private readonly PagDirectionCache _pagCache;
-    private readonly Dictionary<(bool Cfg, bool Pag), BatchLayout> _layouts = new();
+    private readonly Dictionary<(bool Cfg, bool Pag, int Extras), BatchLayout> _layouts = new();
 
     /// <param name="model">The network with its conditioning, on the denoiser contract.</param>
     /// <param name="settings">Guidance settings (validated here against the model).</param>
@@ -48,6 +50,8 @@ public sealed class GuidedDenoiser : IGuidedDenoiser, IDisposable
         if (settings.UsesCfg && model.WhyNoUnconditional is { } why)
             throw new PagSharpException($"CFG (guidance scale > 1) needs an unconditional branch, but {why}. Use PAG alone, or a guidance scale ≤ 1.");
         CheckLayers(model, settings.PagLayers);
+        foreach (var p in settings.Perturbed) CheckLayers(model, p.Layers);
+        if (settings.Perturbed.Count > 30) throw new PagSharpException("at most 30 SEG/SLG branches are supported");
         foreach (var (layer, heads) in settings.PagHeads)
         {
             var info = model.AttentionLayers.FirstOrDefault(l => l.Name == layer)
@@ -82,28 +86,56 @@ public sealed class GuidedDenoiser : IGuidedDenoiser, IDisposable
     /// </summary>
     private sealed record BatchLayout(Branch[] Fed, int Blocks, PerturbationPlan? Plan);
 
-    private BatchLayout LayoutFor(bool cfg, bool pag)
+    /// <summary>
+    /// Blocks, in order: [uncond], cond, [PAG], then one block per active extra branch (bit j of
+    /// <paramref name="extras"/> = <see cref="GuidanceSettings.Perturbed"/>[j]). Each perturbed block gets its own
+    /// plan entries; with a shared prefix none of them is fed in and the network forks one copy of the conditional
+    /// block per perturbed block at the first perturbed layer.
+    /// </summary>
+    private BatchLayout LayoutFor(bool cfg, bool pag, int extras)
     {
-        if (_layouts.TryGetValue((cfg, pag), out var layout)) return layout;
+        if (_layouts.TryGetValue((cfg, pag, extras), out var layout)) return layout;
         long b = _model.BatchSize;
         var blocks = new List<Branch>();
         if (cfg) blocks.Add(Branch.Unconditional);
         blocks.Add(Branch.Conditional);
-        int nb = blocks.Count + (pag ? 1 : 0), condIdx = cfg ? 1 : 0;
-        // Shared prefix: the perturbed branch equals the conditional one up to the first perturbed layer, so it is not
-        // fed in; the network forks the conditional entries there (see PerturbationPlan.ForkSource).
-        if (pag && !_g.SharedPrefix) blocks.Add(Branch.Conditional);
-        PerturbationPlan? plan = pag ? PlanFor(Range(b * (nb - 1), b), _g.SharedPrefix ? Range(b * condIdx, b) : null) : null;
-        return _layouts[(cfg, pag)] = new BatchLayout(blocks.ToArray(), nb, plan);
+        int condIdx = cfg ? 1 : 0, fed = blocks.Count;
+        var active = ActiveExtras(extras);
+        int perturbed = (pag ? 1 : 0) + active.Count, nb = fed + perturbed;
+        if (!_g.SharedPrefix)
+            for (int i = 0; i < perturbed; i++) blocks.Add(Branch.Conditional);
+        PerturbationPlan? plan = null;
+        if (perturbed > 0)
+        {
+            long[]? fork = _g.SharedPrefix ? Enumerable.Repeat(Range(b * condIdx, b), perturbed).SelectMany(r => r).ToArray() : null;
+            plan = new PerturbationPlan { Generator = _policyGenerator, ForkSource = fork };
+            int block = fed;
+            if (pag) AddPag(plan, Range(b * block++, b));
+            foreach (var p in active) AddExtra(plan, p, Range(b * block++, b));
+        }
+        return _layouts[(cfg, pag, extras)] = new BatchLayout(blocks.ToArray(), nb, plan);
+    }
+
+    private List<PerturbedGuidance> ActiveExtras(int mask) =>
+        _g.Perturbed.Where((_, j) => (mask & (1 << j)) != 0).ToList();
+
+    private static void AddExtra(PerturbationPlan plan, PerturbedGuidance p, long[]? entries)
+    {
+        foreach (var layer in p.Layers) plan.Add(layer, p.Policy, entries);
     }
 
     /// <summary>The PAG plan on the given entries: the policy at every PAG layer, on the chosen heads where <see cref="GuidanceSettings.PagHeads"/> says so.</summary>
     private PerturbationPlan PlanFor(long[]? entries, long[]? forkSource)
     {
         var plan = new PerturbationPlan { Generator = _policyGenerator, ForkSource = forkSource };
+        AddPag(plan, entries);
+        return plan;
+    }
+
+    private void AddPag(PerturbationPlan plan, long[]? entries)
+    {
         foreach (var layer in _g.PagLayers)
             plan.Add(layer, _g.PagHeads.TryGetValue(layer, out var heads) ? new HeadSubsetPerturbation(_g.Perturbation, heads) : _g.Perturbation, entries);
-        return plan;
     }
 
     private static long[] Range(long start, long count) => Enumerable.Range(0, (int)count).Select(i => start + i).ToArray();
@@ -122,11 +154,20 @@ public sealed class GuidedDenoiser : IGuidedDenoiser, IDisposable
         bool pag = s != 0, cfg = w > 1;
         bool reuse = pag && !_pagCache.ComputesAt(step.Timestep, x.shape);
         if (reuse) pag = false; // this step's perturbed branch is replaced by the cached direction
-        if (!pag && !cfg && !reuse && sAuto == 0) return _model.Forward(x, step, [Branch.Conditional], null);
+        // Extra perturbed branches (SEG, SLG): their scales this step and the mask of those that run.
+        var extraScales = new double[_g.Perturbed.Count];
+        int extras = 0;
+        for (int j = 0; j < extraScales.Length; j++)
+        {
+            var p = _g.Perturbed[j];
+            extraScales[j] = GuidanceSettings.InSteps(p.Steps, step.Index, step.Count) ? p.Scale.At(step.Timestep, _totalSteps) : 0;
+            if (extraScales[j] != 0) extras |= 1 << j;
+        }
+        if (!pag && !cfg && !reuse && sAuto == 0 && extras == 0) return _model.Forward(x, step, [Branch.Conditional], null);
 
-        long b = x.shape[0];
-        // Branch order: [uncond], cond, [perturbed].
-        int nb = (cfg ? 1 : 0) + 1 + (pag ? 1 : 0), condIdx = cfg ? 1 : 0;
+        // Branch order: [uncond], cond, [PAG], [extra branches in settings order].
+        var activeExtras = ActiveExtras(extras);
+        int pagIdx = (cfg ? 1 : 0) + 1, nb = pagIdx + (pag ? 1 : 0) + activeExtras.Count, condIdx = cfg ? 1 : 0;
         var outs = new Tensor[nb];
         Tensor? varValues;
         if (_g.SplitBatch)
@@ -134,8 +175,13 @@ public sealed class GuidedDenoiser : IGuidedDenoiser, IDisposable
             varValues = null;
             for (int i = 0; i < nb; i++)
             {
-                bool perturbed = pag && i == nb - 1;
-                var plan = perturbed ? PlanFor(null, null) : null;
+                PerturbationPlan? plan = null;
+                if (pag && i == pagIdx) plan = PlanFor(null, null);
+                else if (i >= pagIdx)
+                {
+                    plan = new PerturbationPlan { Generator = _policyGenerator };
+                    AddExtra(plan, activeExtras[i - pagIdx - (pag ? 1 : 0)], null);
+                }
                 var o = _model.Forward(x, step, [cfg && i == 0 ? Branch.Unconditional : Branch.Conditional], plan);
                 outs[i] = o.Output;
                 if (i == condIdx) varValues = o.VarValues;
@@ -143,14 +189,13 @@ public sealed class GuidedDenoiser : IGuidedDenoiser, IDisposable
         }
         else
         {
-            var layout = LayoutFor(cfg, pag);
+            var layout = LayoutFor(cfg, pag, extras);
             var input = layout.Fed.Length == 1 ? x : cat(Enumerable.Repeat(x, layout.Fed.Length).ToArray(), 0);
             var o = _model.Forward(input, step, layout.Fed, layout.Plan);
             var chunks = o.Output.chunk(nb, 0);
             for (int i = 0; i < nb; i++) outs[i] = chunks[i];
             varValues = o.VarValues?.chunk(nb, 0)[condIdx];
         }
-        _ = b;
 
         var c = outs[condIdx];
         Tensor guided = !cfg ? c
@@ -160,13 +205,17 @@ public sealed class GuidedDenoiser : IGuidedDenoiser, IDisposable
         if (pag || reuse)
         {
             // Δ = ε(c) − ε̂(c): computed this step, or (cache interval) the last one computed.
-            var direction = reuse ? _pagCache.Direction : c - outs[nb - 1];
+            var direction = reuse ? _pagCache.Direction : c - outs[pagIdx];
             if (!reuse) _pagCache.Store(direction);
             if (!cfg && _g.Formula == PagFormula.Official)
-                guided = reuse ? c + (s - 1) * direction : outs[nb - 1] + s * direction; // ε̂ + g·Δ = ε + (g − 1)·Δ
+                guided = reuse ? c + (s - 1) * direction : outs[pagIdx] + s * direction; // ε̂ + g·Δ = ε + (g − 1)·Δ
             else
                 guided = guided + s * direction;
         }
+        // SEG / SLG: + s_j·(ε(c) − ε̃_j(c)) for each extra branch that ran.
+        for (int j = 0, k = pagIdx + (pag ? 1 : 0); j < extraScales.Length; j++)
+            if ((extras & (1 << j)) != 0)
+                guided = guided + extraScales[j] * (c - outs[k++]);
         if (sAuto != 0)
         {
             // Autoguidance: the weaker model's conditional prediction, as its own forward call.

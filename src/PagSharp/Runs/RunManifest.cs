@@ -36,6 +36,17 @@ public static class RunManifest
         if (g.Apg is { } apg)
             yield return ("apg", new JsonObject { ["eta"] = apg.Eta, ["norm_threshold"] = apg.NormThreshold, ["momentum"] = apg.Momentum });
         if (g.AutoguidanceScale is { } auto) yield return ("autoguidance_scale", Schedule(auto));
+        foreach (var p in g.Perturbed)
+        {
+            var branch = new JsonObject
+            {
+                ["scale"] = Schedule(p.Scale),
+                ["layers"] = new JsonArray(p.Layers.Select(l => (JsonNode)l!).ToArray()),
+                ["perturbation"] = p.Policy.Spec,
+            };
+            if (p.Steps is { } w) branch["steps"] = new JsonArray(w.Start, w.Stop);
+            yield return (p.Name, branch);
+        }
         if (g.CfgZeroStar) yield return ("cfg_zero_star", new JsonObject { ["zero_init_steps"] = g.ZeroInitSteps });
         if (g.Sag is { } sag)
             yield return ("sag", new JsonObject

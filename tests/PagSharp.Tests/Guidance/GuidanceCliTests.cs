@@ -107,4 +107,25 @@ public class GuidanceCliTests
         Assert.Equal(3, g.GuidanceScale);
         Assert.Null(s.BuildGuidance(Layers, null, m[3].Pag, m[3].Cfg, m[3].Sag).Sag);
     }
+
+    [Fact]
+    public void SegAndSlgOptions_BuildTheirOwnBranches()
+    {
+        var g = Build(new SampleCommand.Settings { PagScale = 2, SegScale = 3, SegBlurSigma = "inf", SlgScale = 1.5, SlgLayers = "output", SlgStop = 0.4 });
+        Assert.Equal(2, g.Perturbed.Count);
+        var seg = g.Perturbed[0];
+        Assert.Equal(("seg", "seg:inf"), (seg.Name, seg.Policy.Spec));
+        Assert.Equal(new[] { "middle_block.1" }, seg.Layers);
+        Assert.Null(seg.Steps);
+        var slg = g.Perturbed[1];
+        Assert.Same(SkipPerturbation.Instance, slg.Policy);
+        Assert.Equal(LayerSpec.Resolve("output", Layers), slg.Layers);
+        Assert.Equal((0.01, 0.4), slg.Steps);
+        Assert.Equal(new ScaleSchedule.Constant(1.5), slg.Scale);
+        Assert.Equal(10.0, ((SegPerturbation)Build(new SampleCommand.Settings { SegScale = 1 }).Perturbed[0].Policy).Sigma);
+        Assert.Empty(Build(new SampleCommand.Settings { SegScale = 0 }).Perturbed);
+        Assert.Contains("need --slg-scale", Assert.Throws<PagSharpException>(() => Build(new SampleCommand.Settings { SlgStart = 0.1 })).Message);
+        Assert.Contains("'inf'", Assert.Throws<PagSharpException>(() => Build(new SampleCommand.Settings { SegScale = 1, SegBlurSigma = "-2" })).Message);
+        Assert.Contains("matches no attention layer", Assert.Throws<PagSharpException>(() => Build(new SampleCommand.Settings { SegScale = 1, SegLayers = "@64" })).Message);
+    }
 }

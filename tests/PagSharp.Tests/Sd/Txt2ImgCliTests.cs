@@ -234,4 +234,35 @@ public sealed class Txt2ImgCliTests : IDisposable
         using var plain = sd.Generate("hello cat", new long[] { 9 }, g with { Apg = null, CfgZeroStar = false }, scheduler: "ddim", steps: 3);
         Close.AssertDiffer(plain, images, 1e-4, $"{method} changed nothing");
     }
+
+    [Fact]
+    public void SegAndSlgBranches_ReachTheLibrary_NextToPag()
+    {
+        var (exit, log) = Pag.Run("txt2img", "--model", _sd.Root, "--prompt", "hello cat", "--steps", "5", "--count", "1", "--seed", "4",
+            "--scheduler", "ddim", "--seg-scale", "2", "--seg-blur-sigma", "inf", "--slg-scale", "1.5", "--slg-start", "0", "--slg-stop", "0.5",
+            "--output", _sd.Dir.File("segslg"), "--save-tensor", _sd.Dir.File("segslg.npy"));
+        Assert.True(exit == 0, log);
+        using var sd = PagSharp.Pipelines.StableDiffusion.Load(_sd.Root, new PagSharp.Pipelines.SdComponents(Vae: true, TextEncoder: true));
+        var pagLayers = PagSharp.Attention.DiffusersLayerSpec.Resolve("mid", sd.Unet.AttentionLayers);
+        var middle = pagLayers;
+        var g = new GuidanceSettings
+        {
+            GuidanceScale = 7.5, PagScale = new ScaleSchedule.Constant(3), PagLayers = pagLayers,
+            Perturbed = [PerturbedGuidance.Seg(2, double.PositiveInfinity, middle), PerturbedGuidance.Slg(1.5, middle, 0, 0.5)],
+        };
+        using var images = sd.Generate("hello cat", new long[] { 4 }, g, scheduler: "ddim", steps: 5);
+        using var expected = Npy.Load(_sd.Dir.File("segslg.npy"));
+        Close.Assert(expected, images, 1e-6, "Generate vs pag txt2img --seg-scale --slg-scale");
+        // The same branches run one by one (split batch) give the same images.
+        using var split = sd.Generate("hello cat", new long[] { 4 }, g with { SplitBatch = true }, scheduler: "ddim", steps: 5);
+        Close.Assert(images, split, 1e-4, "one batch vs split branches");
+        using var plain = sd.Generate("hello cat", new long[] { 4 }, g with { Perturbed = [] }, scheduler: "ddim", steps: 5);
+        Close.AssertDiffer(plain, images, 1e-4, "SEG + SLG changed nothing");
+        var run = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(_sd.Dir.File("segslg"), "run.json")))!["settings"]!;
+        Assert.Equal("seg:inf", (string?)run["seg"]!["perturbation"]);
+        Assert.Equal(0.5, (double?)run["slg"]!["steps"]![1]);
+        var (bad, badLog) = Pag.Run("txt2img", "--model", _sd.Root, "--prompt", "x", "--seg-layers", "middle", "--output", _sd.Dir.File("bad2"));
+        Assert.Equal(2, bad);
+        Assert.Contains("need --seg-scale", badLog);
+    }
 }
