@@ -22,7 +22,7 @@ public sealed class CompareCommand : Command<CompareCommand.Settings>
     {
         [CommandOption("--rows <N>")][Description("Number of seeds (rows): seed, seed+1, …")]
         public int Rows { get; init; } = 4;
-        [CommandOption("--methods <LIST>")][Description("Columns, comma-separated: none, pag:S, sag:S, auto:S (autoguidance; needs --guidance-model), cfg:W, apg:W (APG combination), cfgzero:W (CFG-Zero*), and + combinations such as cfg:W+pag:S (paper convention; PAG uses --perturbation/--pag-layers, SAG the --sag-layer/--sag-blur-sigma/--sag-kernel options, APG the --apg-* options). Default: none,pag:1,pag:2,pag:3 plus cfg:3,cfg:3+pag:2 when the model has a null class and labels are given.")]
+        [CommandOption("--methods <LIST>")][Description("Columns, comma-separated: none, pag:S, sag:S, seg:S (SEG branch; --seg-blur-sigma/--seg-layers), slg:S (skip-layer branch; --slg-*), auto:S (autoguidance; needs --guidance-model), cfg:W, apg:W (APG combination), cfgzero:W (CFG-Zero*), and + combinations such as cfg:W+pag:S (paper convention; PAG uses --perturbation/--pag-layers, SAG the --sag-layer/--sag-blur-sigma/--sag-kernel options, APG the --apg-* options). Default: none,pag:1,pag:2,pag:3 plus cfg:3,cfg:3+pag:2 when the model has a null class and labels are given.")]
         public string? Methods { get; init; }
         [CommandOption("--output <FILE>")][Description("Output PNG (default out/compare.png).")]
         public string Output { get; init; } = Path.Combine("out", "compare.png");
@@ -30,20 +30,21 @@ public sealed class CompareCommand : Command<CompareCommand.Settings>
         public int Scale { get; init; } = 2;
     }
 
-    /// <summary>One column: CFG scale (plain, APG or CFG-Zero* combination), PAG, SAG and autoguidance scales.</summary>
-    public sealed record Method(string Label, double Cfg, double Pag, double Sag = 0, double Auto = 0, bool Apg = false, bool ZeroStar = false);
+    /// <summary>One column: CFG scale (plain, APG or CFG-Zero* combination), PAG, SAG, autoguidance, SEG and SLG scales.</summary>
+    public sealed record Method(string Label, double Cfg, double Pag, double Sag = 0, double Auto = 0, bool Apg = false, bool ZeroStar = false,
+                                double Seg = 0, double Slg = 0);
 
     public static IReadOnlyList<Method> ParseMethods(string spec) =>
         spec.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries).Select(item =>
         {
-            double cfg = 1, pag = 0, sag = 0, auto = 0;
+            double cfg = 1, pag = 0, sag = 0, auto = 0, seg = 0, slg = 0;
             bool apg = false, zero = false;
             foreach (var part in item.Split('+', StringSplitOptions.TrimEntries))
             {
                 if (part == "none") continue;
                 var kv = part.Split(':', '=');
                 if (kv.Length != 2 || !double.TryParse(kv[1], NumberStyles.Float, CultureInfo.InvariantCulture, out double v) || double.IsNaN(v) || v < 0)
-                    throw new PagSharpException($"--methods item '{item}': expected none, pag:S, sag:S, auto:S, cfg:W, apg:W, cfgzero:W and their + combinations (cfg:W+pag:S) with numbers ≥ 0");
+                    throw new PagSharpException($"--methods item '{item}': expected none, pag:S, sag:S, seg:S, slg:S, auto:S, cfg:W, apg:W, cfgzero:W and their + combinations (cfg:W+pag:S) with numbers ≥ 0");
                 switch (kv[0])
                 {
                     case "pag": pag = v; break;
@@ -52,13 +53,17 @@ public sealed class CompareCommand : Command<CompareCommand.Settings>
                     case "apg": cfg = v; apg = true; break;
                     case "cfgzero": cfg = v; zero = true; break;
                     case "auto": auto = v; break;
-                    default: throw new PagSharpException($"--methods item '{item}': unknown method '{kv[0]}'; valid: none, pag, sag, cfg, apg, cfgzero, auto");
+                    case "seg": seg = v; break;
+                    case "slg": slg = v; break;
+                    default: throw new PagSharpException($"--methods item '{item}': unknown method '{kv[0]}'; valid: none, pag, sag, seg, slg, cfg, apg, cfgzero, auto");
                 }
             }
             if (pag > 0 && sag > 0)
                 throw new PagSharpException($"--methods item '{item}': PAG and SAG cannot be combined in one column");
+            if (sag > 0 && (seg > 0 || slg > 0))
+                throw new PagSharpException($"--methods item '{item}': SEG/SLG cannot be combined with SAG in one column");
             if (apg && zero) throw new PagSharpException($"--methods item '{item}': apg and cfgzero are alternative CFG combinations");
-            return new Method(item, cfg, pag, sag, auto, apg, zero);
+            return new Method(item, cfg, pag, sag, auto, apg, zero, seg, slg);
         }).ToArray();
 
     public override int Execute(CommandContext context, Settings s, CancellationToken cancellationToken)
@@ -77,7 +82,7 @@ public sealed class CompareCommand : Command<CompareCommand.Settings>
         // Build (and so validate) every column's options before sampling anything.
         using var guide = s.LoadGuide();
         if (methods.Any(m => m.Auto > 0) && guide is null) throw new PagSharpException("auto:S columns need --guidance-model CHECKPOINT (a weaker version of the same model)");
-        var columns = methods.Select(m => s.BuildSampling(s.BuildGuidance(loaded.Net.AttentionLayers, loaded.Config.GuidanceDefaults, m.Pag, m.Cfg, m.Sag) with
+        var columns = methods.Select(m => s.BuildSampling(s.BuildGuidance(loaded.Net.AttentionLayers, loaded.Config.GuidanceDefaults, m.Pag, m.Cfg, m.Sag, m.Seg, m.Slg) with
         {
             Apg = m.Apg ? s.BuildApg() ?? new ApgSettings() : null,
             CfgZeroStar = m.ZeroStar,

@@ -144,7 +144,8 @@ public class GuidanceOptionSettings : ModelSettings, IPerturbedBranchOptions
     /// <c>pag compare</c> per column) replace --pag-scale, --guidance-scale and --sag-scale (paper convention; 0 = off).
     /// </summary>
     public GuidanceSettings BuildGuidance(IReadOnlyList<AttentionLayerInfo> layers, GuidanceDefaults? defaults = null, double? pagScaleOverride = null,
-                                          double? cfgOverride = null, double? sagScaleOverride = null)
+                                          double? cfgOverride = null, double? sagScaleOverride = null, double? segScaleOverride = null,
+                                          double? slgScaleOverride = null)
     {
         if (Pag && defaults is null && PagScale is null && PagScaleOfficial is null)
             throw new PagSharpException("--pag uses the model's recommended PAG scale, but this model's config has no guidance_defaults; give --pag-scale S");
@@ -202,7 +203,7 @@ public class GuidanceOptionSettings : ModelSettings, IPerturbedBranchOptions
             GuidanceSteps = StepWindow(GuidanceStart, GuidanceStop),
             PagSteps = StepWindow(PagStart, PagStop),
             AutoguidanceSteps = StepWindow(AutoguidanceStart, AutoguidanceStop),
-            Perturbed = this.BuildPerturbed(spec => LayerSpec.Resolve(spec, layers), "middle"),
+            Perturbed = this.BuildPerturbed(spec => LayerSpec.Resolve(spec, layers), "middle", segScaleOverride, slgScaleOverride),
         };
     }
 

@@ -21,14 +21,17 @@ public static class PerturbedBranchOptions
     /// <summary>The SEG and SLG branches from --seg-* / --slg-* (each only with its scale; 0 = off).</summary>
     /// <param name="resolve">Turns a layer spec into layer names (the command's --pag-layers syntax).</param>
     /// <param name="defaultLayers">The spec used when --seg-layers / --slg-layers is not given (the model's middle block).</param>
-    public static List<PerturbedGuidance> BuildPerturbed(this IPerturbedBranchOptions o, Func<string, IReadOnlyList<string>> resolve, string defaultLayers)
+    /// <param name="segScale">A comparison column's SEG scale, replacing --seg-scale (0 = off); null = the option's.</param>
+    /// <param name="slgScale">A comparison column's SLG scale, replacing --slg-scale (0 = off); null = the option's.</param>
+    public static List<PerturbedGuidance> BuildPerturbed(this IPerturbedBranchOptions o, Func<string, IReadOnlyList<string>> resolve, string defaultLayers,
+                                                         double? segScale = null, double? slgScale = null)
     {
         var list = new List<PerturbedGuidance>();
-        if (o.SegScale is null && (o.SegBlurSigma is not null || o.SegLayers is not null))
+        if (o.SegScale is null && segScale is null && (o.SegBlurSigma is not null || o.SegLayers is not null))
             throw new PagSharpException("--seg-blur-sigma and --seg-layers need --seg-scale S");
-        if (o.SlgScale is null && (o.SlgLayers is not null || o.SlgStart is not null || o.SlgStop is not null))
+        if (o.SlgScale is null && slgScale is null && (o.SlgLayers is not null || o.SlgStart is not null || o.SlgStop is not null))
             throw new PagSharpException("--slg-layers, --slg-start and --slg-stop need --slg-scale S");
-        if (o.SegScale is double seg && seg != 0)
+        if ((segScale ?? o.SegScale) is double seg && seg != 0)
         {
             double sigma = 10;
             if (o.SegBlurSigma is { } text)
@@ -39,7 +42,7 @@ public static class PerturbedBranchOptions
             }
             list.Add(PerturbedGuidance.Seg(seg, sigma, ResolveNonEmpty(o.SegLayers ?? defaultLayers, resolve, "--seg-layers")));
         }
-        if (o.SlgScale is double slg && slg != 0)
+        if ((slgScale ?? o.SlgScale) is double slg && slg != 0)
             list.Add(PerturbedGuidance.Slg(slg, ResolveNonEmpty(o.SlgLayers ?? defaultLayers, resolve, "--slg-layers"), o.SlgStart ?? 0.01, o.SlgStop ?? 0.2));
         return list;
     }

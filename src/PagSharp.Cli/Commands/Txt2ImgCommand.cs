@@ -58,7 +58,9 @@ public sealed class Txt2ImgCommand : Command<Txt2ImgSettings>
         sd.KarrasSigmas = s.KarrasSigmas;
         var computeType = ComputeType.Parse(s.Dtype);
         ComputeType.Apply(sd.Unet, computeType);
-        var guidance = s.BuildGuidance(sd.Unet.AttentionLayers);
+        // With --compare each column builds (and checks) its own settings; the --seg-*/--slg-* layer options serve its tokens.
+        var guidance = methods is null ? s.BuildGuidance(sd.Unet.AttentionLayers)
+            : methods.Select(m => s.BuildGuidance(sd.Unet.AttentionLayers, m.Cfg, m.Pag, m.Sag, m.Seg, m.Slg)).ToArray()[0];
         using var controlNet = controlNetPath is null ? null : LoadControlNet(controlNetPath, sd);
         if (controlNet is not null) ComputeType.Apply(controlNet, computeType);
         using var controlImage = controlNet is null ? null : LoadControlImage(s, sd, controlNet);
@@ -174,7 +176,7 @@ public sealed class Txt2ImgCommand : Command<Txt2ImgSettings>
         return 0;
     }
 
-    /// <summary>--compare methods: none, cfg:W, pag:S, sag:S and their cfg:W+ combinations.</summary>
+    /// <summary>--compare methods: none, cfg:W, pag:S, sag:S, seg:S, slg:S, apg:W, cfgzero:W and their + combinations.</summary>
     private static IReadOnlyList<CompareCommand.Method> CompareMethods(string spec)
     {
         var methods = CompareCommand.ParseMethods(spec);
@@ -191,7 +193,7 @@ public sealed class Txt2ImgCommand : Command<Txt2ImgSettings>
                                   Tensor promptEmb, Tensor? negEmb, Tensor? init, long[] latentShape, int count, SdControl? control,
                                   CancellationToken cancellationToken)
     {
-        var guidances = methods.Select(m => s.BuildGuidance(sd.Unet.AttentionLayers, m.Cfg, m.Pag, m.Sag)).ToArray();
+        var guidances = methods.Select(m => s.BuildGuidance(sd.Unet.AttentionLayers, m.Cfg, m.Pag, m.Sag, m.Seg, m.Slg)).ToArray();
         var idx = Enumerable.Range(0, count).ToArray();
         var seeds = idx.Select(i => s.Seed + i).ToArray();
         var ct = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, App.CtrlC()).Token;

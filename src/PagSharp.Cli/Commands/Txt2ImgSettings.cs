@@ -144,7 +144,7 @@ public sealed class Txt2ImgSettings : CommandSettings, IPerturbedBranchOptions
     [CommandOption("--guess-mode")][Description("diffusers' guess_mode: residuals scaled 0.1 → 1 from shallow to deep; with CFG the ControlNet feeds only the conditional branches.")]
     public bool GuessMode { get; init; }
 
-    [CommandOption("--compare <METHODS>")][Description("Instead of single images, write OUTPUT/compare.png: rows = seeds (--count), columns = the control image (with --controlnet), then each method, all from the same noise. Methods: none, cfg:W, pag:S, cfg:W+pag:S (diffusers' guidance_scale / pag_scale), e.g. none,cfg:7.5,pag:3,cfg:7.5+pag:3.")]
+    [CommandOption("--compare <METHODS>")][Description("Instead of single images, write OUTPUT/compare.png: rows = seeds (--count), columns = the control image (with --controlnet), then each method, all from the same noise. Methods: none, cfg:W, pag:S, sag:S, seg:S, slg:S, apg:W, cfgzero:W and + combinations such as cfg:W+pag:S (diffusers' guidance_scale / pag_scale), e.g. none,cfg:7.5,pag:3,cfg:7.5+pag:3,cfg:7.5+seg:3.")]
     public string? Compare { get; init; }
 
     public bool LatentOutput => OutputType switch
@@ -155,7 +155,8 @@ public sealed class Txt2ImgSettings : CommandSettings, IPerturbedBranchOptions
     };
 
     /// <summary>The guidance these options mean for a U-Net with the given self-attention layers.</summary>
-    public GuidanceSettings BuildGuidance(IReadOnlyList<AttentionLayerInfo> layers, double? guidanceScale = null, double? pagScale = null, double? sagScale = null)
+    public GuidanceSettings BuildGuidance(IReadOnlyList<AttentionLayerInfo> layers, double? guidanceScale = null, double? pagScale = null, double? sagScale = null,
+                                          double? segScale = null, double? slgScale = null)
     {
         double? sagS = sagScale ?? SagScale;
         bool sag = sagS is > 0;
@@ -188,7 +189,7 @@ public sealed class Txt2ImgSettings : CommandSettings, IPerturbedBranchOptions
             ZeroInitSteps = ZeroInitSteps,
             GuidanceSteps = GuidanceOptionSettings.StepWindow(GuidanceStart, GuidanceStop),
             PagSteps = GuidanceOptionSettings.StepWindow(PagStart, PagStop),
-            Perturbed = this.BuildPerturbed(spec => DiffusersLayerSpec.Resolve(spec, layers, LayerMatch.Exact), "mid"),
+            Perturbed = this.BuildPerturbed(spec => DiffusersLayerSpec.Resolve(spec, layers, LayerMatch.Exact), "mid", segScale, slgScale),
             Sag = !sag || pag > 0 ? null : new SagSettings
             {
                 Scale = new ScaleSchedule.Constant(sagS!.Value),

@@ -97,7 +97,7 @@ public class GuidanceCliTests
         Assert.Equal(new[] { 1, 1, 3.0, 1 }, m.Select(x => x.Cfg));
         Assert.Equal(new[] { 0, 0, 0, 2.0 }, m.Select(x => x.Pag));
         Assert.Contains("cannot be combined", Assert.Throws<PagSharpException>(() => CompareCommand.ParseMethods("pag:1+sag:1")).Message);
-        Assert.Contains("valid: none, pag, sag, cfg", Assert.Throws<PagSharpException>(() => CompareCommand.ParseMethods("sega:1")).Message);
+        Assert.Contains("valid: none, pag, sag, seg, slg, cfg", Assert.Throws<PagSharpException>(() => CompareCommand.ParseMethods("sega:1")).Message);
 
         // A column's override turns SAG on without --method sag, with the --sag-* options of the command line.
         var s = new CompareCommand.Settings { SagKernel = 5 };

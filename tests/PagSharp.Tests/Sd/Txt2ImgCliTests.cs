@@ -261,6 +261,13 @@ public sealed class Txt2ImgCliTests : IDisposable
         var run = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(_sd.Dir.File("segslg"), "run.json")))!["settings"]!;
         Assert.Equal("seg:inf", (string?)run["seg"]!["perturbation"]);
         Assert.Equal(0.5, (double?)run["slg"]!["steps"]![1]);
+        // A --compare column seg:2+slg:1.5 (with the --seg-*/--slg-* options of the command line) equals the single run.
+        (exit, log) = Pag.Run("txt2img", "--model", _sd.Root, "--prompt", "hello cat", "--steps", "5", "--count", "1", "--seed", "4",
+            "--scheduler", "ddim", "--seg-blur-sigma", "inf", "--slg-start", "0", "--slg-stop", "0.5", "--compare", "none,cfg:7.5+pag:3+seg:2+slg:1.5",
+            "--output", _sd.Dir.File("segslg-cmp"), "--save-tensor", _sd.Dir.File("segslg-cmp.npy"));
+        Assert.True(exit == 0, log);
+        using var grid = Npy.Load(_sd.Dir.File("segslg-cmp.npy"));
+        Close.Assert(images[0], grid[1], 1e-6, "compare column vs single run");
         var (bad, badLog) = Pag.Run("txt2img", "--model", _sd.Root, "--prompt", "x", "--seg-layers", "middle", "--output", _sd.Dir.File("bad2"));
         Assert.Equal(2, bad);
         Assert.Contains("need --seg-scale", badLog);
