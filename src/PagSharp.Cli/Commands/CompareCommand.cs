@@ -32,7 +32,19 @@ public sealed class CompareCommand : Command<CompareCommand.Settings>
 
     /// <summary>One column: CFG scale (plain, APG or CFG-Zero* combination), PAG, SAG, autoguidance, SEG and SLG scales.</summary>
     public sealed record Method(string Label, double Cfg, double Pag, double Sag = 0, double Auto = 0, bool Apg = false, bool ZeroStar = false,
-                                double Seg = 0, double Slg = 0);
+                                double Seg = 0, double Slg = 0)
+    {
+        /// <summary>
+        /// <paramref name="g"/> (built with this column's scales) with the column's CFG combination and autoguidance:
+        /// APG with the command line's --apg-* settings (<paramref name="apg"/>), CFG-Zero*, auto:S.
+        /// </summary>
+        public GuidanceSettings Apply(GuidanceSettings g, ApgSettings apg) => g with
+        {
+            Apg = Apg ? apg : null,
+            CfgZeroStar = ZeroStar,
+            AutoguidanceScale = Auto > 0 ? new ScaleSchedule.Constant(Auto) : null,
+        };
+    }
 
     public static IReadOnlyList<Method> ParseMethods(string spec) =>
         spec.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries).Select(item =>
@@ -82,12 +94,8 @@ public sealed class CompareCommand : Command<CompareCommand.Settings>
         // Build (and so validate) every column's options before sampling anything.
         using var guide = s.LoadGuide();
         if (methods.Any(m => m.Auto > 0) && guide is null) throw new PagSharpException("auto:S columns need --guidance-model CHECKPOINT (a weaker version of the same model)");
-        var columns = methods.Select(m => s.BuildSampling(s.BuildGuidance(loaded.Net.AttentionLayers, loaded.Config.GuidanceDefaults, m.Pag, m.Cfg, m.Sag, m.Seg, m.Slg) with
-        {
-            Apg = m.Apg ? s.BuildApg() ?? new ApgSettings() : null,
-            CfgZeroStar = m.ZeroStar,
-            AutoguidanceScale = m.Auto > 0 ? new ScaleSchedule.Constant(m.Auto) : null,
-        })).ToArray();
+        var columns = methods.Select(m => s.BuildSampling(
+            m.Apply(s.BuildGuidance(loaded.Net.AttentionLayers, loaded.Config.GuidanceDefaults, m.Pag, m.Cfg, m.Sag, m.Seg, m.Slg), s.ApgFromOptions()))).ToArray();
         foreach (var c in columns) Sampler.Validate(loaded.Net, c, guide?.Net);
 
         var ct = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, App.CtrlC()).Token;

@@ -113,7 +113,9 @@ public class GuidanceOptionSettings : ModelSettings, IPerturbedBranchOptions
     public int ZeroInitSteps { get; init; } = 1;
 
     /// <summary>The APG settings these options mean, or null.</summary>
-    public ApgSettings? BuildApg() => Apg ? new ApgSettings { Eta = ApgEta, NormThreshold = ApgNormThreshold, Momentum = ApgMomentum } : null;
+    public ApgSettings? BuildApg() => Apg ? ApgFromOptions() : null;
+    /// <summary>APG settings from --apg-eta/--apg-norm-threshold/--apg-momentum (for --apg, and apg:W comparison columns).</summary>
+    public ApgSettings ApgFromOptions() => new() { Eta = ApgEta, NormThreshold = ApgNormThreshold, Momentum = ApgMomentum };
     [CommandOption("--split-batch")][Description("Run guidance branches as separate forward calls (less memory) instead of one batched call.")]
     public bool SplitBatch { get; init; }
     [CommandOption("--no-shared-prefix")][Description("Run the PAG branch as a full extra pass instead of forking it from the conditional branch at the first perturbed layer (slower; same result within float rounding).")]

@@ -52,15 +52,23 @@ public sealed class Txt2ImgCommand : Command<Txt2ImgSettings>
         if (s.ControlNet is not null && s.ControlImage is null) throw new PagSharpException("--controlnet needs --control-image FILE (PNG, or a prepared tensor)");
         if (s.Canny && s.ControlImage is null) throw new PagSharpException("--canny needs --control-image FILE.png (the photo to take edges of)");
         bool needText = s.Prompt is not null || (cfg && s.NegativePromptEmbeds is null);
+        bool auto = methods is null ? s.AutoguidanceScale is > 0 : methods.Any(m => m.Auto > 0);
+        if (auto && s.GuidanceModel is null) throw new PagSharpException("--autoguidance-scale (or an auto:S column) needs --guidance-model DIR (a diffusers folder with a weaker version of the model's unet/)");
+        if (s.GuidanceModel is not null && !auto) throw new PagSharpException("--guidance-model needs --autoguidance-scale S (or auto:S columns in --compare)");
 
         using var sd = StableDiffusion.Load(s.Model, new SdComponents(Vae: !latentOut, TextEncoder: needText));
         string scheduler = s.Scheduler ?? sd.Folder.NativeSchedulerName ?? "ddim";
         sd.KarrasSigmas = s.KarrasSigmas;
         var computeType = ComputeType.Parse(s.Dtype);
         ComputeType.Apply(sd.Unet, computeType);
+        if (s.GuidanceModel is not null)
+        {
+            sd.LoadGuide(s.GuidanceModel);
+            ComputeType.Apply(sd.Guide!, computeType);
+        }
         // With --compare each column builds (and checks) its own settings; the --seg-*/--slg-* layer options serve its tokens.
         var guidance = methods is null ? s.BuildGuidance(sd.Unet.AttentionLayers)
-            : methods.Select(m => s.BuildGuidance(sd.Unet.AttentionLayers, m.Cfg, m.Pag, m.Sag, m.Seg, m.Slg)).ToArray()[0];
+            : methods.Select(m => m.Apply(s.BuildGuidance(sd.Unet.AttentionLayers, m.Cfg, m.Pag, m.Sag, m.Seg, m.Slg), s.ApgFromOptions())).ToArray()[0];
         using var controlNet = controlNetPath is null ? null : LoadControlNet(controlNetPath, sd);
         if (controlNet is not null) ComputeType.Apply(controlNet, computeType);
         using var controlImage = controlNet is null ? null : LoadControlImage(s, sd, controlNet);
@@ -193,7 +201,7 @@ public sealed class Txt2ImgCommand : Command<Txt2ImgSettings>
                                   Tensor promptEmb, Tensor? negEmb, Tensor? init, long[] latentShape, int count, SdControl? control,
                                   CancellationToken cancellationToken)
     {
-        var guidances = methods.Select(m => s.BuildGuidance(sd.Unet.AttentionLayers, m.Cfg, m.Pag, m.Sag, m.Seg, m.Slg)).ToArray();
+        var guidances = methods.Select(m => m.Apply(s.BuildGuidance(sd.Unet.AttentionLayers, m.Cfg, m.Pag, m.Sag, m.Seg, m.Slg), s.ApgFromOptions())).ToArray();
         var idx = Enumerable.Range(0, count).ToArray();
         var seeds = idx.Select(i => s.Seed + i).ToArray();
         var ct = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, App.CtrlC()).Token;

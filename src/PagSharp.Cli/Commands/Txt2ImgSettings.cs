@@ -75,6 +75,14 @@ public sealed class Txt2ImgSettings : CommandSettings, IPerturbedBranchOptions
     public double? SlgStart { get; init; }
     [CommandOption("--slg-stop <F>")][Description("Apply SLG until this fraction of the steps (default 0.2, SD 3.5).")]
     public double? SlgStop { get; init; }
+    [CommandOption("--guidance-model <DIR>")][Description("Autoguidance: a weaker version of the model (same latents and text encoder; e.g. an earlier fine-tune) to guide with: a diffusers pipeline folder (its unet/) or a U-Net folder.")]
+    public string? GuidanceModel { get; init; }
+    [CommandOption("--autoguidance-scale <S>")][Description("Autoguidance scale s (Karras et al. 2024): eps + s*(eps - eps_guide); needs --guidance-model. Combines with CFG, PAG, SEG and SLG.")]
+    public double? AutoguidanceScale { get; init; }
+    [CommandOption("--autoguidance-start <F>")][Description("Apply autoguidance from this fraction of the steps on (default 0).")]
+    public double? AutoguidanceStart { get; init; }
+    [CommandOption("--autoguidance-stop <F>")][Description("Apply autoguidance until this fraction of the steps (default 1).")]
+    public double? AutoguidanceStop { get; init; }
     [CommandOption("--apg")][Description("Adaptive Projected Guidance instead of the plain CFG combination (Sadat et al. 2024; diffusers' AdaptiveProjectedGuidance); scale from --guidance-scale.")]
     public bool Apg { get; init; }
     [CommandOption("--apg-eta <E>")][Description("APG: weight of the update's component parallel to the conditional prediction (default 1, as diffusers; the paper uses 0).")]
@@ -89,7 +97,9 @@ public sealed class Txt2ImgSettings : CommandSettings, IPerturbedBranchOptions
     public int ZeroInitSteps { get; init; } = 1;
 
     /// <summary>The APG settings these options mean, or null.</summary>
-    public ApgSettings? BuildApg() => Apg ? new ApgSettings { Eta = ApgEta, NormThreshold = ApgNormThreshold, Momentum = ApgMomentum } : null;
+    public ApgSettings? BuildApg() => Apg ? ApgFromOptions() : null;
+    /// <summary>APG settings from --apg-eta/--apg-norm-threshold/--apg-momentum (for --apg, and apg:W comparison columns).</summary>
+    public ApgSettings ApgFromOptions() => new() { Eta = ApgEta, NormThreshold = ApgNormThreshold, Momentum = ApgMomentum };
     [CommandOption("--no-shared-prefix")][Description("Run the perturbed branch as a full pass instead of forking it at the first perturbed layer.")]
     public bool NoSharedPrefix { get; init; }
     [CommandOption("--steps|--num-inference-steps <N>")][Description("Denoising steps. Default 50.")]
@@ -189,6 +199,8 @@ public sealed class Txt2ImgSettings : CommandSettings, IPerturbedBranchOptions
             ZeroInitSteps = ZeroInitSteps,
             GuidanceSteps = GuidanceOptionSettings.StepWindow(GuidanceStart, GuidanceStop),
             PagSteps = GuidanceOptionSettings.StepWindow(PagStart, PagStop),
+            AutoguidanceScale = AutoguidanceScale is double a && a != 0 ? new ScaleSchedule.Constant(a) : null,
+            AutoguidanceSteps = GuidanceOptionSettings.StepWindow(AutoguidanceStart, AutoguidanceStop),
             Perturbed = this.BuildPerturbed(spec => DiffusersLayerSpec.Resolve(spec, layers, LayerMatch.Exact), "mid", segScale, slgScale),
             Sag = !sag || pag > 0 ? null : new SagSettings
             {

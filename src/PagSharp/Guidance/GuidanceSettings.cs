@@ -142,6 +142,7 @@ public sealed record GuidanceSettings
         if (Perturbed.Count > 0 && Formula == PagFormula.Official && UsesPag)
             throw new PagSharpException("the official-ADM PAG formula is defined for PAG alone; use PagFormula.Paper with SEG/SLG");
         AutoguidanceScale?.Validate("autoguidance scale");
+        if (UsesSag && UsesAutoguidance) throw new PagSharpException("SAG and autoguidance cannot be combined yet; use PAG with autoguidance");
         if (Apg is not null && CfgZeroStar) throw new PagSharpException("Apg and CfgZeroStar both replace the CFG combination; choose one");
         foreach (var (name, w) in new[] { ("GuidanceSteps", GuidanceSteps), ("PagSteps", PagSteps), ("AutoguidanceSteps", AutoguidanceSteps) })
             if (w is { } win && !(win.Start >= 0 && win.Start < win.Stop && win.Stop <= 1))

@@ -168,8 +168,6 @@ public static class Sampler
     public static IGuidedDenoiser CreateDenoiser(IDenoiserModel model, DiffusionSpec spec, SamplingOptions options,
                                                  Generator? policyGenerator = null, long[]? sampleShape = null, IDenoiserModel? guide = null)
     {
-        if (options.Guidance.UsesSag && options.Guidance.UsesAutoguidance)
-            throw new PagSharpException("SAG and autoguidance cannot be combined yet; use PAG with autoguidance");
         if (options.Guidance.UsesSag)
         {
             var original = GaussianDiffusion.Create(spec.NoiseSchedule, spec.DiffusionSteps, "", spec.Variance);

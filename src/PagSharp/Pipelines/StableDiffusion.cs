@@ -142,7 +142,7 @@ public sealed class StableDiffusion : IDisposable
         using var policyGen = new Generator((ulong)policySeed ^ 0x5bd1e995UL);
         try
         {
-            return StableDiffusionPipeline.Denoise(Unet, s, noise, promptEmbeds, negativeEmbeds, guidance, source, onStep, policyGen, cancellation, control, SchedulerFor(control));
+            return StableDiffusionPipeline.Denoise(Unet, s, noise, promptEmbeds, negativeEmbeds, guidance, source, onStep, policyGen, cancellation, control, SchedulerFor(control), Guide);
         }
         finally
         {
@@ -204,8 +204,36 @@ public sealed class StableDiffusion : IDisposable
         return (decode ? Decode(latents) : latents).MoveToOuterDisposeScope();
     }
 
+    /// <summary>
+    /// The weaker U-Net of autoguidance (<see cref="GuidanceSettings.AutoguidanceScale"/>), e.g. an earlier or smaller
+    /// version of <see cref="Unet"/>; set with <see cref="LoadGuide"/>. Null = none.
+    /// </summary>
+    public SdUNet? Guide { get; private set; }
+
+    /// <summary>
+    /// Loads a U-Net as the autoguidance guide (replacing an earlier one): <paramref name="dir"/> is a diffusers pipeline
+    /// folder (its unet/ is used) or a U-Net folder (config.json and weights). It must take and give the same latents
+    /// and text conditioning as <see cref="Unet"/>.
+    /// </summary>
+    public void LoadGuide(string dir)
+    {
+        string unetConfig = Path.Combine(dir, "config.json");
+        var guide = File.Exists(Path.Combine(dir, "model_index.json")) || !File.Exists(unetConfig)
+            ? DiffusersFolder.Open(dir).LoadUnet()
+            : SdLoader.LoadUNet(SdUNetConfig.Load(unetConfig), SdLoader.FindWeights(dir), unetConfig);
+        var (a, b) = (Unet.Config, guide.Config);
+        if (a.InChannels != b.InChannels || a.OutChannels != b.OutChannels || a.CrossAttentionDim[0] != b.CrossAttentionDim[0])
+        {
+            guide.Dispose();
+            throw new PagSharpException($"the guide U-Net ({dir}) has in/out channels {b.InChannels}/{b.OutChannels} and cross_attention_dim {b.CrossAttentionDim[0]}; the model {a.InChannels}/{a.OutChannels} and {a.CrossAttentionDim[0]}");
+        }
+        Guide?.Dispose();
+        Guide = guide;
+    }
+
     public void Dispose()
     {
+        Guide?.Dispose();
         Unet.Dispose();
         Vae?.Dispose();
         TextEncoder?.Dispose();

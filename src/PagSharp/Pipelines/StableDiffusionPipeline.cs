@@ -34,15 +34,17 @@ public static class StableDiffusionPipeline
     /// <param name="control">A ControlNet with its image and settings (see <see cref="UNetDenoiser"/>).</param>
     /// <param name="schedule">The model's training schedule (num_train_timesteps for scale ramps; ᾱ and the prediction
     /// type for SAG); default: diffusers' defaults.</param>
+    /// <param name="guide">The weaker U-Net of autoguidance (same prompt embeddings and ControlNet); needed when <see cref="GuidanceSettings.AutoguidanceScale"/> is set.</param>
     public static Tensor Denoise(SdUNet unet, IScheduler scheduler, Tensor noise, Tensor promptEmbeds, Tensor? negativeEmbeds,
                                  GuidanceSettings guidance, NoiseSource? noiseSource = null, Action<LoopStep>? onStep = null,
                                  Generator? policyGenerator = null, CancellationToken cancellation = default, SdControl? control = null,
-                                 SchedulerConfig? schedule = null)
+                                 SchedulerConfig? schedule = null, SdUNet? guide = null)
     {
         schedule ??= SchedulerConfig.Default;
         using var model = new UNetDenoiser(unet, promptEmbeds, guidance.UsesCfg ? negativeEmbeds : null, noise.shape, control);
         if (guidance.UsesCfg && negativeEmbeds is null) throw new PagSharpException("CFG (guidance scale > 1) needs negative prompt embeddings");
-        var denoiser = CreateDenoiser(model, guidance, schedule, noise.shape, policyGenerator);
+        using var guideModel = guide is null || !guidance.UsesAutoguidance ? null : new UNetDenoiser(guide, promptEmbeds, null, noise.shape, control);
+        var denoiser = CreateDenoiser(model, guidance, schedule, noise.shape, policyGenerator, guideModel);
         using var _ = denoiser as IDisposable;
         // Inference mode for the loop (no autograd bookkeeping); the result is cloned outside it, so the caller gets
         // an ordinary tensor.
@@ -60,9 +62,9 @@ public static class StableDiffusionPipeline
     /// map, blur kernel 9, σ = 1 — where the settings leave them open).
     /// </summary>
     public static IGuidedDenoiser CreateDenoiser(UNetDenoiser model, GuidanceSettings guidance, SchedulerConfig schedule, long[] latentShape,
-                                                 Generator? policyGenerator = null)
+                                                 Generator? policyGenerator = null, UNetDenoiser? guide = null)
     {
-        if (!guidance.UsesSag) return new GuidedDenoiser(model, guidance, schedule.NumTrainTimesteps, policyGenerator);
+        if (!guidance.UsesSag) return new GuidedDenoiser(model, guidance, schedule.NumTrainTimesteps, policyGenerator, guide);
         var ac = DiffusersSchedule.AlphasCumprod(schedule).Select(a => (double)a).ToArray();
         var sag = new SagDenoiser(model, guidance with { Sag = SdSagDefaults(guidance.Sag!, model.AttentionLayers) }, ac, clipXstart: false, schedule.PredictionType);
         sag.CheckImageSize(latentShape[^2], latentShape[^1]);

@@ -272,4 +272,52 @@ public sealed class Txt2ImgCliTests : IDisposable
         Assert.Equal(2, bad);
         Assert.Contains("need --seg-scale", badLog);
     }
+
+    [Fact]
+    public void Autoguidance_WithAWeakerUNetFolder_ReachesTheLibrary()
+    {
+        // The guide: the same U-Net with its weights scaled by 0.9, as a U-Net folder (config.json and weights).
+        using var guideDir = new TempDir();
+        File.Copy(_sd.Path("unet/config.json"), Path.Combine(guideDir.Path, "config.json"));
+        var weights = SafeTensors.Load(_sd.Path("unet/diffusion_pytorch_model.safetensors"));
+        SafeTensors.Save(Path.Combine(guideDir.Path, "diffusion_pytorch_model.safetensors"), weights.ToDictionary(kv => kv.Key, kv => kv.Value * 0.9));
+
+        var (exit, log) = Pag.Run("txt2img", "--model", _sd.Root, "--prompt", "hello cat", "--steps", "3", "--count", "1", "--seed", "8",
+            "--scheduler", "ddim", "--guidance-model", guideDir.Path, "--autoguidance-scale", "2",
+            "--output", _sd.Dir.File("auto"), "--save-tensor", _sd.Dir.File("auto.npy"));
+        Assert.True(exit == 0, log);
+        using var sd = PagSharp.Pipelines.StableDiffusion.Load(_sd.Root, new PagSharp.Pipelines.SdComponents(Vae: true, TextEncoder: true));
+        var layers = PagSharp.Attention.DiffusersLayerSpec.Resolve("mid", sd.Unet.AttentionLayers);
+        var g = new GuidanceSettings { GuidanceScale = 7.5, PagScale = new ScaleSchedule.Constant(3), PagLayers = layers, AutoguidanceScale = new ScaleSchedule.Constant(2) };
+        Assert.Contains("guide model", Assert.Throws<PagSharpException>(() => sd.Generate("hello cat", new long[] { 8 }, g, scheduler: "ddim", steps: 3)).Message);
+        // The model as its own guide changes nothing: the guide gets the same conditioning.
+        sd.LoadGuide(_sd.Root);
+        using var self = sd.Generate("hello cat", new long[] { 8 }, g, scheduler: "ddim", steps: 3);
+        using var none = sd.Generate("hello cat", new long[] { 8 }, g with { AutoguidanceScale = null }, scheduler: "ddim", steps: 3);
+        Close.Assert(none, self, 1e-5, "guide = model");
+        sd.LoadGuide(guideDir.Path);
+        using var images = sd.Generate("hello cat", new long[] { 8 }, g, scheduler: "ddim", steps: 3);
+        using var expected = Npy.Load(_sd.Dir.File("auto.npy"));
+        Close.Assert(expected, images, 1e-6, "Generate vs pag txt2img --guidance-model --autoguidance-scale");
+        Close.AssertDiffer(none, images, 1e-4, "a weaker guide changed nothing");
+
+        var (bad, badLog) = Pag.Run("txt2img", "--model", _sd.Root, "--prompt", "x", "--autoguidance-scale", "2", "--output", _sd.Dir.File("bad3"));
+        Assert.Equal(2, bad);
+        Assert.Contains("needs --guidance-model", badLog);
+    }
+
+    [Fact]
+    public void CompareColumns_ApgAndCfgZero_AreTheirOwnCombinations()
+    {
+        string[] common = ["txt2img", "--model", _sd.Root, "--prompt", "hello cat", "--steps", "3", "--count", "1", "--seed", "3", "--scheduler", "ddim", "--apg-eta", "0", "--apg-norm-threshold", "0.01"];
+        var (exit, log) = Pag.Run([.. common, "--compare", "cfg:7.5,apg:7.5,cfgzero:7.5", "--output", _sd.Dir.File("cmp-apg"), "--save-tensor", _sd.Dir.File("cmp-apg.npy")]);
+        Assert.True(exit == 0, log);
+        (exit, log) = Pag.Run([.. common, "--pag-scale", "0", "--apg", "--output", _sd.Dir.File("one-apg"), "--save-tensor", _sd.Dir.File("one-apg.npy")]);
+        Assert.True(exit == 0, log);
+        using var grid = Npy.Load(_sd.Dir.File("cmp-apg.npy"));
+        using var one = Npy.Load(_sd.Dir.File("one-apg.npy"));
+        Close.Assert(one[0], grid[1], 1e-6, "apg:7.5 column vs txt2img --apg");
+        Close.AssertDiffer(grid[0], grid[1], 1e-4, "apg column = plain CFG");
+        Close.AssertDiffer(grid[0], grid[2], 1e-4, "cfgzero column = plain CFG");
+    }
 }
