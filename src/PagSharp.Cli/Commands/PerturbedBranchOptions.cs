@@ -13,6 +13,7 @@ public interface IPerturbedBranchOptions
     string? SlgLayers { get; }
     double? SlgStart { get; }
     double? SlgStop { get; }
+    string? SlgSkip { get; }
 }
 
 /// <summary>Builds <see cref="GuidanceSettings.Perturbed"/> from <see cref="IPerturbedBranchOptions"/>.</summary>
@@ -29,8 +30,14 @@ public static class PerturbedBranchOptions
         var list = new List<PerturbedGuidance>();
         if (o.SegScale is null && segScale is null && (o.SegBlurSigma is not null || o.SegLayers is not null))
             throw new PagSharpException("--seg-blur-sigma and --seg-layers need --seg-scale S");
-        if (o.SlgScale is null && slgScale is null && (o.SlgLayers is not null || o.SlgStart is not null || o.SlgStop is not null))
-            throw new PagSharpException("--slg-layers, --slg-start and --slg-stop need --slg-scale S");
+        if (o.SlgScale is null && slgScale is null && (o.SlgLayers is not null || o.SlgStart is not null || o.SlgStop is not null || o.SlgSkip is not null))
+            throw new PagSharpException("--slg-layers, --slg-skip, --slg-start and --slg-stop need --slg-scale S");
+        bool wholeBlock = (o.SlgSkip ?? "attention").Trim().ToLowerInvariant() switch
+        {
+            "attention" => false,
+            "block" => true,
+            _ => throw new PagSharpException($"--slg-skip '{o.SlgSkip}': valid: attention, block"),
+        };
         if ((segScale ?? o.SegScale) is double seg && seg != 0)
         {
             double sigma = 10;
@@ -43,7 +50,7 @@ public static class PerturbedBranchOptions
             list.Add(PerturbedGuidance.Seg(seg, sigma, ResolveNonEmpty(o.SegLayers ?? defaultLayers, resolve, "--seg-layers")));
         }
         if ((slgScale ?? o.SlgScale) is double slg && slg != 0)
-            list.Add(PerturbedGuidance.Slg(slg, ResolveNonEmpty(o.SlgLayers ?? defaultLayers, resolve, "--slg-layers"), o.SlgStart ?? 0.01, o.SlgStop ?? 0.2));
+            list.Add(PerturbedGuidance.Slg(slg, ResolveNonEmpty(o.SlgLayers ?? defaultLayers, resolve, "--slg-layers"), o.SlgStart ?? 0.01, o.SlgStop ?? 0.2, wholeBlock));
         return list;
     }
 

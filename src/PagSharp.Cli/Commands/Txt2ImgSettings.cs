@@ -71,6 +71,8 @@ public sealed class Txt2ImgSettings : CommandSettings, IPerturbedBranchOptions
     public double? SlgScale { get; init; }
     [CommandOption("--slg-layers <SPEC>")][Description("SLG: attention layers to skip (same syntax as --pag-layers; default: the middle block).")]
     public string? SlgLayers { get; init; }
+    [CommandOption("--slg-skip <WHAT>")][Description("SLG: what is skipped at each layer: attention (the self-attention, default) or block (the whole transformer block: self-attention, cross-attention, feed-forward; the same on ADM).")]
+    public string? SlgSkip { get; init; }
     [CommandOption("--slg-start <F>")][Description("Apply SLG from this fraction of the steps on (default 0.01, SD 3.5).")]
     public double? SlgStart { get; init; }
     [CommandOption("--slg-stop <F>")][Description("Apply SLG until this fraction of the steps (default 0.2, SD 3.5).")]

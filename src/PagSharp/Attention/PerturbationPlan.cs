@@ -64,9 +64,17 @@ public sealed class PerturbationPlan
     /// The batch entries (of <paramref name="batch"/>) for which <paramref name="layer"/> is skipped
     /// (<see cref="SkipPerturbation"/>), or null when it is not.
     /// </summary>
-    public long[]? SkippedEntries(string layer, long batch)
+    public long[]? SkippedEntries(string layer, long batch) => Skipped(layer, batch, wholeBlockOnly: false);
+
+    /// <summary>
+    /// The batch entries for which the whole transformer block of <paramref name="layer"/> is skipped
+    /// (<see cref="SkipPerturbation.Block"/>), or null when it is not.
+    /// </summary>
+    public long[]? SkippedBlockEntries(string layer, long batch) => Skipped(layer, batch, wholeBlockOnly: true);
+
+    private long[]? Skipped(string layer, long batch, bool wholeBlockOnly)
     {
-        var skips = EntriesOf(layer).Where(e => e.Policy is SkipPerturbation).ToList();
+        var skips = EntriesOf(layer).Where(e => e.Policy is SkipPerturbation s && (s.WholeBlock || !wholeBlockOnly)).ToList();
         if (skips.Count == 0) return null;
         return skips.SelectMany(e => e.BatchIndices ?? Enumerable.Range(0, (int)batch).Select(i => (long)i)).Distinct().Order().ToArray();
     }

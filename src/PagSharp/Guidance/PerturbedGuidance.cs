@@ -21,9 +21,12 @@ public sealed record PerturbedGuidance(string Name, ScaleSchedule Scale, IReadOn
     public static PerturbedGuidance Seg(double scale, double sigma, IReadOnlyList<string> layers) =>
         new("seg", new ScaleSchedule.Constant(scale), layers, new SegPerturbation(sigma));
 
-    /// <summary>Skip-layer guidance at <paramref name="layers"/>, by default on the steps of SD 3.5's recipe (1%–20%).</summary>
-    public static PerturbedGuidance Slg(double scale, IReadOnlyList<string> layers, double start = 0.01, double stop = 0.2) =>
-        new("slg", new ScaleSchedule.Constant(scale), layers, SkipPerturbation.Instance) { Steps = (start, stop) };
+    /// <summary>
+    /// Skip-layer guidance at <paramref name="layers"/>, by default on the steps of SD 3.5's recipe (1%–20%): the
+    /// self-attention skipped, or with <paramref name="wholeBlock"/> its whole transformer block (<see cref="SkipPerturbation.Block"/>).
+    /// </summary>
+    public static PerturbedGuidance Slg(double scale, IReadOnlyList<string> layers, double start = 0.01, double stop = 0.2, bool wholeBlock = false) =>
+        new("slg", new ScaleSchedule.Constant(scale), layers, wholeBlock ? SkipPerturbation.Block : SkipPerturbation.Instance) { Steps = (start, stop) };
 
     public void Validate()
     {

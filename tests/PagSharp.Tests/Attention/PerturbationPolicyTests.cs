@@ -385,4 +385,26 @@ public sealed class SkipPerturbationTests
         Assert.Equal(0f, outp.abs().max().item<float>());
         Assert.True(attn.Forward(h, null, 4, 4, null).abs().max().item<float>() > 1e-4);
     }
+
+    [Fact]
+    public void ASkippedSdTransformerBlockReturnsItsInput_WhileASkippedAttentionKeepsCrossAttentionAndFeedForward()
+    {
+        manual_seed(9);
+        using var block = new PagSharp.Models.Sd.BasicTransformerBlock("test", 16, 2, 8, 8, 0);
+        using var g = new Generator(8);
+        var h = randn(new long[] { 3, 16, 16 }, generator: g);
+        var context = randn(new long[] { 3, 5, 8 }, generator: g);
+        using var _ = no_grad();
+        var normal = block.Forward(h, context, 4, 4, null);
+        var skipBlock = block.Forward(h, context, 4, 4, PerturbationPlan.Perturb(["test.attn1"], SkipPerturbation.Block, [1]));
+        TestModels.AssertBitwiseEqual(h[1], skipBlock[1], "skipped block = input");
+        TestModels.AssertClose(normal[0], skipBlock[0], 1e-5, "entry 0 normal");
+        TestModels.AssertClose(normal[2], skipBlock[2], 1e-5, "entry 2 normal");
+        var skipAttn = block.Forward(h, context, 4, 4, PerturbationPlan.Perturb(["test.attn1"], SkipPerturbation.Instance, [1]));
+        Assert.True(TestModels.MaxAbsDiff(skipAttn[1], h[1]) > 1e-4, "skipping the self-attention alone keeps the rest of the block");
+        Assert.True(TestModels.MaxAbsDiff(skipAttn[1], normal[1]) > 1e-4, "skipping the self-attention changes the block");
+        Assert.Same(SkipPerturbation.Block, PerturbationSpec.Parse("skip-block"));
+        Assert.Equal(new long[] { 1 }, PerturbationPlan.Perturb(["a"], SkipPerturbation.Block, [1]).SkippedEntries("a", 3));
+        Assert.Null(PerturbationPlan.Perturb(["a"], SkipPerturbation.Instance, [1]).SkippedBlockEntries("a", 3));
+    }
 }

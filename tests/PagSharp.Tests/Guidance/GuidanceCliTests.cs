@@ -125,6 +125,8 @@ public class GuidanceCliTests
         Assert.Equal(10.0, ((SegPerturbation)Build(new SampleCommand.Settings { SegScale = 1 }).Perturbed[0].Policy).Sigma);
         Assert.Empty(Build(new SampleCommand.Settings { SegScale = 0 }).Perturbed);
         Assert.Contains("need --slg-scale", Assert.Throws<PagSharpException>(() => Build(new SampleCommand.Settings { SlgStart = 0.1 })).Message);
+        Assert.Same(SkipPerturbation.Block, Build(new SampleCommand.Settings { SlgScale = 1, SlgSkip = "block" }).Perturbed[0].Policy);
+        Assert.Contains("valid: attention, block", Assert.Throws<PagSharpException>(() => Build(new SampleCommand.Settings { SlgScale = 1, SlgSkip = "resblock" })).Message);
         Assert.Contains("'inf'", Assert.Throws<PagSharpException>(() => Build(new SampleCommand.Settings { SegScale = 1, SegBlurSigma = "-2" })).Message);
         Assert.Contains("matches no attention layer", Assert.Throws<PagSharpException>(() => Build(new SampleCommand.Settings { SegScale = 1, SegLayers = "@64" })).Message);
     }

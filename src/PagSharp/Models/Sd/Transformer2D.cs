@@ -73,9 +73,17 @@ internal sealed class BasicTransformerBlock : Module
 
     public Tensor Forward(Tensor h, Tensor context, int height, int width, PerturbationPlan? plan)
     {
+        var input = h;
         h = attn1.Forward(norm1.forward(h), null, height, width, plan) + h;
         h = attn2.Forward(norm2.forward(h), context, height, width, null) + h;
-        return ff.forward(norm3.forward(h)) + h;
+        var outp = ff.forward(norm3.forward(h)) + h;
+        if (plan?.SkippedBlockEntries(SelfAttentionPath, input.shape[0]) is { } skipped)
+        {
+            // Skip-layer guidance on the whole block: it passes its input on for these entries.
+            using var idx = tensor(skipped, device: input.device);
+            outp = outp.index_copy(0, idx, input.index_select(0, idx));
+        }
+        return outp;
     }
 }
 
