@@ -44,6 +44,7 @@ public sealed class BenchCommand : Command<BenchCommand.Settings>
     private static readonly string[] Methods =
     {
         "none", "pag-mid", "pag-deep", "naive-pag-mid", "cfg", "cfg+pag-mid", "naive-cfg+pag-mid", "sag",
+        "seg-mid", "pag-mid+seg-mid", "auto",
         "none" + ChannelsLastSuffix, "pag-mid" + ChannelsLastSuffix, "pag-mid" + NoSplitSuffix, "cfg+pag-mid" + NoSplitSuffix,
         "pag-mid" + CacheSuffix, "cfg+pag-mid" + CacheSuffix,
     };
@@ -174,6 +175,10 @@ public sealed class BenchCommand : Command<BenchCommand.Settings>
             "cfg+pag-mid" => Step(true, MidLayers),
             "naive-cfg+pag-mid" => Step(true, MidLayers, shared: false),
             "sag" => 2.0 * Step(false, null),
+            // SEG computes full attention on its forked copies; PAG + SEG fork two copies, identity for PAG's only.
+            "seg-mid" => AdmCost.Forward(net, new MacCall(b, MidLayers, 0, b)),
+            "pag-mid+seg-mid" => AdmCost.Forward(net, new MacCall(b, MidLayers, b, 2 * b)),
+            "auto" => 2.0 * Step(false, null), // the guide has the model's architecture here
             _ => throw new PagSharpException($"unknown benchmark method {c.Method}"),
         };
         if (v.Cache) macs = (macs + Step(v.Method.StartsWith("cfg", StringComparison.Ordinal), null)) / 2;
@@ -205,6 +210,9 @@ public sealed class BenchCommand : Command<BenchCommand.Settings>
             "cfg+pag-mid" => new GuidanceSettings { GuidanceScale = 3, PagScale = new ScaleSchedule.Constant(2), PagLayers = mid },
             "naive-cfg+pag-mid" => new GuidanceSettings { GuidanceScale = 3, PagScale = new ScaleSchedule.Constant(2), PagLayers = mid, SharedPrefix = false },
             "sag" => new GuidanceSettings { Sag = new SagSettings { Scale = new ScaleSchedule.Constant(1) } },
+            "seg-mid" => new GuidanceSettings { Perturbed = [PerturbedGuidance.Seg(2, 10, mid)] },
+            "pag-mid+seg-mid" => new GuidanceSettings { PagScale = new ScaleSchedule.Constant(2), PagLayers = mid, Perturbed = [PerturbedGuidance.Seg(2, 10, mid)] },
+            "auto" => new GuidanceSettings { AutoguidanceScale = new ScaleSchedule.Constant(1) },
             _ => throw new PagSharpException($"unknown benchmark method {c.Method}"),
         };
         if (cache) g = g with { PagCacheInterval = 2 };
@@ -212,7 +220,8 @@ public sealed class BenchCommand : Command<BenchCommand.Settings>
         var model = new AdmDenoiser(net, labels, c.Batch);
         var options = new SamplingOptions { Scheduler = "ddim", Steps = c.Steps, TimestepRespacing = c.Steps.ToString(CultureInfo.InvariantCulture), Guidance = g };
         var spec = DiffusionSpec.Of(cfg) with { Variance = VarianceType.LearnedRange };
-        var denoiser = Sampler.CreateDenoiser(model, spec, options);
+        // Autoguidance times a guide of the model's own architecture (a weaker model of the same config costs the same).
+        var denoiser = Sampler.CreateDenoiser(model, spec, options, guide: g.UsesAutoguidance ? new AdmDenoiser(net, labels, c.Batch) : null);
         using var noise = new NoiseSource(Enumerable.Range(0, c.Batch).Select(i => (long)i));
         var x = noise.Randn(cfg.InChannels, cfg.ImageSize, cfg.ImageSize);
         if (channelsLast) x = MemoryLayout.ChannelsLast(x);

@@ -6,8 +6,11 @@ namespace PagSharp.Tests.Cli;
 [Collection(CliCollection.Name)]
 public sealed class BenchCommandTests
 {
-    [Fact]
-    public void Child_PrintsSecondsPerStepAndPeakRss()
+    [Theory]
+    [InlineData("cfg+pag-mid")]
+    [InlineData("pag-mid+seg-mid")]
+    [InlineData("auto")]
+    public void Child_PrintsSecondsPerStepAndPeakRss(string method)
     {
         // The child answers its parent on standard output, not through the console renderer.
         var stdout = new StringWriter();
@@ -15,7 +18,7 @@ public sealed class BenchCommandTests
         Console.SetOut(stdout);
         int exit;
         string log;
-        try { (exit, log) = Pag.Run("bench", "--child", "{\"Model\":\"mnist\",\"Batch\":2,\"Steps\":1,\"Method\":\"cfg+pag-mid\"}", "--runs", "1"); }
+        try { (exit, log) = Pag.Run("bench", "--child", "{\"Model\":\"mnist\",\"Batch\":2,\"Steps\":1,\"Method\":\"" + method + "\"}", "--runs", "1"); }
         finally { Console.SetOut(previous); }
         string output = stdout.ToString();
         Assert.True(exit == 0, log + output);
