@@ -30,7 +30,9 @@ public static class App
             c.UseStrictParsing();
             c.ConfigureConsole(AnsiConsole.Console); // the current console (tests swap it), not the one Spectre caches on first use
             Add<SampleCommand>(c, commands, "sample").WithDescription("Generate images (built-in MNIST model by default) with none / CFG / PAG / SAG guidance (PAG or SAG combine with CFG).");
-            Add<Txt2ImgCommand>(c, commands, "txt2img").WithDescription("Stable Diffusion 1.x/2.x text-to-image from a diffusers folder with CFG and PAG, as diffusers' StableDiffusionPAGPipeline.");
+            Add<Txt2ImgCommand>(c, commands, "txt2img").WithDescription("Stable Diffusion 1.x/2.x and SDXL text-to-image from a diffusers folder with CFG and PAG, as diffusers' StableDiffusion(XL)PAGPipeline.");
+            Add<Img2ImgCommand>(c, commands, "img2img").WithDescription("Stable Diffusion 1.x/2.x and SDXL image-to-image with CFG and PAG (--image, --strength), as diffusers' …PAGImg2ImgPipeline.");
+            Add<InpaintCommand>(c, commands, "inpaint").WithDescription("Stable Diffusion 1.x/2.x and SDXL inpainting with CFG and PAG (--image, --mask-image; 9- and 4-channel UNets), as diffusers' …PAGInpaintPipeline.");
             Add<CompareCommand>(c, commands, "compare").WithDescription("One labelled grid: rows = seeds, columns = guidance methods, all from the same noise.");
             Add<LayersCommand>(c, commands, "layers").WithDescription("List the perturbable self-attention layers of a model.");
             Add<ForwardCommand>(c, commands, "forward").WithDescription("Run the network once and save its raw output (for checks against PyTorch).");

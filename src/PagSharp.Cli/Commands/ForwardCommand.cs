@@ -29,6 +29,10 @@ public sealed class ForwardCommand : Command<ForwardCommand.Settings>
         public string? Model { get; init; }
         [CommandOption("--encoder-hidden-states <TENSOR>")][Description("Text conditioning for --model, [[B or 1,S,D]].")]
         public string? EncoderHiddenStates { get; init; }
+        [CommandOption("--text-embeds <TENSOR>")][Description("SDXL UNets: the pooled text embeddings (added_cond_kwargs text_embeds), [[B or 1,P]].")]
+        public string? TextEmbeds { get; init; }
+        [CommandOption("--time-ids <TENSOR>")][Description("SDXL UNets: the micro-conditioning time ids (added_cond_kwargs time_ids), [[B or 1,n]].")]
+        public string? TimeIds { get; init; }
     }
 
     public override int Execute(CommandContext context, Settings s, CancellationToken cancellationToken)
@@ -36,7 +40,8 @@ public sealed class ForwardCommand : Command<ForwardCommand.Settings>
         if (s.Input is null || s.Timesteps is null || s.Output is null)
             throw new PagSharpException("pag forward needs --input, --timesteps and --output");
         var policy = PerturbationSpec.Parse(s.Perturbation);
-        if (s.Model is not null) return SdForward.Run(s.Model, s.Input, s.Timesteps, s.EncoderHiddenStates, s.Perturb, s.Output, s.Labels, policy);
+        if (s.Model is not null) return SdForward.Run(s.Model, s.Input, s.Timesteps, s.EncoderHiddenStates, s.Perturb, s.Output, s.Labels, policy, s.TextEmbeds, s.TimeIds);
+        if (s.TextEmbeds is not null || s.TimeIds is not null) throw new PagSharpException("--text-embeds and --time-ids are for SDXL UNets (--model DIR)");
         if (s.EncoderHiddenStates is not null) throw new PagSharpException("--encoder-hidden-states is for a Stable Diffusion UNet (--model DIR)");
         using var loaded = s.LoadModel();
         using var x = TensorSpec.Load(s.Input).to_type(ScalarType.Float32);

@@ -9,7 +9,8 @@ namespace PagSharp.Cli.Commands;
 /// <summary><c>pag forward --model DIR</c>: one call of a diffusers SD UNet, optionally with identity-perturbed self-attention layers.</summary>
 internal static class SdForward
 {
-    public static int Run(string model, string input, string timesteps, string? ehsSpec, string? perturb, string output, string? labels, IAttentionPerturbation policy)
+    public static int Run(string model, string input, string timesteps, string? ehsSpec, string? perturb, string output, string? labels, IAttentionPerturbation policy,
+                          string? textEmbeds = null, string? timeIds = null)
     {
         if (labels is not null) throw new PagSharpException("--labels is for class-conditional ADM models; a Stable Diffusion UNet takes --encoder-hidden-states");
         if (ehsSpec is null) throw new PagSharpException("pag forward --model needs --encoder-hidden-states TENSOR ([B,S,D] text conditioning)");
@@ -26,10 +27,24 @@ internal static class SdForward
         using var ehs = ehsRaw.shape[0] == b ? ehsRaw.alias() : ehsRaw.expand(b, -1, -1).contiguous();
         using var t = Timesteps(timesteps, b);
         var plan = perturb is null ? null : PerturbationPlan.Perturb(DiffusersLayerSpec.Resolve(perturb, unet.AttentionLayers), policy, generator: new TorchSharp.torch.Generator(0));
+        if (cfg.UsesTextTime && (textEmbeds is null || timeIds is null))
+            throw new PagSharpException("this is an SDXL UNet: give --text-embeds TENSOR (pooled embeddings [B,P]) and --time-ids TENSOR ([B,n])");
+        if (!cfg.UsesTextTime && (textEmbeds is not null || timeIds is not null))
+            throw new PagSharpException("--text-embeds and --time-ids are for SDXL UNets (addition_embed_type text_time); this UNet takes none");
+        using var te = textEmbeds is null ? null : Rows(TensorSpec.Load(textEmbeds).to_type(ScalarType.Float32), b, "--text-embeds");
+        using var ids = timeIds is null ? null : Rows(TensorSpec.Load(timeIds).to_type(ScalarType.Float32), b, "--time-ids");
         using var _ = no_grad();
-        using var o = unet.Forward(x, t, ehs, plan);
+        using var o = unet.Forward(x, t, ehs, plan, added: te is null ? null : new SdAddedConditioning(te, ids!));
         ForwardCommand.Save(output, o);
         return 0;
+    }
+
+    private static Tensor Rows(Tensor t, long b, string option)
+    {
+        if (t.dim() == 1) t = t.unsqueeze(0);
+        if (t.dim() != 2 || (t.shape[0] != 1 && t.shape[0] != b))
+            throw new PagSharpException($"{option} has shape [{string.Join(",", t.shape)}]; expected [{b} or 1,width]");
+        return t.shape[0] == b ? t : t.expand(b, -1).contiguous();
     }
 
     /// <summary>One timestep or one per batch entry: numbers (fractional ones allowed, as Euler schedulers pass), or a tensor spec.</summary>

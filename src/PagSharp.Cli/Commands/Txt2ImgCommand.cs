@@ -19,8 +19,9 @@ using Grid = PagSharp.Imaging.Grid;
 namespace PagSharp.Cli.Commands;
 
 /// <summary>
-/// <c>pag txt2img</c>: Stable Diffusion 1.x/2.x text-to-image from a diffusers folder with CFG and PAG, as diffusers'
-/// StableDiffusionPAGPipeline. Like <c>pag sample</c>: one PNG per image, grid.png, run.json with every setting and
+/// <c>pag txt2img</c>: Stable Diffusion 1.x/2.x and SDXL text-to-image from a diffusers folder with CFG and PAG, as
+/// diffusers' StableDiffusionPAGPipeline / StableDiffusionXLPAGPipeline (and the shared run of <c>pag img2img</c> and
+/// <c>pag inpaint</c>). Like <c>pag sample</c>: one PNG per image, grid.png, run.json with every setting and
 /// per-image seed, progress, resume into the same folder (finished batches are skipped; a folder holding a different
 /// run is refused, with the differing settings listed), shards.
 /// </summary>
@@ -31,9 +32,25 @@ public sealed class Txt2ImgCommand : Command<Txt2ImgSettings>
     public const string ControlFile = "control.png";
     public const string CompareFile = "compare.png";
 
-    public override int Execute(CommandContext context, Txt2ImgSettings s, CancellationToken cancellationToken)
+    public override int Execute(CommandContext context, Txt2ImgSettings s, CancellationToken cancellationToken) => Run(s, "txt2img", cancellationToken);
+
+    /// <summary>
+    /// The one run of txt2img, img2img and inpaint (<paramref name="mode"/>): options checked before anything is
+    /// loaded or written, the model (SD 1.x/2.x or SDXL, from model_index.json), prompts or embeddings, and the
+    /// batches into the run folder — or the comparison grid.
+    /// </summary>
+    public static int Run(Txt2ImgSettings s, string mode, CancellationToken cancellationToken)
     {
-        if (s.Model is null) throw new PagSharpException("pag txt2img needs --model DIR (a diffusers Stable Diffusion folder)");
+        var e = s as Img2ImgSettings;
+        var ip = s as InpaintSettings;
+        bool editing = e is not null;
+        string output = s.Output ?? Path.Combine("out", mode);
+        if (s.Model is null) throw new PagSharpException($"pag {mode} needs --model DIR (a diffusers Stable Diffusion or SDXL folder)");
+        if (editing && e!.Image is null) throw new PagSharpException($"pag {mode} needs --image IMAGE (PNG/JPEG, or a tensor)");
+        if (ip is not null && ip.MaskImage is null) throw new PagSharpException("pag inpaint needs --mask-image MASK (white = repaint)");
+        if (editing && (s.ControlNet is not null || s.ControlImage is not null))
+            throw new PagSharpException($"--controlnet/--control-image are not available with pag {mode} yet; use them with pag txt2img");
+        if (ip is not null && (double.IsNaN(ip.MaskBlur) || ip.MaskBlur < 0)) throw new PagSharpException($"--mask-blur must be ≥ 0 (got {ip.MaskBlur})");
         bool latentOut = s.LatentOutput;
         if ((s.Prompt is null) == (s.PromptEmbeds is null)) throw new PagSharpException("give either --prompt TEXT or --prompt-embeds TENSOR");
         if (s.NegativePrompt is not null && s.NegativePromptEmbeds is not null) throw new PagSharpException("give --negative-prompt or --negative-prompt-embeds, not both");
@@ -51,12 +68,30 @@ public sealed class Txt2ImgCommand : Command<Txt2ImgSettings>
         if (s.ControlImage is not null && controlNetPath is null) throw new PagSharpException($"--control-image needs --controlnet PATH (a diffusers ControlNet); {Path.Combine(s.Model, "controlnet")} does not exist either");
         if (s.ControlNet is not null && s.ControlImage is null) throw new PagSharpException("--controlnet needs --control-image FILE (PNG, or a prepared tensor)");
         if (s.Canny && s.ControlImage is null) throw new PagSharpException("--canny needs --control-image FILE.png (the photo to take edges of)");
-        bool needText = s.Prompt is not null || (cfg && s.NegativePromptEmbeds is null);
         bool auto = methods is null ? s.AutoguidanceScale is > 0 : methods.Any(m => m.Auto > 0);
         if (auto && s.GuidanceModel is null) throw new PagSharpException("--autoguidance-scale (or an auto:S column) needs --guidance-model DIR (a diffusers folder with a weaker version of the model's unet/)");
         if (s.GuidanceModel is not null && !auto) throw new PagSharpException("--guidance-model needs --autoguidance-scale S (or auto:S columns in --compare)");
 
-        using var sd = StableDiffusion.Load(s.Model, new SdComponents(Vae: !latentOut, TextEncoder: needText));
+        var folder = DiffusersFolder.Open(s.Model);
+        bool xlFolder = folder.IsXl;
+        var xlOnly = s.XlOnlyOptions().Concat(e?.DenoisingStart is not null ? ["--denoising-start"] : []).ToList();
+        if (!xlFolder && xlOnly.Count > 0)
+            throw new PagSharpException($"{string.Join(", ", xlOnly)} apply to SDXL models only; {s.Model} is a {folder.PipelineClass ?? "Stable Diffusion"} folder");
+        var micro = s.MicroConditioning();
+        // SDXL without a negative prompt: zero negative embeddings (force_zeros_for_empty_prompt) need no text encoder.
+        bool zeroNegative = xlFolder && folder.ForceZerosForEmptyPrompt && s.NegativePrompt is null && s.NegativePromptEmbeds is null;
+        bool needText = s.Prompt is not null || (cfg && s.NegativePromptEmbeds is null && !zeroNegative);
+        if (xlFolder && s.PromptEmbeds is not null && s.PooledPromptEmbeds is null)
+            throw new PagSharpException("--prompt-embeds on an SDXL model needs --pooled-prompt-embeds too (as diffusers)");
+        if (xlFolder && cfg && s.NegativePromptEmbeds is not null && s.NegativePooledPromptEmbeds is null)
+            throw new PagSharpException("--negative-prompt-embeds on an SDXL model needs --negative-pooled-prompt-embeds too (as diffusers)");
+
+        // A tensor image is read first: image latents need no VAE when the output is latent too.
+        Tensor? imageTensor = editing && IsTensorSpec(e!.Image!) ? LoadImageTensor(e.Image!) : null;
+        bool imageIsLatents = imageTensor is not null && imageTensor.shape[1] != 3;
+        bool needVae = !latentOut || (editing && !imageIsLatents);
+        using var sd = StableDiffusion.Load(s.Model, new SdComponents(Vae: needVae, TextEncoder: needText));
+        using var imageOwner = imageTensor;
         string scheduler = s.Scheduler ?? sd.Folder.NativeSchedulerName ?? "ddim";
         sd.KarrasSigmas = s.KarrasSigmas;
         var computeType = ComputeType.Parse(s.Dtype);
@@ -80,19 +115,33 @@ public sealed class Txt2ImgCommand : Command<Txt2ImgSettings>
             GuessMode = s.GuessMode,
         };
         control?.Validate();
-        Schedulers.Create(scheduler, sd.SchedulerFor(control), s.Steps, s.Eta); // steps and settings checked before anything is written
+        var probe = Schedulers.Create(scheduler, sd.SchedulerFor(control), s.Steps, s.Eta); // steps and settings checked before anything is written
+        double strength = e?.Strength ?? (ip is not null ? (sd.IsXl ? 0.9999 : 1.0) : sd.IsXl ? 0.3 : 0.8);
+        var (firstStep, endStep) = StableDiffusion.EditSteps(probe.Timesteps, sd.SchedulerFor(control).NumTrainTimesteps, editing ? strength : 1.0,
+            e?.DenoisingStart, s.DenoisingEnd);
+        (probe as IDisposable)?.Dispose();
 
-        using var init = s.InitNoise is null ? null : TensorSpec.Load(s.InitNoise).to_type(ScalarType.Float32);
-        int count = s.Count ?? (int?)init?.shape[0] ?? 4;
-        if (count < 1) throw new PagSharpException($"--count must be ≥ 1 (got {count})");
+        // The input image (pixels [1 or N,3,H,W] in [0, 1], or latents) and the mask at its size.
         int f = sd.VaeScaleFactor;
-        if (init is not null && (init.dim() != 4 || init.shape[1] != sd.Unet.Config.InChannels))
-            throw new PagSharpException($"--init-noise has shape [{string.Join(",", init.shape)}]; this UNet expects [N,{sd.Unet.Config.InChannels},H/{f},W/{f}]");
+        using var image = !editing ? null : imageTensor is not null ? CheckTensorImage(imageTensor, e!.Image!, s, sd) : ControlImage.Load(e!.Image!, s.Width, s.Height, f);
+        if (image is not null && !imageIsLatents) sd.CheckSize((int)image.shape[2], (int)image.shape[3]);
+        using var init = s.InitNoise is null ? null : TensorSpec.Load(s.InitNoise).to_type(ScalarType.Float32);
+        int count = s.Count ?? (int?)init?.shape[0] ?? (image is { } im0 && im0.shape[0] > 1 ? (int?)im0.shape[0] : null) ?? 4;
+        if (count < 1) throw new PagSharpException($"--count must be ≥ 1 (got {count})");
+        if (image is not null && image.shape[0] != 1 && image.shape[0] != count)
+            throw new PagSharpException($"--image '{e!.Image}' holds {image.shape[0]} images but --count is {count}; give one, or one per image");
+        long latentC = sd.Unet.Config.OutChannels;
+        if (init is not null && (init.dim() != 4 || init.shape[1] != latentC))
+            throw new PagSharpException($"--init-noise has shape [{string.Join(",", init.shape)}]; this model expects [N,{latentC},H/{f},W/{f}]");
         if (init is not null && init.shape[0] != count)
             throw new PagSharpException($"--init-noise holds {init.shape[0]} latents but --count is {count}");
-        // With a control image the generation size is the (prepared) image's, as diffusers' ControlNet pipelines.
-        int height = controlImage is not null ? (int)controlImage.shape[2] : s.Height ?? (init is not null ? (int)init.shape[2] * f : sd.DefaultSize);
-        int width = controlImage is not null ? (int)controlImage.shape[3] : s.Width ?? (init is not null ? (int)init.shape[3] * f : sd.DefaultSize);
+        // The generation size: the image's (editing), the control image's (ControlNet), or --width/--height.
+        int height = image is not null ? (int)image.shape[2] * (imageIsLatents ? f : 1)
+            : controlImage is not null ? (int)controlImage.shape[2] : s.Height ?? (init is not null ? (int)init.shape[2] * f : sd.DefaultSize);
+        int width = image is not null ? (int)image.shape[3] * (imageIsLatents ? f : 1)
+            : controlImage is not null ? (int)controlImage.shape[3] : s.Width ?? (init is not null ? (int)init.shape[3] * f : sd.DefaultSize);
+        using var mask = ip is null ? null : LoadMask(ip, height, width, count);
+        using var maskedLatents = ip?.MaskedImageLatents is null ? null : TensorSpec.Load(ip.MaskedImageLatents).to_type(ScalarType.Float32);
         if (controlImage is not null && controlImage.shape[0] != 1 && controlImage.shape[0] != count)
             throw new PagSharpException($"--control-image '{s.ControlImage}' holds {controlImage.shape[0]} images but --count is {count}; give one, or one per image");
         var latentShape = sd.LatentShape(height, width);
@@ -102,22 +151,43 @@ public sealed class Txt2ImgCommand : Command<Txt2ImgSettings>
         if (init is not null && !init.shape[1..].SequenceEqual(latentShape))
             throw new PagSharpException($"--init-noise has shape [{string.Join(",", init.shape)}]; for {width}×{height} images this model expects [{count},{string.Join(",", latentShape)}]");
 
-        using var promptEmb = s.Prompt is not null ? Encode(sd, s.Prompt, s.ClipSkip) : LoadEmbeds(s.PromptEmbeds!, "--prompt-embeds", sd, count);
-        using var negEmb = !cfg ? null
-            : s.NegativePromptEmbeds is not null ? LoadEmbeds(s.NegativePromptEmbeds, "--negative-prompt-embeds", sd, count)
-            : Encode(sd, s.NegativePrompt ?? "", 0); // diffusers applies clip_skip to the prompt only
-        if (negEmb is not null && !negEmb.shape[1..].SequenceEqual(promptEmb.shape[1..]))
-            throw new PagSharpException($"negative prompt embeddings have shape [{string.Join(",", negEmb.shape)}] but the prompt embeddings [{string.Join(",", promptEmb.shape)}]; they must match");
+        using var texts = EncodeTexts(s, sd, cfg, count);
+        var (promptEmb, negEmb) = (texts.Prompt, texts.Negative);
+        SdXlConditioning? XlFor(int[] idx) => !sd.IsXl ? null
+            : sd.XlConditioning(Rows(texts.Pooled!, idx), texts.NegativePooled is null ? null : Rows(texts.NegativePooled, idx), height, width, micro, editing);
+        SdImageEdit? EditFor(int[] idx, Tensor? noise) => !editing ? null : new SdImageEdit
+        {
+            Image = Rows(image!, idx),
+            Mask = mask is null ? null : Rows(mask, idx),
+            MaskedImageLatents = maskedLatents is null ? null : Rows(maskedLatents, idx),
+            Strength = strength,
+            DenoisingStart = e!.DenoisingStart,
+            DenoisingEnd = s.DenoisingEnd,
+            Noise = noise,
+        };
+        var range = new LoopRange(firstStep, endStep);
+        Tensor Generate(int[] idx, NoiseSource source, GuidanceSettings g, Action<LoopStep>? onStep, CancellationToken ct)
+        {
+            var seeds = idx.Select(i => s.Seed + i).ToArray();
+            var noise = init?.narrow(0, idx[0], idx.Length);
+            if (editing)
+                return sd.Edit(scheduler, s.Steps, s.Eta, EditFor(idx, noise)!, source, Rows(promptEmb, idx), g.UsesCfg ? Rows(negEmb!, idx) : null,
+                    g, seeds[0], XlFor(idx), onStep, ct);
+            var xT = noise ?? source.Randn(latentShape);
+            return sd.Denoise(scheduler, s.Steps, s.Eta, xT, source, Rows(promptEmb, idx), g.UsesCfg ? Rows(negEmb!, idx) : null,
+                g, seeds[0], onStep, ct, control is null ? null : control with { Image = Rows(control.Image, idx) }, XlFor(idx), range);
+        }
 
         if (methods is not null)
-            return RunCompare(s, sd, scheduler, methods, promptEmb, negEmb, init, latentShape, count, control, cancellationToken);
+            return RunCompare(s, sd, output, methods, count, Generate, editing ? InputColumn(sd, image!, count) : null, control, cancellationToken);
 
         int bs = s.BatchSize;
-        var settings = Settings(s, sd, scheduler, guidance, count, width, height, control, controlNetPath);
+        var settings = Settings(s, mode, sd, scheduler, guidance, count, width, height, control, controlNetPath, strength);
         if (s.SaveTensor is not null) SampleCommand.CheckOutputFile(s.SaveTensor, "--save-tensor");
-        using var run = RunFolder.Open(s.Output, settings, count, bs, (shardK, shardN),
+        using var run = RunFolder.Open(output, settings, count, bs, (shardK, shardN),
             i => new JsonObject { ["index"] = i, ["seed"] = s.Seed + i, ["file"] = latentOut ? null : RunFolder.FileName(i) });
         var myBatches = run.Batches;
+        int stepsRun = endStep - firstStep;
 
         var ct = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, App.CtrlC()).Token;
         int written = 0, skipped = 0;
@@ -128,7 +198,7 @@ public sealed class Txt2ImgCommand : Command<Txt2ImgSettings>
                 .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn())
                 .Start(ctx =>
                 {
-                    var task = ctx.AddTask("txt2img", maxValue: Math.Max(1, myBatches.Count * s.Steps));
+                    var task = ctx.AddTask(mode, maxValue: Math.Max(1, myBatches.Count * stepsRun));
                     for (int bi = 0; bi < myBatches.Count; bi++)
                     {
                         int b = myBatches[bi];
@@ -136,32 +206,30 @@ public sealed class Txt2ImgCommand : Command<Txt2ImgSettings>
                         if (run.IsDone(b, images: !latentOut, tensor: keepTensor))
                         {
                             skipped += idx.Length;
-                            task.Value = (bi + 1) * s.Steps;
+                            task.Value = (bi + 1) * stepsRun;
                             continue;
                         }
                         using var scope = NewDisposeScope();
-                        var seeds = idx.Select(i => s.Seed + i).ToArray();
-                        using var source = new NoiseSource(seeds);
-                        var xT = init is not null ? init.narrow(0, idx[0], idx.Length) : source.Randn(latentShape);
+                        using var source = new NoiseSource(idx.Select(i => s.Seed + i));
                         var sw = System.Diagnostics.Stopwatch.StartNew();
                         int batchNo = bi;
-                        var latents = sd.Denoise(scheduler, s.Steps, s.Eta, xT, source, Rows(promptEmb, idx), negEmb is null ? null : Rows(negEmb, idx),
-                            guidance, seeds[0], st =>
-                            {
-                                task.Value = batchNo * s.Steps + st.Index + 1;
-                                task.Description = $"batch {batchNo + 1}/{myBatches.Count} step {st.Index + 1}/{st.Count} {(st.Index + 1) / Math.Max(sw.Elapsed.TotalSeconds, 1e-9):F2} it/s";
-                            }, ct, control is null ? null : control with { Image = Rows(controlImage!, idx) });
+                        var latents = Generate(idx, source, guidance, st =>
+                        {
+                            int done = st.Index + 1 - firstStep;
+                            task.Value = batchNo * stepsRun + done;
+                            task.Description = $"batch {batchNo + 1}/{myBatches.Count} step {done}/{stepsRun} {done / Math.Max(sw.Elapsed.TotalSeconds, 1e-9):F2} it/s";
+                        }, ct);
                         if (latentOut) run.SaveBatch(b, null, latents);
                         else
                         {
                             var images = sd.Decode(latents);
                             run.SaveBatch(b, images * 2 - 1, s.SaveTensor is null ? null : images);
                             if (bi == 0 && controlImage is not null && controlImage.shape[1] is 1 or 3)
-                                Png.Save(Path.Combine(s.Output, ControlFile), controlImage[0].clamp(0, 1) * 2 - 1);
+                                Png.Save(Path.Combine(output, ControlFile), controlImage[0].clamp(0, 1) * 2 - 1);
                         }
                         latents.Dispose();
                         written += idx.Length;
-                        task.Value = (bi + 1) * s.Steps;
+                        task.Value = (bi + 1) * stepsRun;
                     }
                 });
         }
@@ -172,16 +240,144 @@ public sealed class Txt2ImgCommand : Command<Txt2ImgSettings>
         }
 
         if (!latentOut) run.SaveGrid(3);
-        string? tensorOut = s.SaveTensor ?? (latentOut ? Path.Combine(s.Output, LatentsFile) : null);
+        string? tensorOut = s.SaveTensor ?? (latentOut ? Path.Combine(output, LatentsFile) : null);
         if (tensorOut is not null)
         {
             using var all = run.CollectTensors();
             Npy.Save(tensorOut, all);
         }
         AnsiConsole.MarkupLine(latentOut
-            ? $"{written} latents computed, {skipped} already present → {Markup.Escape(tensorOut!)} ({RunFile} in {Markup.Escape(s.Output)})"
-            : $"{written} images written, {skipped} already present → {Markup.Escape(s.Output)} (grid.png, {RunFile})");
+            ? $"{written} latents computed, {skipped} already present → {Markup.Escape(tensorOut!)} ({RunFile} in {Markup.Escape(output)})"
+            : $"{written} images written, {skipped} already present → {Markup.Escape(output)} (grid.png, {RunFile})");
         return 0;
+    }
+
+    /// <summary>Prompt embeddings (and SDXL's pooled ones) for the run, from text or tensors, checked against the model.</summary>
+    private sealed record Texts(Tensor Prompt, Tensor? Negative, Tensor? Pooled, Tensor? NegativePooled) : IDisposable
+    {
+        public void Dispose()
+        {
+            Prompt.Dispose();
+            Negative?.Dispose();
+            Pooled?.Dispose();
+            NegativePooled?.Dispose();
+        }
+    }
+
+    private static Texts EncodeTexts(Txt2ImgSettings s, StableDiffusion sd, bool cfg, int count)
+    {
+        if (!sd.IsXl)
+        {
+            var pe = s.Prompt is not null ? Encode(sd, s.Prompt, s.ClipSkip) : LoadEmbeds(s.PromptEmbeds!, "--prompt-embeds", sd, count);
+            var ne = !cfg ? null
+                : s.NegativePromptEmbeds is not null ? LoadEmbeds(s.NegativePromptEmbeds, "--negative-prompt-embeds", sd, count)
+                : Encode(sd, s.NegativePrompt ?? "", 0); // diffusers applies clip_skip to the prompt only
+            if (ne is not null && !ne.shape[1..].SequenceEqual(pe.shape[1..]))
+                throw new PagSharpException($"negative prompt embeddings have shape [{string.Join(",", ne.shape)}] but the prompt embeddings [{string.Join(",", pe.shape)}]; they must match");
+            return new Texts(pe, ne, null, null);
+        }
+        Tensor prompt, pooled;
+        if (s.Prompt is not null)
+        {
+            (prompt, pooled) = sd.EncodePromptXl(s.Prompt, s.Prompt2, s.ClipSkip, out var warning);
+            if (warning is not null) AnsiConsole.MarkupLine($"[yellow]warning:[/] {Markup.Escape(warning)}");
+        }
+        else
+        {
+            prompt = LoadEmbeds(s.PromptEmbeds!, "--prompt-embeds", sd, count);
+            pooled = LoadPooled(s.PooledPromptEmbeds!, "--pooled-prompt-embeds", count);
+        }
+        Tensor? neg = null, negPooled = null;
+        if (cfg && s.NegativePromptEmbeds is not null)
+        {
+            neg = LoadEmbeds(s.NegativePromptEmbeds, "--negative-prompt-embeds", sd, count);
+            negPooled = LoadPooled(s.NegativePooledPromptEmbeds!, "--negative-pooled-prompt-embeds", count);
+        }
+        else if (cfg && s.NegativePrompt is null && sd.Folder.ForceZerosForEmptyPrompt)
+            (neg, negPooled) = (zeros_like(prompt), zeros_like(pooled));
+        else if (cfg)
+            (neg, negPooled) = sd.EncodePromptXl(s.NegativePrompt ?? "", s.NegativePrompt2, 0, out _);
+        if (neg is not null && !neg.shape[1..].SequenceEqual(prompt.shape[1..]))
+            throw new PagSharpException($"negative prompt embeddings have shape [{string.Join(",", neg.shape)}] but the prompt embeddings [{string.Join(",", prompt.shape)}]; they must match");
+        if (negPooled is not null && negPooled.shape[1] != pooled.shape[1])
+            throw new PagSharpException($"negative pooled prompt embeddings have width {negPooled.shape[1]} but the pooled prompt embeddings {pooled.shape[1]}; they must match");
+        return new Texts(prompt, neg, pooled, negPooled);
+    }
+
+    /// <summary>Pooled embeddings [1 or count, P] from a tensor spec.</summary>
+    private static Tensor LoadPooled(string spec, string option, int count)
+    {
+        var t = TensorSpec.Load(spec);
+        if (!t.is_floating_point()) throw new PagSharpException($"{option} '{spec}' holds {t.dtype} values; expected floating-point embeddings");
+        if (t.dim() == 1) t = t.unsqueeze(0);
+        if (t.dim() != 2 || (t.shape[0] != 1 && t.shape[0] != count))
+            throw new PagSharpException($"{option} '{spec}' has shape [{string.Join(",", t.shape)}]; expected [1,P] or [{count},P] (one row, or one per image)");
+        return t.to_type(ScalarType.Float32);
+    }
+
+    private static bool IsTensorSpec(string spec) => Path.GetExtension(spec.Split(':')[0]).ToLowerInvariant() is not (".png" or ".jpg" or ".jpeg")
+        || !File.Exists(spec) && spec.Contains(':');
+
+    private static Tensor LoadImageTensor(string spec)
+    {
+        var t = TensorSpec.Load(spec);
+        if (!t.is_floating_point()) throw new PagSharpException($"--image '{spec}' holds {t.dtype} values; expected floating-point values (pixels in [0, 1], or latents)");
+        if (t.dim() == 3) t = t.unsqueeze(0);
+        if (t.dim() != 4) throw new PagSharpException($"--image '{spec}' has shape [{string.Join(",", t.shape)}]; expected [N,3,H,W] (pixels) or [N,C,h,w] (latents)");
+        return t.to_type(ScalarType.Float32);
+    }
+
+    /// <summary>A tensor image checked against the model: 3 channels (pixels at the generation size) or the latent channels.</summary>
+    private static Tensor CheckTensorImage(Tensor t, string spec, Txt2ImgSettings s, StableDiffusion sd)
+    {
+        long c = sd.Unet.Config.OutChannels;
+        if (t.shape[1] != 3 && t.shape[1] != c)
+            throw new PagSharpException($"--image '{spec}' has {t.shape[1]} channels; expected 3 (pixels in [0, 1]) or {c} (image latents of this model)");
+        int f = t.shape[1] == 3 ? 1 : sd.VaeScaleFactor;
+        if ((s.Height is { } h && h != t.shape[2] * f) || (s.Width is { } w && w != t.shape[3] * f))
+            throw new PagSharpException($"--image '{spec}' gives {t.shape[3] * f}×{t.shape[2] * f} images but --width/--height ask for {s.Width ?? (int)(t.shape[3] * f)}×{s.Height ?? (int)(t.shape[2] * f)}; a tensor image must already have the generation size (give a PNG to have it resized)");
+        return t.alias();
+    }
+
+    /// <summary>
+    /// The inpainting mask [1 or N, 1, H, W] in [0, 1]: a PNG/JPEG converted to grey (ITU-R 601 luma, as PIL's "L") and
+    /// Lanczos-resized to the image size, or a tensor at the image size; blurred with --mask-blur (before the pipeline binarises it).
+    /// </summary>
+    private static Tensor LoadMask(InpaintSettings s, int height, int width, int count)
+    {
+        string spec = s.MaskImage!;
+        Tensor m;
+        if (IsTensorSpec(spec))
+        {
+            var t = TensorSpec.Load(spec);
+            if (!t.is_floating_point()) throw new PagSharpException($"--mask-image '{spec}' holds {t.dtype} values; expected floating-point values in [0, 1]");
+            m = t.dim() == 2 ? t.unsqueeze(0).unsqueeze(0) : t.dim() == 3 ? t.unsqueeze(1) : t;
+            m = m.to_type(ScalarType.Float32);
+        }
+        else
+        {
+            var rgb = ControlImage.Load(spec, width, height, 1);
+            m = (rgb[.., 0..1] * 0.299 + rgb[.., 1..2] * 0.587 + rgb[.., 2..3] * 0.114);
+        }
+        if (m.dim() != 4 || m.shape[1] != 1 || m.shape[2] != height || m.shape[3] != width)
+            throw new PagSharpException($"--mask-image '{spec}' has shape [{string.Join(",", m.shape)}]; the mask must be one channel at the image size: [1 or {count},1,{height},{width}]");
+        if (m.shape[0] != 1 && m.shape[0] != count)
+            throw new PagSharpException($"--mask-image '{spec}' holds {m.shape[0]} masks but --count is {count}; give one, or one per image");
+        if (s.MaskBlur > 0)
+        {
+            int k = 2 * (int)Math.Ceiling(3 * s.MaskBlur) + 1;
+            k = Math.Min(k, 2 * (Math.Min(height, width) / 2) - 1);
+            if (k >= 3) m = GaussianBlur.Apply(m, k, s.MaskBlur);
+        }
+        return m;
+    }
+
+    /// <summary>The input-image column of a comparison grid ([count, 3, H, W] in [0, 1]); image latents are decoded.</summary>
+    private static Tensor InputColumn(StableDiffusion sd, Tensor image, int count)
+    {
+        var idx = Enumerable.Range(0, count).ToArray();
+        var img = image.shape[1] == 3 ? image.clamp(0, 1) : sd.Decode(image);
+        return Rows(img, idx);
     }
 
     /// <summary>--compare methods: none, cfg:W, pag:S, sag:S, seg:S, slg:S, apg:W, cfgzero:W and their + combinations.</summary>
@@ -194,12 +390,12 @@ public sealed class Txt2ImgCommand : Command<Txt2ImgSettings>
 
     /// <summary>
     /// The comparison grid: for every method the same seeds (rows) and initial noise, in one batch per method; the
-    /// first column is the control image when there is one. Writes OUTPUT/compare.png (and --save-tensor: the
-    /// images in [0, 1], row-major).
+    /// first column is the input image (img2img, inpaint) or the control image when there is one. Writes
+    /// OUTPUT/compare.png (and --save-tensor: the images in [0, 1], row-major).
     /// </summary>
-    private static int RunCompare(Txt2ImgSettings s, StableDiffusion sd, string scheduler, IReadOnlyList<CompareCommand.Method> methods,
-                                  Tensor promptEmb, Tensor? negEmb, Tensor? init, long[] latentShape, int count, SdControl? control,
-                                  CancellationToken cancellationToken)
+    private static int RunCompare(Txt2ImgSettings s, StableDiffusion sd, string output, IReadOnlyList<CompareCommand.Method> methods, int count,
+                                  Func<int[], NoiseSource, GuidanceSettings, Action<LoopStep>?, CancellationToken, Tensor> generate,
+                                  Tensor? inputColumn, SdControl? control, CancellationToken cancellationToken)
     {
         var guidances = methods.Select(m => m.Apply(s.BuildGuidance(sd.Unet.AttentionLayers, m.Cfg, m.Pag, m.Sag, m.Seg, m.Slg), s.ApgFromOptions())).ToArray();
         var idx = Enumerable.Range(0, count).ToArray();
@@ -207,7 +403,12 @@ public sealed class Txt2ImgCommand : Command<Txt2ImgSettings>
         var ct = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, App.CtrlC()).Token;
         var columns = new List<Tensor>();
         var labels = new List<string>();
-        if (control is not null && control.Image.shape[1] is 1 or 3)
+        if (inputColumn is not null)
+        {
+            columns.Add(inputColumn);
+            labels.Add("input");
+        }
+        else if (control is not null && control.Image.shape[1] is 1 or 3)
         {
             var img = Rows(control.Image, idx);
             columns.Add(img.shape[1] == 1 ? img.expand(-1, 3, -1, -1) : img);
@@ -222,10 +423,7 @@ public sealed class Txt2ImgCommand : Command<Txt2ImgSettings>
                     var task = ctx.AddTask(methods[c].Label, maxValue: s.Steps);
                     using var scope = NewDisposeScope();
                     using var source = new NoiseSource(seeds);
-                    var xT = init is not null ? init : source.Randn(latentShape);
-                    var g = guidances[c];
-                    var latents = sd.Denoise(scheduler, s.Steps, s.Eta, xT, source, Rows(promptEmb, idx), g.UsesCfg ? Rows(negEmb!, idx) : null,
-                        g, seeds[0], st => task.Value = st.Index + 1, ct, control is null ? null : control with { Image = Rows(control.Image, idx) });
+                    var latents = generate(idx, source, guidances[c], st => task.Value = st.Index + 1, ct);
                     columns.Add(sd.Decode(latents).MoveToOuterDisposeScope());
                     labels.Add(methods[c].Label);
                 }
@@ -237,9 +435,9 @@ public sealed class Txt2ImgCommand : Command<Txt2ImgSettings>
             AnsiConsole.MarkupLine("[yellow]stopped: nothing written[/]");
             return App.ExitCancelled;
         }
-        Directory.CreateDirectory(s.Output);
+        Directory.CreateDirectory(output);
         using var grid = stack(columns.ToArray(), 1).flatten(0, 1); // row-major: (seed r, column c) at r * cols + c
-        string file = Path.Combine(s.Output, CompareFile);
+        string file = Path.Combine(output, CompareFile);
         Grid.SaveLabelled(file, grid * 2 - 1, count, columns.Count, labels, seeds.Select(x => $"seed {x}").ToArray(), 1);
         if (s.SaveTensor is not null) Npy.Save(s.SaveTensor, grid);
         foreach (var t in columns) t.Dispose();
@@ -326,11 +524,47 @@ public sealed class Txt2ImgCommand : Command<Txt2ImgSettings>
         return img;
     }
 
-    private static JsonObject Settings(Txt2ImgSettings s, StableDiffusion sd, string scheduler, GuidanceSettings g, int count, int width, int height,
-                                       SdControl? control, string? controlNetPath)
+    private static JsonObject Settings(Txt2ImgSettings s, string mode, StableDiffusion sd, string scheduler, GuidanceSettings g, int count, int width, int height,
+                                       SdControl? control, string? controlNetPath, double strength)
     {
         var o = BaseSettings(s, sd, scheduler, g, count, width, height, control);
         foreach (var (key, value) in RunManifest.Guidance(g, sd.Unet.AttentionLayers)) o[key] = value;
+        // Only SDXL and editing runs carry these, so run.json of earlier runs still matches on resume.
+        if (sd.IsXl)
+        {
+            var m = s.MicroConditioning();
+            static JsonNode? Pair((int, int)? p) => p is { } v ? new JsonArray(v.Item1, v.Item2) : null;
+            o["prompt_2"] = s.Prompt2;
+            o["negative_prompt_2"] = s.NegativePrompt2;
+            o["pooled_prompt_embeds"] = s.PooledPromptEmbeds is null ? null : FullSpec(s.PooledPromptEmbeds);
+            o["negative_pooled_prompt_embeds"] = s.NegativePooledPromptEmbeds is null ? null : FullSpec(s.NegativePooledPromptEmbeds);
+            o["original_size"] = Pair(m.OriginalSize);
+            o["crops_coords_top_left"] = Pair(m.CropsCoordsTopLeft);
+            o["target_size"] = Pair(m.TargetSize);
+            o["negative_original_size"] = Pair(m.NegativeOriginalSize);
+            o["negative_crops_coords_top_left"] = Pair(m.NegativeCropsCoordsTopLeft);
+            o["negative_target_size"] = Pair(m.NegativeTargetSize);
+            o["force_zeros_for_empty_prompt"] = sd.Folder.ForceZerosForEmptyPrompt;
+            if (sd.Folder.RequiresAestheticsScore)
+            {
+                o["aesthetic_score"] = m.AestheticScore;
+                o["negative_aesthetic_score"] = m.NegativeAestheticScore;
+            }
+            o["denoising_end"] = s.DenoisingEnd;
+        }
+        if (s is Img2ImgSettings e)
+        {
+            o["mode"] = mode;
+            o["image"] = FullSpec(e.Image!);
+            o["strength"] = strength;
+            o["denoising_start"] = e.DenoisingStart;
+            if (e is InpaintSettings ip)
+            {
+                o["mask_image"] = FullSpec(ip.MaskImage!);
+                o["masked_image_latents"] = ip.MaskedImageLatents is null ? null : FullSpec(ip.MaskedImageLatents);
+                o["mask_blur"] = ip.MaskBlur;
+            }
+        }
         if (control is null) return o;
         // Only ControlNet runs carry these, so run.json of earlier runs still matches on resume.
         o["controlnet"] = FullSpec(controlNetPath!);
@@ -372,4 +606,16 @@ public sealed class Txt2ImgCommand : Command<Txt2ImgSettings>
         int colon = spec.LastIndexOf(':');
         return colon > 1 && File.Exists(spec[..colon]) ? Path.GetFullPath(spec[..colon]) + spec[colon..] : Path.GetFullPath(spec);
     }
+}
+
+/// <summary><c>pag img2img</c>: image-to-image with CFG and PAG, as diffusers' StableDiffusion(XL)PAGImg2ImgPipeline.</summary>
+public sealed class Img2ImgCommand : Command<Img2ImgSettings>
+{
+    public override int Execute(CommandContext context, Img2ImgSettings s, CancellationToken cancellationToken) => Txt2ImgCommand.Run(s, "img2img", cancellationToken);
+}
+
+/// <summary><c>pag inpaint</c>: inpainting with CFG and PAG, as diffusers' StableDiffusion(XL)PAGInpaintPipeline (9-channel and 4-channel UNets).</summary>
+public sealed class InpaintCommand : Command<InpaintSettings>
+{
+    public override int Execute(CommandContext context, InpaintSettings s, CancellationToken cancellationToken) => Txt2ImgCommand.Run(s, "inpaint", cancellationToken);
 }

@@ -3,14 +3,15 @@ using System.ComponentModel;
 using PagSharp.Attention;
 using PagSharp.Models.Adm;
 using PagSharp.Sampling;
+using PagSharp.Pipelines;
 using Spectre.Console.Cli;
 
 namespace PagSharp.Cli.Commands;
 
-/// <summary>Options of <c>pag txt2img</c> (diffusers' StableDiffusionPAGPipeline arguments in kebab-case).</summary>
-public sealed class Txt2ImgSettings : CommandSettings, IPerturbedBranchOptions
+/// <summary>Options of <c>pag txt2img</c> (diffusers' StableDiffusionPAGPipeline / StableDiffusionXLPAGPipeline arguments in kebab-case).</summary>
+public class Txt2ImgSettings : CommandSettings, IPerturbedBranchOptions
 {
-    [CommandOption("--model <DIR>")][Description("diffusers Stable Diffusion 1.x/2.x folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/).")]
+    [CommandOption("--model <DIR>")][Description("diffusers Stable Diffusion 1.x/2.x or SDXL folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/; SDXL also text_encoder_2/, tokenizer_2/). SDXL is detected from model_index.json.")]
     public string? Model { get; init; }
     [CommandOption("--prompt <TEXT>")][Description("The prompt (truncated to 77 CLIP tokens, with a warning).")]
     public string? Prompt { get; init; }
@@ -126,8 +127,77 @@ public sealed class Txt2ImgSettings : CommandSettings, IPerturbedBranchOptions
     public int? Count { get; init; }
     [CommandOption("--batch-size <N>")][Description("Images per U-Net batch. Default 4.")]
     public int BatchSize { get; init; } = 4;
-    [CommandOption("--output <DIR>")][Description("Output folder (default out/txt2img).")]
-    public string Output { get; init; } = Path.Combine("out", "txt2img");
+    [CommandOption("--output <DIR>")][Description("Output folder (default out/<command>: out/txt2img, out/img2img, out/inpaint).")]
+    public string? Output { get; init; }
+
+    [CommandOption("--prompt-2 <TEXT>")][Description("SDXL: the prompt for the second text encoder (default: --prompt).")]
+    public string? Prompt2 { get; init; }
+    [CommandOption("--negative-prompt-2 <TEXT>")][Description("SDXL: the negative prompt for the second text encoder (default: --negative-prompt).")]
+    public string? NegativePrompt2 { get; init; }
+    [CommandOption("--pooled-prompt-embeds <TENSOR>")][Description("SDXL: pooled prompt embeddings [[1 or N,P]] (with --prompt-embeds).")]
+    public string? PooledPromptEmbeds { get; init; }
+    [CommandOption("--negative-pooled-prompt-embeds <TENSOR>")][Description("SDXL: negative pooled prompt embeddings [[1 or N,P]] (with --negative-prompt-embeds).")]
+    public string? NegativePooledPromptEmbeds { get; init; }
+    [CommandOption("--original-size <H,W>")][Description("SDXL micro-conditioning original_size, height first (default: the generation size).")]
+    public string? OriginalSize { get; init; }
+    [CommandOption("--crops-coords-top-left <TOP,LEFT>")][Description("SDXL micro-conditioning crops_coords_top_left (default 0,0).")]
+    public string? CropsCoordsTopLeft { get; init; }
+    [CommandOption("--target-size <H,W>")][Description("SDXL micro-conditioning target_size, height first (default: the generation size).")]
+    public string? TargetSize { get; init; }
+    [CommandOption("--negative-original-size <H,W>")][Description("SDXL: original_size of the unconditional branch (txt2img: used together with --negative-target-size).")]
+    public string? NegativeOriginalSize { get; init; }
+    [CommandOption("--negative-crops-coords-top-left <TOP,LEFT>")][Description("SDXL: crops_coords_top_left of the unconditional branch (default 0,0).")]
+    public string? NegativeCropsCoordsTopLeft { get; init; }
+    [CommandOption("--negative-target-size <H,W>")][Description("SDXL: target_size of the unconditional branch.")]
+    public string? NegativeTargetSize { get; init; }
+    [CommandOption("--aesthetic-score <A>")][Description("SDXL refiner (requires_aesthetics_score): aesthetic score of the conditional branch (default 6).")]
+    public double AestheticScore { get; init; } = 6.0;
+    [CommandOption("--negative-aesthetic-score <A>")][Description("SDXL refiner: aesthetic score of the unconditional branch (default 2.5).")]
+    public double NegativeAestheticScore { get; init; } = 2.5;
+    [CommandOption("--denoising-end <F>")][Description("SDXL: stop once the timesteps fall below (1 - F)·T, to hand the latents to a refiner (use with --output-type latent).")]
+    public double? DenoisingEnd { get; init; }
+
+    /// <summary>The SDXL micro-conditioning these options give.</summary>
+    public SdXlMicroConditioning MicroConditioning() => new()
+    {
+        OriginalSize = ParsePair(OriginalSize, "--original-size", true),
+        CropsCoordsTopLeft = ParsePair(CropsCoordsTopLeft, "--crops-coords-top-left", false) ?? (0, 0),
+        TargetSize = ParsePair(TargetSize, "--target-size", true),
+        NegativeOriginalSize = ParsePair(NegativeOriginalSize, "--negative-original-size", true),
+        NegativeCropsCoordsTopLeft = ParsePair(NegativeCropsCoordsTopLeft, "--negative-crops-coords-top-left", false) ?? (0, 0),
+        NegativeTargetSize = ParsePair(NegativeTargetSize, "--negative-target-size", true),
+        AestheticScore = AestheticScore,
+        NegativeAestheticScore = NegativeAestheticScore,
+    };
+
+    /// <summary>The SDXL-only options that were given (for the error on other models).</summary>
+    public IEnumerable<string> XlOnlyOptions()
+    {
+        if (Prompt2 is not null) yield return "--prompt-2";
+        if (NegativePrompt2 is not null) yield return "--negative-prompt-2";
+        if (PooledPromptEmbeds is not null) yield return "--pooled-prompt-embeds";
+        if (NegativePooledPromptEmbeds is not null) yield return "--negative-pooled-prompt-embeds";
+        if (OriginalSize is not null) yield return "--original-size";
+        if (CropsCoordsTopLeft is not null) yield return "--crops-coords-top-left";
+        if (TargetSize is not null) yield return "--target-size";
+        if (NegativeOriginalSize is not null) yield return "--negative-original-size";
+        if (NegativeCropsCoordsTopLeft is not null) yield return "--negative-crops-coords-top-left";
+        if (NegativeTargetSize is not null) yield return "--negative-target-size";
+        if (DenoisingEnd is not null) yield return "--denoising-end";
+    }
+
+    /// <summary>"A,B" as two integers (sizes ≥ 1 when <paramref name="size"/>, crop offsets ≥ 0), or null.</summary>
+    public static (int, int)? ParsePair(string? text, string option, bool size)
+    {
+        if (text is null) return null;
+        var parts = text.Split(',', StringSplitOptions.TrimEntries);
+        if (parts.Length == 2 && int.TryParse(parts[0], System.Globalization.NumberStyles.Integer, System.Globalization.CultureInfo.InvariantCulture, out int a)
+            && int.TryParse(parts[1], System.Globalization.NumberStyles.Integer, System.Globalization.CultureInfo.InvariantCulture, out int b)
+            && (size ? a >= 1 && b >= 1 : a >= 0 && b >= 0))
+            return (a, b);
+        throw new PagSharpException(size ? $"{option} '{text}' must be HEIGHT,WIDTH with two integers ≥ 1 (diffusers' order, height first), e.g. 1024,1024"
+                                         : $"{option} '{text}' must be TOP,LEFT with two integers ≥ 0, e.g. 0,0");
+    }
     [CommandOption("--output-type <TYPE>")][Description("pil (PNG images, default) or latent (final latents as .npy; the VAE is not needed).")]
     public string OutputType { get; init; } = "pil";
     [CommandOption("--init-noise <TENSOR>")][Description("Initial latents [[N,C,H/8,W/8]] (FILE.npy or FILE.safetensors:KEY), as diffusers' latents argument.")]
@@ -216,4 +286,26 @@ public sealed class Txt2ImgSettings : CommandSettings, IPerturbedBranchOptions
         g.Validate();
         return g;
     }
+}
+
+/// <summary>Options of <c>pag img2img</c> (diffusers' StableDiffusion(XL)PAGImg2ImgPipeline arguments in kebab-case).</summary>
+public class Img2ImgSettings : Txt2ImgSettings
+{
+    [CommandOption("--image <IMAGE>")][Description("The input image: PNG/JPEG (RGB, resized with Lanczos to --width/--height when given, else its size rounded down to the VAE scale factor) or a tensor FILE.npy / FILE.safetensors:KEY: [[1 or N,3,H,W]] in [[0, 1]], or image latents [[1 or N,C,h,w]] (C = the VAE's latent channels), used as they are.")]
+    public string? Image { get; init; }
+    [CommandOption("--strength <F>")][Description("How much of the schedule runs, in (0, 1]: the first steps·(1 - F) steps are skipped and the image is noised to that level. Defaults as diffusers: img2img 0.8 (SDXL 0.3), inpaint 1 (SDXL 0.9999).")]
+    public double? Strength { get; init; }
+    [CommandOption("--denoising-start <F>")][Description("SDXL refiner hand-off: start where the timesteps fall below (1 - F)·T, adding no noise (--image holds the base's latents). Overrides --strength.")]
+    public double? DenoisingStart { get; init; }
+}
+
+/// <summary>Options of <c>pag inpaint</c> (diffusers' StableDiffusion(XL)PAGInpaintPipeline arguments in kebab-case).</summary>
+public sealed class InpaintSettings : Img2ImgSettings
+{
+    [CommandOption("--mask-image <MASK>")][Description("The mask: PNG/JPEG (converted to grey, resized to the image size) or a tensor [[1 or N,1,H,W]] in [[0, 1]] at the image size; white (>= 0.5) is repainted, black kept (binarised, as diffusers).")]
+    public string? MaskImage { get; init; }
+    [CommandOption("--masked-image-latents <TENSOR>")][Description("Latents of the masked image [[N,C,h,w]] for 9-channel inpainting UNets, instead of encoding image·(mask < 0.5) (needed when --image holds latents).")]
+    public string? MaskedImageLatents { get; init; }
+    [CommandOption("--mask-blur <SIGMA>")][Description("Blur the mask with a Gaussian of this sigma (pixels) before it is binarised, which rounds its outline (diffusers: mask_processor.blur). Default 0 = none.")]
+    public double MaskBlur { get; init; }
 }

@@ -23,6 +23,9 @@ public sealed class UNetDenoiser : IDenoiserModel, IDisposable
     private readonly SdControl? _control;
     private readonly Tensor? _controlImage;
     private readonly Dictionary<string, Tensor> _embeddings = new(StringComparer.Ordinal);
+    private readonly Dictionary<string, SdAddedConditioning> _added = new(StringComparer.Ordinal);
+    private readonly SdXlConditioning? _xl;
+    private readonly Tensor? _extra;
     private readonly ScalarType _dtype;
 
     /// <param name="unet">The U-Net.</param>
@@ -30,12 +33,28 @@ public sealed class UNetDenoiser : IDenoiserModel, IDisposable
     /// <param name="negativeEmbeds">Unconditional embeddings [B, S, D] (needed for CFG).</param>
     /// <param name="latentShape">[B, C, h, w] of the latents (checks the control image).</param>
     /// <param name="control">Optional ControlNet with its image and settings.</param>
-    public UNetDenoiser(SdUNet unet, Tensor promptEmbeds, Tensor? negativeEmbeds, long[] latentShape, SdControl? control = null)
+    /// <param name="xl">SDXL's pooled embeddings and time ids (required by SDXL U-Nets, refused by others).</param>
+    /// <param name="extraInput">
+    /// Channels appended to every model input after the latents ([B, k, h, w]; in_channels = latent channels + k):
+    /// the mask and masked-image latents of a 9-channel inpainting U-Net, as diffusers'
+    /// <c>torch.cat([latent_model_input, mask, masked_image_latents], dim=1)</c>.
+    /// </param>
+    public UNetDenoiser(SdUNet unet, Tensor promptEmbeds, Tensor? negativeEmbeds, long[] latentShape, SdControl? control = null,
+                        SdXlConditioning? xl = null, Tensor? extraInput = null)
     {
         Unet = unet;
         var cfg = unet.Config;
-        if (latentShape.Length != 4 || latentShape[1] != cfg.InChannels)
-            throw new PagSharpException($"initial latents have shape [{string.Join(",", latentShape)}]; this UNet expects [N,{cfg.InChannels},H,W]");
+        long extraCh = extraInput?.shape[1] ?? 0;
+        if (latentShape.Length != 4 || latentShape[1] + extraCh != cfg.InChannels)
+            throw new PagSharpException(extraInput is null
+                ? $"initial latents have shape [{string.Join(",", latentShape)}]; this UNet expects [N,{cfg.InChannels},H,W]" + (cfg.InChannels == 9 ? " (a 9-channel inpainting UNet: use it for inpainting, with an image and a mask)" : "")
+                : $"latents [{string.Join(",", latentShape)}] with {extraCh} extra input channels make {latentShape[1] + extraCh}; this UNet takes in_channels {cfg.InChannels}");
+        if (extraInput is not null && (extraInput.dim() != 4 || extraInput.shape[0] != latentShape[0] || extraInput.shape[2] != latentShape[2] || extraInput.shape[3] != latentShape[3]))
+            throw new PagSharpException($"the extra input channels have shape [{string.Join(",", extraInput.shape)}]; expected [{latentShape[0]},k,{latentShape[2]},{latentShape[3]}] (the latents' batch and size)");
+        if (cfg.UsesTextTime != xl is not null)
+            throw new PagSharpException(cfg.UsesTextTime
+                ? "this is an SDXL UNet: it needs pooled prompt embeddings and time ids (SdXlConditioning)"
+                : "pooled prompt embeddings and time ids were given, but this UNet is not an SDXL UNet (addition_embed_type is not text_time)");
         long d = cfg.CrossAttentionDim[0];
         if (promptEmbeds.dim() != 3 || promptEmbeds.shape[2] != d)
             throw new PagSharpException($"prompt embeddings have shape [{string.Join(",", promptEmbeds.shape)}]; this UNet expects [N,S,{d}] (cross_attention_dim {d})");
@@ -47,6 +66,9 @@ public sealed class UNetDenoiser : IDenoiserModel, IDisposable
         _dtype = unet.parameters().First().dtype;
         _negative = negativeEmbeds;
         _control = control;
+        _xl = xl;
+        _extra = extraInput?.alias().DetachFromDisposeScope();
+        if (xl is not null) CheckXl(xl, latentShape[0]);
         if (control is not null) _controlImage = PrepareControl(unet, control, latentShape).DetachFromDisposeScope();
         BatchSize = latentShape[0];
     }
@@ -84,7 +106,10 @@ public sealed class UNetDenoiser : IDenoiserModel, IDisposable
                 else
                     residuals = _control.Net.Forward(xIn, tt, emb, Repeat(_controlImage!, blocks.Count), scale, _control.EffectiveGuessMode);
             }
-            var o = Unet.Forward(xIn, tt, emb, plan, residuals);
+            var added = AddedFor(blocks);
+            if (_extra is not null)
+                xIn = cat(new[] { xIn, Repeat(_extra.to_type(dtype), (int)(xIn.shape[0] / b)) }, 1);
+            var o = Unet.Forward(xIn, tt, emb, plan, residuals, added);
             return new ModelOutput(o.dtype == x.dtype ? o : o.to_type(x.dtype), null);
         }
         finally
@@ -106,6 +131,45 @@ public sealed class UNetDenoiser : IDenoiserModel, IDisposable
         var joined = parts.Length == 1 ? parts[0].alias() : cat(parts, 0);
         if (joined.dtype != _dtype) joined = joined.to_type(_dtype);
         return _embeddings[key] = joined.DetachFromDisposeScope();
+    }
+
+    /// <summary>SDXL's text_embeds and time_ids for a block layout (concatenated once and kept), or null for other U-Nets.</summary>
+    private SdAddedConditioning? AddedFor(IReadOnlyList<Branch> blocks)
+    {
+        if (_xl is null) return null;
+        string key = string.Concat(blocks.Select(k => k == Branch.Conditional ? 'c' : 'u'));
+        if (_added.TryGetValue(key, out var a)) return a;
+        long b = BatchSize;
+        Tensor Rows(Tensor t) => t.shape[0] == b ? t : t.expand(b, -1);
+        Tensor Join(Func<Branch, Tensor> pick)
+        {
+            var parts = blocks.Select(k => Rows(pick(k)).to_type(_dtype)).ToArray();
+            return (parts.Length == 1 ? parts[0].clone() : cat(parts, 0)).DetachFromDisposeScope();
+        }
+        var text = Join(k => k == Branch.Conditional ? _xl.PooledEmbeds : _xl.NegativePooledEmbeds
+            ?? throw new PagSharpException("CFG (guidance scale > 1) on SDXL needs negative pooled prompt embeddings"));
+        var ids = Join(k => k == Branch.Conditional ? _xl.TimeIds : _xl.NegativeTimeIds ?? _xl.TimeIds);
+        return _added[key] = new SdAddedConditioning(text, ids);
+    }
+
+    private void CheckXl(SdXlConditioning xl, long b)
+    {
+        var cfg = Unet.Config;
+        long idsWidth = xl.TimeIds.dim() == 2 ? xl.TimeIds.shape[1] : -1;
+        foreach (var (t, name) in new[] { (xl.PooledEmbeds, "pooled prompt embeddings"), (xl.NegativePooledEmbeds, "negative pooled prompt embeddings"),
+                                          (xl.TimeIds, "time ids"), (xl.NegativeTimeIds, "negative time ids") })
+        {
+            if (t is null) continue;
+            if (t.dim() != 2 || (t.shape[0] != 1 && t.shape[0] != b))
+                throw new PagSharpException($"the {name} have shape [{string.Join(",", t.shape)}]; expected [1 or {b},width] (one row, or one per latent)");
+        }
+        if (xl.NegativePooledEmbeds is not null && xl.NegativePooledEmbeds.shape[1] != xl.PooledEmbeds.shape[1])
+            throw new PagSharpException($"negative pooled prompt embeddings have width {xl.NegativePooledEmbeds.shape[1]} but the pooled prompt embeddings {xl.PooledEmbeds.shape[1]}; they must match");
+        if (xl.NegativeTimeIds is not null && xl.NegativeTimeIds.shape[1] != idsWidth)
+            throw new PagSharpException($"negative time ids have {xl.NegativeTimeIds.shape[1]} entries but the time ids {idsWidth}; they must match");
+        long width = xl.PooledEmbeds.shape[1] + idsWidth * cfg.AdditionTimeEmbedDim!.Value;
+        if (width != cfg.ProjectionClassEmbeddingsInputDim)
+            throw new PagSharpException($"pooled prompt embeddings of width {xl.PooledEmbeds.shape[1]} and {idsWidth} time ids give an added embedding of width {width}, but this UNet expects {cfg.ProjectionClassEmbeddingsInputDim} (projection_class_embeddings_input_dim; addition_time_embed_dim {cfg.AdditionTimeEmbedDim}): the base model takes 6 time ids, the refiner 5");
     }
 
     private static Tensor Repeat(Tensor x, int times) => times == 1 ? x : cat(Enumerable.Repeat(x, times).ToArray(), 0);
@@ -135,6 +199,9 @@ public sealed class UNetDenoiser : IDenoiserModel, IDisposable
     {
         foreach (var e in _embeddings.Values) e.Dispose();
         _embeddings.Clear();
+        foreach (var a in _added.Values) { a.TextEmbeds.Dispose(); a.TimeIds.Dispose(); }
+        _added.Clear();
+        _extra?.Dispose();
         _controlImage?.Dispose();
     }
 }

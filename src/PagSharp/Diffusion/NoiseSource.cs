@@ -31,6 +31,9 @@ public sealed class NoiseSource : IDisposable
         return result;
     }
 
+    /// <summary>The generator of sample <paramref name="row"/> (for draws of one sample, such as a VAE posterior sample, in the stream's order).</summary>
+    public Generator this[int row] => _gens[row];
+
     public void Dispose()
     {
         foreach (var g in _gens) g.Dispose();

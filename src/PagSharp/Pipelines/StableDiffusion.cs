@@ -19,14 +19,21 @@ public sealed record SdComponents(bool Vae, bool TextEncoder);
 /// <c>StableDiffusionPAGPipeline</c> around the denoising loop: prompt encoding (<c>encode_prompt</c>), initial
 /// latents, and decoding (<c>vae.decode(latents / scaling_factor)</c>, then (x/2 + 0.5).clamp(0, 1)).
 /// </summary>
-public sealed class StableDiffusion : IDisposable
+public sealed partial class StableDiffusion : IDisposable
 {
     public required DiffusersFolder Folder { get; init; }
     public required SdUNet Unet { get; init; }
     public AutoencoderKL? Vae { get; init; }
     public ClipTextModel? TextEncoder { get; init; }
     public ClipTokenizer? Tokenizer { get; init; }
+    /// <summary>SDXL's second text encoder (CLIPTextModelWithProjection), when loaded.</summary>
+    public ClipTextModel? TextEncoder2 { get; init; }
+    /// <summary>SDXL's second tokenizer, when loaded.</summary>
+    public ClipTokenizer? Tokenizer2 { get; init; }
     public required SchedulerConfig Scheduler { get; init; }
+
+    /// <summary>An SDXL model (its U-Net takes pooled embeddings and time ids).</summary>
+    public bool IsXl => Unet.Config.UsesTextTime;
 
     /// <summary>
     /// The scheduler settings of ControlNet runs: scheduler_config.json without the StableDiffusionPipeline
@@ -51,7 +58,7 @@ public sealed class StableDiffusion : IDisposable
         var controlScheduler = folder.SchedulerConfig(pipelineFixups: false);
         SdUNet? unet = null;
         AutoencoderKL? vae = null;
-        ClipTextModel? te = null;
+        ClipTextModel? te = null, te2 = null;
         try
         {
             unet = folder.LoadUnet();
@@ -62,7 +69,25 @@ public sealed class StableDiffusion : IDisposable
                 if (vae.Config.LatentChannels != unet.Config.InChannels || vae.Config.LatentChannels != unet.Config.OutChannels)
                     throw new PagSharpException($"{Path.Combine(dir, "vae", "config.json")}: latent_channels {vae.Config.LatentChannels} does not match the UNet's in/out channels {unet.Config.InChannels}/{unet.Config.OutChannels} ({Path.Combine(dir, "unet", "config.json")})");
             }
-            if (needs.TextEncoder)
+            ClipTokenizer? tok2 = null;
+            if (needs.TextEncoder && unet.Config.UsesTextTime)
+            {
+                // SDXL: both encoders (the refiner has only the second); their penultimate states are concatenated.
+                if (folder.Has("text_encoder"))
+                {
+                    tok = folder.LoadTokenizer();
+                    te = folder.LoadTextEncoder();
+                }
+                tok2 = folder.LoadTokenizer2();
+                te2 = folder.LoadTextEncoder2();
+                int width = (te?.Config.HiddenSize ?? 0) + te2.Config.HiddenSize;
+                if (width != unet.Config.CrossAttentionDim[0])
+                    throw new PagSharpException($"{Path.Combine(dir, "text_encoder_2", "config.json")}: the text encoders' hidden sizes ({(te is null ? "" : te.Config.HiddenSize + " + ")}{te2.Config.HiddenSize} = {width}) do not add up to the UNet's cross_attention_dim {unet.Config.CrossAttentionDim[0]} ({Path.Combine(dir, "unet", "config.json")})");
+                foreach (var (t, e, name) in new[] { (tok, te, "tokenizer"), (tok2, te2, "tokenizer_2") })
+                    if (t is not null && e is not null && t.VocabSize > e.Config.VocabSize)
+                        throw new PagSharpException($"{Path.Combine(dir, name, "vocab.json")} has {t.VocabSize} tokens but its text encoder's vocab_size is {e.Config.VocabSize}");
+            }
+            else if (needs.TextEncoder)
             {
                 tok = folder.LoadTokenizer();
                 te = folder.LoadTextEncoder();
@@ -74,15 +99,63 @@ public sealed class StableDiffusion : IDisposable
                     throw new PagSharpException($"the tokenizer's model_max_length {tok.MaxLength} exceeds the text encoder's max_position_embeddings {te.Config.MaxPositionEmbeddings}");
             }
             var vaeConfig = vae?.Config ?? (folder.Has("vae") && File.Exists(Path.Combine(dir, "vae", "config.json")) ? folder.VaeConfig() : null);
-            return new StableDiffusion { Folder = folder, Unet = unet, Vae = vae, VaeConfig = vaeConfig, TextEncoder = te, Tokenizer = tok, Scheduler = scheduler, ControlNetScheduler = controlScheduler };
+            return new StableDiffusion
+            {
+                Folder = folder, Unet = unet, Vae = vae, VaeConfig = vaeConfig, TextEncoder = te, Tokenizer = tok,
+                TextEncoder2 = te2, Tokenizer2 = tok2, Scheduler = scheduler, ControlNetScheduler = controlScheduler,
+            };
         }
         catch
         {
             unet?.Dispose();
             vae?.Dispose();
             te?.Dispose();
+            te2?.Dispose();
             throw;
         }
+    }
+
+    /// <summary>
+    /// SDXL's <c>encode_prompt</c> for one prompt: each encoder's <c>hidden_states[−(2 + clip_skip)]</c> (no final
+    /// LayerNorm) concatenated on the last axis ([1, 77, 768 + 1280] for SDXL base), and the pooled embedding of the
+    /// second encoder's projection [1, P]. <paramref name="prompt2"/> goes to the second encoder (default: the same
+    /// prompt). <paramref name="warning"/> tells when a prompt was truncated.
+    /// </summary>
+    public (Tensor Embeds, Tensor Pooled) EncodePromptXl(string prompt, string? prompt2, int clipSkip, out string? warning)
+    {
+        if (!IsXl) throw new PagSharpException("EncodePromptXl is for SDXL models; use EncodePrompt");
+        if (Tokenizer2 is null || TextEncoder2 is null)
+            throw new PagSharpException("this call was loaded without the text encoders; give prompt embeddings and pooled prompt embeddings");
+        if (clipSkip < 0) throw new PagSharpException($"ClipSkip must be ≥ 0 (got {clipSkip})");
+        warning = null;
+        var parts = new List<Tensor>();
+        Tensor? pooled = null;
+        using var _ = no_grad();
+        foreach (var (tok, te, text) in new[] { (Tokenizer, TextEncoder, prompt), (Tokenizer2, TextEncoder2, prompt2 ?? prompt) })
+        {
+            if (tok is null || te is null) continue;
+            var tokens = tok.Encode(text);
+            if (tokens.Truncated)
+                warning = $"The following part of your input was truncated because CLIP can only handle sequences up to {tok.MaxLength} tokens: {tokens.Dropped}";
+            using var ids = tensor(tokens.Ids.Select(i => (long)i).ToArray()).unsqueeze(0);
+            var (hidden, p) = te.EncodeWithPooled(ids, 1 + clipSkip);
+            parts.Add(hidden);
+            if (ReferenceEquals(te, TextEncoder2)) pooled = p; else p.Dispose();
+        }
+        var embeds = parts.Count == 1 ? parts[0] : cat(parts.ToArray(), -1);
+        if (parts.Count > 1) foreach (var t in parts) t.Dispose();
+        return (embeds, pooled!);
+    }
+
+    /// <summary>
+    /// SDXL's added conditioning for images of <paramref name="height"/> × <paramref name="width"/>:
+    /// the pooled embeddings and the time ids of <paramref name="micro"/> (see <see cref="SdXlMicroConditioning.TimeIds"/>;
+    /// <paramref name="imageToImage"/> selects the img2img/inpainting rules, the folder's requires_aesthetics_score the refiner's ids).
+    /// </summary>
+    public SdXlConditioning XlConditioning(Tensor pooled, Tensor? negativePooled, int height, int width, SdXlMicroConditioning? micro = null, bool imageToImage = false)
+    {
+        var (ids, negIds) = (micro ?? new SdXlMicroConditioning()).TimeIds(height, width, imageToImage, Folder.RequiresAestheticsScore);
+        return new SdXlConditioning(pooled, negativePooled, ids, negIds);
     }
 
     /// <summary>
@@ -107,7 +180,8 @@ public sealed class StableDiffusion : IDisposable
     public long[] LatentShape(int height, int width)
     {
         CheckSize(height, width);
-        return new long[] { Unet.Config.InChannels, height / VaeScaleFactor, width / VaeScaleFactor };
+        // out_channels: the latent channels (an inpainting UNet takes 9 input channels but denoises 4).
+        return new long[] { Unet.Config.OutChannels, height / VaeScaleFactor, width / VaeScaleFactor };
     }
 
     /// <summary>diffusers' check: height and width divisible by 8.</summary>
@@ -136,13 +210,13 @@ public sealed class StableDiffusion : IDisposable
     /// <remarks>With <paramref name="control"/> the run is diffusers' StableDiffusionControlNetPAGPipeline, whose scheduler is <see cref="ControlNetScheduler"/>.</remarks>
     public Tensor Denoise(string scheduler, int steps, double eta, Tensor noise, NoiseSource source, Tensor promptEmbeds, Tensor? negativeEmbeds,
                           GuidanceSettings guidance, long policySeed, Action<LoopStep>? onStep = null, CancellationToken cancellation = default,
-                          SdControl? control = null)
+                          SdControl? control = null, SdXlConditioning? xl = null, LoopRange? range = null)
     {
         var s = Schedulers.Create(scheduler, SchedulerFor(control), steps, eta);
         using var policyGen = new Generator((ulong)policySeed ^ 0x5bd1e995UL);
         try
         {
-            return StableDiffusionPipeline.Denoise(Unet, s, noise, promptEmbeds, negativeEmbeds, guidance, source, onStep, policyGen, cancellation, control, SchedulerFor(control), Guide);
+            return StableDiffusionPipeline.Denoise(Unet, s, noise, promptEmbeds, negativeEmbeds, guidance, source, onStep, policyGen, cancellation, control, SchedulerFor(control), Guide, xl, null, range);
         }
         finally
         {
@@ -187,21 +261,46 @@ public sealed class StableDiffusion : IDisposable
     /// </summary>
     public Tensor Generate(string prompt, IReadOnlyList<long> seeds, GuidanceSettings guidance, string? negativePrompt = null,
                            string scheduler = "ddim", int steps = 50, int? width = null, int? height = null, double eta = 0,
-                           int clipSkip = 0, bool decode = true, CancellationToken cancellation = default, SdControl? control = null)
+                           int clipSkip = 0, bool decode = true, CancellationToken cancellation = default, SdControl? control = null,
+                           SdXlMicroConditioning? micro = null)
     {
         if (seeds.Count == 0) throw new PagSharpException("give at least one seed");
         // With a control image the size defaults to the image's, as diffusers' ControlNet pipelines.
         var shape = LatentShape(height ?? (control is null ? DefaultSize : (int)control.Image.shape[^2]),
                                 width ?? (control is null ? DefaultSize : (int)control.Image.shape[^1]));
         using var scope = NewDisposeScope();
-        var pe = EncodePrompt(prompt, clipSkip, out _);
-        var ne = guidance.UsesCfg ? EncodePrompt(negativePrompt ?? "", 0, out _) : null;
         int n = seeds.Count;
+        var (pe, ne, xl) = EncodeForGeneration(prompt, negativePrompt, clipSkip, guidance.UsesCfg, n,
+            (int)shape[1] * VaeScaleFactor, (int)shape[2] * VaeScaleFactor, micro, imageToImage: false);
         using var source = new NoiseSource(seeds);
         var xT = source.Randn(shape);
-        var latents = Denoise(scheduler, steps, eta, xT, source, pe.expand(n, -1, -1).contiguous(), ne?.expand(n, -1, -1).contiguous(),
-            guidance, seeds[0], null, cancellation, control);
+        var latents = Denoise(scheduler, steps, eta, xT, source, pe, ne, guidance, seeds[0], null, cancellation, control, xl);
         return (decode ? Decode(latents) : latents).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// Prompt and negative embeddings for <paramref name="n"/> images (rows repeated), and for SDXL the added
+    /// conditioning: without a negative prompt, a folder with force_zeros_for_empty_prompt gets zero negative
+    /// embeddings (diffusers' SDXL rule); otherwise the negative prompt (default "") is encoded without clip skip.
+    /// </summary>
+    public (Tensor Prompt, Tensor? Negative, SdXlConditioning? Xl) EncodeForGeneration(string prompt, string? negativePrompt, int clipSkip, bool cfg, int n,
+                                                                                     int height, int width, SdXlMicroConditioning? micro, bool imageToImage)
+    {
+        Tensor Rows(Tensor t) => t.expand(t.shape.Select((v, i) => i == 0 ? (long)n : v).ToArray()).contiguous();
+        if (!IsXl)
+        {
+            var p = EncodePrompt(prompt, clipSkip, out _);
+            var q = cfg ? EncodePrompt(negativePrompt ?? "", 0, out _) : null;
+            return (Rows(p), q is null ? null : Rows(q), null);
+        }
+        var (pe, pooled) = EncodePromptXl(prompt, null, clipSkip, out _);
+        Tensor? ne = null, np = null;
+        if (cfg && negativePrompt is null && Folder.ForceZerosForEmptyPrompt)
+            (ne, np) = (zeros_like(pe), zeros_like(pooled));
+        else if (cfg)
+            (ne, np) = EncodePromptXl(negativePrompt ?? "", null, 0, out _);
+        var xl = XlConditioning(Rows(pooled), np is null ? null : Rows(np), height, width, micro, imageToImage);
+        return (Rows(pe), ne is null ? null : Rows(ne), xl);
     }
 
     /// <summary>
@@ -237,5 +336,6 @@ public sealed class StableDiffusion : IDisposable
         Unet.Dispose();
         Vae?.Dispose();
         TextEncoder?.Dispose();
+        TextEncoder2?.Dispose();
     }
 }

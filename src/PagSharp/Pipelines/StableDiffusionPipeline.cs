@@ -35,22 +35,26 @@ public static class StableDiffusionPipeline
     /// <param name="schedule">The model's training schedule (num_train_timesteps for scale ramps; ᾱ and the prediction
     /// type for SAG); default: diffusers' defaults.</param>
     /// <param name="guide">The weaker U-Net of autoguidance (same prompt embeddings and ControlNet); needed when <see cref="GuidanceSettings.AutoguidanceScale"/> is set.</param>
+    /// <param name="xl">SDXL's pooled embeddings and time ids (SDXL U-Nets only).</param>
+    /// <param name="extraInput">Channels appended to the model input (9-channel inpainting: mask and masked-image latents).</param>
+    /// <param name="range">Which steps run and what follows each (image-to-image start, inpainting blend); default: all steps from x_T.</param>
     public static Tensor Denoise(SdUNet unet, IScheduler scheduler, Tensor noise, Tensor promptEmbeds, Tensor? negativeEmbeds,
                                  GuidanceSettings guidance, NoiseSource? noiseSource = null, Action<LoopStep>? onStep = null,
                                  Generator? policyGenerator = null, CancellationToken cancellation = default, SdControl? control = null,
-                                 SchedulerConfig? schedule = null, SdUNet? guide = null)
+                                 SchedulerConfig? schedule = null, SdUNet? guide = null, SdXlConditioning? xl = null, Tensor? extraInput = null,
+                                 LoopRange? range = null)
     {
         schedule ??= SchedulerConfig.Default;
-        using var model = new UNetDenoiser(unet, promptEmbeds, guidance.UsesCfg ? negativeEmbeds : null, noise.shape, control);
         if (guidance.UsesCfg && negativeEmbeds is null) throw new PagSharpException("CFG (guidance scale > 1) needs negative prompt embeddings");
-        using var guideModel = guide is null || !guidance.UsesAutoguidance ? null : new UNetDenoiser(guide, promptEmbeds, null, noise.shape, control);
+        using var model = new UNetDenoiser(unet, promptEmbeds, guidance.UsesCfg ? negativeEmbeds : null, noise.shape, control, xl, extraInput);
+        using var guideModel = guide is null || !guidance.UsesAutoguidance ? null : new UNetDenoiser(guide, promptEmbeds, null, noise.shape, control, xl, extraInput);
         var denoiser = CreateDenoiser(model, guidance, schedule, noise.shape, policyGenerator, guideModel);
         using var _ = denoiser as IDisposable;
         // Inference mode for the loop (no autograd bookkeeping); the result is cloned outside it, so the caller gets
         // an ordinary tensor.
         Tensor latents;
         using (inference_mode())
-            latents = SamplingLoop.Run(scheduler, denoiser, noise, noiseSource, onStep, cancellation);
+            latents = SamplingLoop.Run(scheduler, denoiser, noise, noiseSource, range ?? new LoopRange(), onStep, cancellation);
         var result = latents.clone();
         latents.Dispose();
         return result;

@@ -22,7 +22,7 @@ public sealed class CliContractTests
         .Where(t => !t.IsAbstract && typeof(ICommand).IsAssignableFrom(t) && t.Namespace == "PagSharp.Cli.Commands")
         .Select(t => t.Name.Replace("Command", "", StringComparison.Ordinal))
         .Select(n => string.Concat(n.Select((c, i) => char.IsUpper(c) && i > 0 ? "-" + char.ToLowerInvariant(c) : char.ToLowerInvariant(c).ToString())))
-        .Select(n => n == "txt2-img" ? "txt2img" : n);
+        .Select(n => n is "txt2-img" or "img2-img" ? n.Replace("2-", "2", StringComparison.Ordinal) : n);
 
     [Fact]
     public void ReflectionFindsEveryCommandOfTheHelpPage()

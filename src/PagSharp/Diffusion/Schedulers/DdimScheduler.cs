@@ -54,6 +54,12 @@ public sealed class DdimScheduler : IScheduler
 
     public Tensor ScaleModelInput(Tensor sample, int stepIndex) => sample;
 
+    public Tensor AddNoise(Tensor original, Tensor noise, int stepIndex)
+    {
+        float a = _ac[_timesteps[stepIndex]];
+        return MathF.Sqrt(a) * original + MathF.Sqrt(1f - a) * noise;
+    }
+
     public Tensor Step(ModelOutput output, int stepIndex, Tensor sample, NoiseSource? noise)
     {
         var modelOutput = output.Output;

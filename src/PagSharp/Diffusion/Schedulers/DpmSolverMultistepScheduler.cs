@@ -53,6 +53,12 @@ public sealed class DpmSolverMultistepScheduler : IScheduler, IDisposable
 
     public Tensor ScaleModelInput(Tensor sample, int stepIndex) => sample;
 
+    public Tensor AddNoise(Tensor original, Tensor noise, int stepIndex)
+    {
+        var (a, s) = AlphaSigma(_sigmas[stepIndex]);
+        return a * original + s * noise;
+    }
+
     private static (float Alpha, float Sigma) AlphaSigma(float sigma)
     {
         float a = 1f / MathF.Sqrt(sigma * sigma + 1);

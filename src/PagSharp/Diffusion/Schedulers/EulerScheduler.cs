@@ -55,6 +55,8 @@ public sealed class EulerScheduler : IScheduler
     /// <summary>σ per step plus the final 0.</summary>
     public IReadOnlyList<float> SigmaGrid => _sigmas;
 
+    public Tensor AddNoise(Tensor original, Tensor noise, int stepIndex) => original + noise * _sigmas[stepIndex];
+
     public Tensor ScaleModelInput(Tensor sample, int stepIndex)
     {
         float s = _sigmas[stepIndex];

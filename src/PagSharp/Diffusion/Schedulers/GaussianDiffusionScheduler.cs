@@ -42,6 +42,14 @@ public sealed class GaussianDiffusionScheduler : IScheduler
     public float InitNoiseSigma => 1f;
     public Tensor ScaleModelInput(Tensor sample, int stepIndex) => sample;
 
+    /// <summary>q(x_t | x0) at the respaced step's ᾱ (guided-diffusion's <c>q_sample</c>).</summary>
+    public Tensor AddNoise(Tensor original, Tensor noise, int stepIndex)
+    {
+        int n = Diffusion.NumSteps;
+        double a = Diffusion.AlphasCumprod[n - 1 - stepIndex];
+        return (float)Math.Sqrt(a) * original + (float)Math.Sqrt(1 - a) * noise;
+    }
+
     /// <summary>Keep a copy of each step's x̂0 in <see cref="LastPredXstart"/> (for previews and checks; off by default).</summary>
     public bool KeepPredXstart { get; init; }
 

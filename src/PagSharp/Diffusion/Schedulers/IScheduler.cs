@@ -23,6 +23,13 @@ public interface IScheduler
     /// <paramref name="noise"/> (required then).
     /// </summary>
     Tensor Step(ModelOutput output, int stepIndex, Tensor sample, NoiseSource? noise);
+
+    /// <summary>
+    /// diffusers' <c>add_noise</c> at step <paramref name="stepIndex"/>: the clean <paramref name="original"/> noised to
+    /// that step's level with <paramref name="noise"/> (√ᾱ_t·x0 + √(1−ᾱ_t)·ε for DDPM/DDIM, x0 + σ·ε for Euler,
+    /// α_σ·x0 + σ_σ·ε for the multistep solvers) — where image-to-image starts and what inpainting blends with.
+    /// </summary>
+    Tensor AddNoise(Tensor original, Tensor noise, int stepIndex);
 }
 
 /// <summary>Creates schedulers by name.</summary>

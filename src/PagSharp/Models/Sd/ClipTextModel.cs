@@ -5,7 +5,7 @@ using static TorchSharp.torch.nn;
 
 namespace PagSharp.Models.Sd;
 
-/// <summary>The <c>text_encoder/config.json</c> of a transformers <c>CLIPTextModel</c>.</summary>
+/// <summary>The <c>text_encoder/config.json</c> of a transformers <c>CLIPTextModel</c> or <c>CLIPTextModelWithProjection</c> (SDXL's second encoder).</summary>
 public sealed record ClipTextConfig
 {
     public int VocabSize { get; init; } = 49408;
@@ -17,6 +17,15 @@ public sealed record ClipTextConfig
     /// <summary><c>quick_gelu</c> (OpenAI CLIP, SD 1.x) or <c>gelu</c> (OpenCLIP, SD 2.x).</summary>
     public string HiddenAct { get; init; } = "quick_gelu";
     public double LayerNormEps { get; init; } = 1e-5;
+    /// <summary>Width of <c>text_projection</c> (CLIPTextModelWithProjection).</summary>
+    public int ProjectionDim { get; init; } = 512;
+    /// <summary>
+    /// The end-of-text token whose position gives the pooled output. transformers' legacy rule: when it is 2 (old
+    /// configs), the position of the largest token id is used instead.
+    /// </summary>
+    public int EosTokenId { get; init; } = 49407;
+    /// <summary>The checkpoint is a CLIPTextModelWithProjection (<c>architectures</c> says so): it has <c>text_projection</c>.</summary>
+    public bool WithProjection { get; init; }
 
     public static ClipTextConfig Load(string path) => FromJson(File.Exists(path) ? File.ReadAllText(path)
         : throw new PagSharpException($"{path} does not exist: a CLIP text encoder needs its config.json"), path);
@@ -35,6 +44,10 @@ public sealed record ClipTextConfig
             MaxPositionEmbeddings = c.Int("max_position_embeddings", 77),
             HiddenAct = c.String("hidden_act", "quick_gelu"),
             LayerNormEps = c.Double("layer_norm_eps", 1e-5),
+            ProjectionDim = c.Int("projection_dim", 512),
+            EosTokenId = c.Int("eos_token_id", 49407),
+            WithProjection = c.Get("architectures") is { ValueKind: System.Text.Json.JsonValueKind.Array } a
+                && a.EnumerateArray().Any(e => e.ValueKind == System.Text.Json.JsonValueKind.String && e.GetString() == "CLIPTextModelWithProjection"),
         };
         void Require(bool ok, string msg) { if (!ok) throw new PagSharpException($"{source}: {msg}"); }
         Require(cfg.HiddenAct is "quick_gelu" or "gelu", $"hidden_act '{cfg.HiddenAct}' is not supported; valid: quick_gelu, gelu");
@@ -157,10 +170,16 @@ internal sealed class ClipEncoder : Module
         RegisterComponents();
     }
 
-    public Tensor Forward(Tensor h, Tensor mask, int count)
+    /// <summary>Runs the first <paramref name="count"/> layers; <paramref name="keepAfter"/> k ≥ 0 also returns the output after k layers (transformers' hidden_states[k]).</summary>
+    public (Tensor Last, Tensor? Kept) Forward(Tensor h, Tensor mask, int count, int keepAfter = -1)
     {
-        for (int i = 0; i < count; i++) h = layers[i].Forward(h, mask);
-        return h;
+        Tensor? kept = keepAfter == 0 ? h : null;
+        for (int i = 0; i < count; i++)
+        {
+            h = layers[i].Forward(h, mask);
+            if (i + 1 == keepAfter) kept = h;
+        }
+        return (h, kept);
     }
 }
 
@@ -184,8 +203,17 @@ internal sealed class ClipTextTransformer : Module
     {
         long s = ids.shape[1];
         using var mask = ones(s, s, dtype: ScalarType.Bool, device: ids.device).triu(1);
-        var h = encoder.Forward(embeddings.Forward(ids), mask, layersToRun);
+        var h = encoder.Forward(embeddings.Forward(ids), mask, layersToRun).Last;
         return final_layer_norm.forward(h);
+    }
+
+    /// <summary>last_hidden_state (all layers, final LayerNorm) and hidden_states[<paramref name="keepAfter"/>] (no LayerNorm).</summary>
+    public (Tensor LastHiddenState, Tensor HiddenState) ForwardAll(Tensor ids, int layers, int keepAfter)
+    {
+        long s = ids.shape[1];
+        using var mask = ones(s, s, dtype: ScalarType.Bool, device: ids.device).triu(1);
+        var (last, kept) = encoder.Forward(embeddings.Forward(ids), mask, layers, keepAfter);
+        return (final_layer_norm.forward(last), kept!);
     }
 }
 
@@ -193,12 +221,14 @@ internal sealed class ClipTextTransformer : Module
 /// Port of transformers' <c>CLIPTextModel</c> (keys <c>text_model.embeddings.token_embedding.weight</c>,
 /// <c>text_model.encoder.layers.N.self_attn.q_proj.weight</c>, <c>text_model.final_layer_norm.weight</c>, …): token
 /// + position embeddings, pre-LN transformer layers with a causal mask and quick-GELU (or GELU) MLPs, final
-/// LayerNorm. What SD pipelines use as prompt embeddings is the output <see cref="Encode"/> returns.
+/// LayerNorm; for a <c>CLIPTextModelWithProjection</c> also <c>text_projection.weight</c>. What SD 1.x/2.x pipelines
+/// use as prompt embeddings is the output <see cref="Encode"/> returns; SDXL takes <see cref="EncodeWithPooled"/>.
 /// </summary>
 public sealed class ClipTextModel : Module
 {
 #pragma warning disable IDE1006
     private readonly ClipTextTransformer text_model;
+    private readonly Linear? text_projection;
 #pragma warning restore IDE1006
 
     public ClipTextConfig Config { get; }
@@ -210,7 +240,35 @@ public sealed class ClipTextModel : Module
     {
         Config = config;
         text_model = new ClipTextTransformer(config);
+        if (config.WithProjection) text_projection = Linear(config.HiddenSize, config.ProjectionDim, hasBias: false);
         RegisterComponents();
+    }
+
+    /// <summary>
+    /// What SDXL's <c>encode_prompt</c> takes from one encoder, in one pass: <c>hidden_states[−(1 + fromEnd)]</c>
+    /// (the output of layer L − <paramref name="fromEnd"/>, without the final LayerNorm; SDXL uses fromEnd = 1 + clip_skip)
+    /// and the pooled output — the final-LayerNorm state at the end-of-text token (transformers' pooler), through
+    /// <c>text_projection</c> for a CLIPTextModelWithProjection (its <c>text_embeds</c>).
+    /// </summary>
+    public (Tensor Hidden, Tensor Pooled) EncodeWithPooled(Tensor ids, int fromEnd)
+    {
+        CheckIds(ids);
+        if (fromEnd < 0 || fromEnd > Config.NumHiddenLayers)
+            throw new PagSharpException($"hidden state −{fromEnd + 1} does not exist: the text encoder has {Config.NumHiddenLayers} layers (clip skip too large)");
+        using var scope = NewDisposeScope();
+        var (last, hidden) = text_model.ForwardAll(ids, Config.NumHiddenLayers, Config.NumHiddenLayers - fromEnd);
+        // transformers: eos_token_id 2 (legacy configs) → argmax of the ids; otherwise the first eos position.
+        var pos = Config.EosTokenId == 2 ? ids.argmax(-1) : ids.eq(Config.EosTokenId).to_type(ScalarType.Int32).argmax(-1);
+        var pooled = last[arange(ids.shape[0], dtype: ScalarType.Int64, device: ids.device), pos];
+        if (text_projection is not null) pooled = text_projection.forward(pooled);
+        return (hidden.MoveToOuterDisposeScope(), pooled.MoveToOuterDisposeScope());
+    }
+
+    private void CheckIds(Tensor ids)
+    {
+        if (ids.dim() != 2) throw new PagSharpException($"token ids have shape [{string.Join(",", ids.shape)}]; expected [B,S]");
+        if (ids.shape[1] > Config.MaxPositionEmbeddings)
+            throw new PagSharpException($"{ids.shape[1]} tokens exceed the text encoder's {Config.MaxPositionEmbeddings} positions");
     }
 
     /// <summary>
@@ -220,9 +278,7 @@ public sealed class ClipTextModel : Module
     /// </summary>
     public Tensor Encode(Tensor ids, int clipSkip = 0)
     {
-        if (ids.dim() != 2) throw new PagSharpException($"token ids have shape [{string.Join(",", ids.shape)}]; expected [B,S]");
-        if (ids.shape[1] > Config.MaxPositionEmbeddings)
-            throw new PagSharpException($"{ids.shape[1]} tokens exceed the text encoder's {Config.MaxPositionEmbeddings} positions");
+        CheckIds(ids);
         if (clipSkip < 0 || clipSkip >= Config.NumHiddenLayers)
             throw new PagSharpException($"clip skip must be in [0, {Config.NumHiddenLayers - 1}] (got {clipSkip})");
         return text_model.Forward(ids, Config.NumHiddenLayers - clipSkip);

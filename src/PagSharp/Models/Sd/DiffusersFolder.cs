@@ -6,7 +6,8 @@ namespace PagSharp.Models.Sd;
 
 /// <summary>
 /// A diffusers pipeline folder (<c>model_index.json</c> plus <c>unet/</c>, <c>vae/</c>, <c>text_encoder/</c>,
-/// <c>tokenizer/</c>, <c>scheduler/</c>) of the Stable Diffusion 1.x / 2.x family. Components are read only when
+/// <c>tokenizer/</c>, <c>scheduler/</c>) of the Stable Diffusion 1.x / 2.x family, or of SDXL (also
+/// <c>text_encoder_2/</c> and <c>tokenizer_2/</c>; the refiner has only the second encoder). Components are read only when
 /// asked for, so a call that does not need one (no VAE for latent output, no text encoder with given prompt
 /// embeddings) works without it. Every error names the file and what was expected.
 /// </summary>
@@ -18,6 +19,8 @@ public sealed class DiffusersFolder
         ["vae"] = new[] { "AutoencoderKL" },
         ["text_encoder"] = new[] { "CLIPTextModel" },
         ["tokenizer"] = new[] { "CLIPTokenizer", "CLIPTokenizerFast" },
+        ["text_encoder_2"] = new[] { "CLIPTextModelWithProjection" },
+        ["tokenizer_2"] = new[] { "CLIPTokenizer", "CLIPTokenizerFast" },
     };
 
     private readonly Dictionary<string, string?> _components = new(StringComparer.Ordinal);
@@ -27,6 +30,15 @@ public sealed class DiffusersFolder
     public string? PipelineClass { get; }
     /// <summary>The scheduler class model_index.json names (e.g. PNDMScheduler), or null.</summary>
     public string? SchedulerClass => _components.GetValueOrDefault("scheduler");
+
+    /// <summary>An SDXL pipeline (base or refiner): model_index.json lists text_encoder_2 or names an XL pipeline class.</summary>
+    public bool IsXl { get; private init; }
+
+    /// <summary>model_index.json's <c>force_zeros_for_empty_prompt</c> (SDXL: true): without a negative prompt the negative embeddings are zeros.</summary>
+    public bool ForceZerosForEmptyPrompt { get; private init; }
+
+    /// <summary>model_index.json's <c>requires_aesthetics_score</c> (the SDXL refiner): time ids carry an aesthetic score instead of the target size.</summary>
+    public bool RequiresAestheticsScore { get; private init; }
 
     private DiffusersFolder(string root, string? pipelineClass)
     {
@@ -41,10 +53,17 @@ public sealed class DiffusersFolder
         if (!File.Exists(index))
             throw new PagSharpException($"{index} does not exist: the model path must be a diffusers pipeline folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/)");
         var c = JsonConfig.Load(index);
-        var folder = new DiffusersFolder(dir, c.StringOrNull("_class_name"));
-        if (folder.PipelineClass is { } pc && (pc.Contains("XL", StringComparison.Ordinal) || pc.Contains("StableDiffusion3", StringComparison.Ordinal) || pc.Contains("Flux", StringComparison.Ordinal)))
-            throw new PagSharpException($"{index}: pipeline '{pc}' is not supported; PagSharp runs Stable Diffusion 1.x / 2.x pipelines (StableDiffusionPipeline)");
-        foreach (var name in new[] { "unet", "vae", "text_encoder", "tokenizer", "scheduler" })
+        string? cls0 = c.StringOrNull("_class_name");
+        if (cls0 is { } pc && (pc.Contains("StableDiffusion3", StringComparison.Ordinal) || pc.Contains("Flux", StringComparison.Ordinal) || pc.Contains("Kolors", StringComparison.Ordinal)))
+            throw new PagSharpException($"{index}: pipeline '{pc}' is not supported; PagSharp runs Stable Diffusion 1.x / 2.x and SDXL pipelines (StableDiffusionPipeline, StableDiffusionXLPipeline)");
+        bool xl = c.Has("text_encoder_2") || (cls0?.Contains("XL", StringComparison.Ordinal) ?? false);
+        var folder = new DiffusersFolder(dir, cls0)
+        {
+            IsXl = xl,
+            ForceZerosForEmptyPrompt = c.Bool("force_zeros_for_empty_prompt", xl),
+            RequiresAestheticsScore = c.Bool("requires_aesthetics_score", false),
+        };
+        foreach (var name in new[] { "unet", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "scheduler" })
         {
             if (c.Get(name) is not { } v) { folder._components[name] = null; continue; }
             if (v.ValueKind != JsonValueKind.Array || v.GetArrayLength() != 2)
@@ -54,8 +73,6 @@ public sealed class DiffusersFolder
                 throw new PagSharpException($"{index}: component '{name}' is a {cls}; expected {string.Join(" or ", ok)}");
             folder._components[name] = cls;
         }
-        if (c.Has("text_encoder_2") || c.Has("tokenizer_2"))
-            throw new PagSharpException($"{index}: a second text encoder (SDXL) is not supported; PagSharp runs Stable Diffusion 1.x / 2.x pipelines");
         if (folder._components["unet"] is null)
             throw new PagSharpException($"{index} lists no unet; expected \"unet\": [\"diffusers\", \"UNet2DConditionModel\"]");
         return folder;
@@ -102,6 +119,24 @@ public sealed class DiffusersFolder
 
     public ClipTokenizer LoadTokenizer() =>
         ClipTokenizer.Load(ComponentDir("tokenizer", "to encode prompts (or give --prompt-embeds and --negative-prompt-embeds)"));
+
+    /// <summary>SDXL's second text encoder (CLIPTextModelWithProjection).</summary>
+    public ClipTextModel LoadTextEncoder2()
+    {
+        string dir = ComponentDir("text_encoder_2", "to encode prompts (or give --prompt-embeds, --pooled-prompt-embeds and their negatives)");
+        string cfg = Path.Combine(dir, "config.json");
+        var config = ClipTextConfig.Load(cfg) with { WithProjection = true };
+        return SdLoader.LoadTextEncoder(config, SdLoader.FindWeights(dir), cfg);
+    }
+
+    /// <summary>SDXL's second tokenizer (OpenCLIP's, padding with "!").</summary>
+    public ClipTokenizer LoadTokenizer2() =>
+        ClipTokenizer.Load(ComponentDir("tokenizer_2", "to encode prompts (or give --prompt-embeds, --pooled-prompt-embeds and their negatives)"));
+
+    /// <summary>text_encoder_2/config.json's projection_dim: the width of the pooled embedding, null when the folder has no second encoder.</summary>
+    public int? TextEncoder2ProjectionDim =>
+        _components.GetValueOrDefault("text_encoder_2") is not null && File.Exists(Path.Combine(Root, "text_encoder_2", "config.json"))
+            ? ClipTextConfig.Load(Path.Combine(Root, "text_encoder_2", "config.json")).ProjectionDim : null;
 
     /// <summary>
     /// scheduler/scheduler_config.json with the fix-ups <c>StableDiffusionPipeline.__init__</c> applies to every

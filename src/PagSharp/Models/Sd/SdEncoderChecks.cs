@@ -8,10 +8,10 @@ namespace PagSharp.Models.Sd;
 internal static class SdEncoderChecks
 {
     /// <summary>Keys of diffusers' encoder configs that must keep their defaults for SD 1.x/2.x.</summary>
-    public static void RequireSdDefaults(JsonConfig c, string why)
+    public static void RequireSdDefaults(JsonConfig c, string why, bool allowTextTime = false)
     {
         c.RequireDefault("class_embed_type", null, why);
-        c.RequireDefault("addition_embed_type", null, why + " (SDXL does)");
+        if (!allowTextTime) c.RequireDefault("addition_embed_type", null, why + " (SDXL does)");
         c.RequireDefault("num_class_embeds", null, why);
         c.RequireDefault("encoder_hid_dim", null, why);
         c.RequireDefault("encoder_hid_dim_type", null, why);

@@ -7,7 +7,7 @@ using static TorchSharp.torch.nn;
 namespace PagSharp.Models.Sd;
 
 /// <summary>
-/// Port of diffusers' <c>UNet2DConditionModel</c> for the Stable Diffusion 1.x / 2.x family. Parameter names equal
+/// Port of diffusers' <c>UNet2DConditionModel</c> for the Stable Diffusion 1.x / 2.x and SDXL families. Parameter names equal
 /// the diffusers state-dict keys (<c>conv_in.weight</c>, <c>time_embedding.linear_1.weight</c>,
 /// <c>down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.weight</c>, …). The self-attention layers
 /// (<c>attn1</c>) are perturbable through a <see cref="PerturbationPlan"/> keyed by their module names.
@@ -17,6 +17,7 @@ public sealed class SdUNet : Module
 #pragma warning disable IDE1006 // field names are checkpoint keys
     private readonly Conv2d conv_in;
     private readonly SdTimeMlp time_embedding;
+    private readonly SdTimeMlp? add_embedding;
     private readonly ModuleList<SdDownBlock> down_blocks;
     private readonly SdMidBlock mid_block;
     private readonly ModuleList<SdUpBlock> up_blocks;
@@ -41,6 +42,8 @@ public sealed class SdUNet : Module
                                     config.ResnetTimeScaleShift, 1.0, config.UseLinearProjection);
         conv_in = SdNn.Conv(config.InChannels, boc[0], config.ConvInKernel);
         time_embedding = new SdTimeMlp(boc[0], config.TimeEmbedDim, config.ActFn);
+        // diffusers' TimestepEmbedding default activation (SiLU), whatever act_fn says.
+        if (config.UsesTextTime) add_embedding = new SdTimeMlp(config.ProjectionClassEmbeddingsInputDim!.Value, config.TimeEmbedDim, "silu");
 
         var downs = SdDownBlock.Encoder(config.BlockOutChannels, config.DownBlockTypes, config.LayersPerBlock, config.AttentionHeads,
             config.TransformerLayersPerBlock, config.CrossAttentionDim, config.DownsamplePadding, s);
@@ -114,8 +117,14 @@ public sealed class SdUNet : Module
     /// blocks, the mid residual to the mid-block output. Their batch is the input batch; with a shared-prefix fork
     /// the forked entries get the residuals of their source entries.
     /// </remarks>
+    /// <remarks>
+    /// SDXL U-Nets (<c>addition_embed_type: text_time</c>) need <paramref name="added"/>: diffusers'
+    /// <c>added_cond_kwargs</c>, the pooled text embedding [B, P] and the micro-conditioning time ids [B, n]; each time
+    /// id gets a sinusoidal embedding of width addition_time_embed_dim, [text_embeds, time embeddings] goes through
+    /// <c>add_embedding</c> and is added to the time embedding.
+    /// </remarks>
     public Tensor Forward(Tensor sample, Tensor timesteps, Tensor encoderHiddenStates, PerturbationPlan? plan = null,
-                          ControlNetResiduals? control = null)
+                          ControlNetResiduals? control = null, SdAddedConditioning? added = null)
     {
         long b = sample.shape[0];
         if (sample.dim() != 4 || sample.shape[1] != Config.InChannels)
@@ -134,6 +143,10 @@ public sealed class SdUNet : Module
 
         var tEmb = SdTimesteps.Embedding(t, Config.BlockOutChannels[0], Config.FlipSinToCos, Config.FreqShift).to_type(sample.dtype);
         var emb = time_embedding.forward(tEmb);
+        if (add_embedding is not null)
+            emb = emb + add_embedding.forward(AddedEmbeddingInput(added, b).to_type(emb.dtype));
+        else if (added is not null)
+            throw new PagSharpException("text_embeds and time_ids were given, but this UNet has no added conditioning (addition_embed_type is not text_time)");
         using var state = new SdForwardState(emb, encoderHiddenStates, plan, ForkPoint(plan), SplitSkips);
 
         var h = conv_in.forward(sample);
@@ -164,6 +177,24 @@ public sealed class SdUNet : Module
         return conv_out.forward(h);
     }
 
+    /// <summary>[text_embeds, flattened sinusoidal embeddings of the time ids] [B, projection_class_embeddings_input_dim], checked.</summary>
+    private Tensor AddedEmbeddingInput(SdAddedConditioning? added, long b)
+    {
+        var cfg = Config;
+        if (added is null)
+            throw new PagSharpException("this is an SDXL UNet (addition_embed_type text_time): it needs text_embeds (the pooled prompt embedding) and time_ids");
+        var (text, ids) = (added.TextEmbeds, added.TimeIds);
+        if (text.dim() != 2 || text.shape[0] != b || ids.dim() != 2 || ids.shape[0] != b)
+            throw new PagSharpException($"text_embeds have shape [{string.Join(",", text.shape)}] and time_ids [{string.Join(",", ids.shape)}]; expected [{b},P] and [{b},n] (one row per latent)");
+        long width = text.shape[1] + ids.shape[1] * cfg.AdditionTimeEmbedDim!.Value;
+        if (width != cfg.ProjectionClassEmbeddingsInputDim)
+            throw new PagSharpException($"text_embeds of width {text.shape[1]} and {ids.shape[1]} time ids give an added embedding of width {text.shape[1]} + {ids.shape[1]}·{cfg.AdditionTimeEmbedDim} = {width}, " +
+                $"but this UNet expects {cfg.ProjectionClassEmbeddingsInputDim} (projection_class_embeddings_input_dim); the base model takes 6 time ids, the refiner 5 (with the aesthetic score)");
+        using var flat = ids.reshape(-1);
+        using var timeEmb = SdTimesteps.Embedding(flat, cfg.AdditionTimeEmbedDim.Value, cfg.FlipSinToCos, cfg.FreqShift);
+        return cat(new[] { text.to_type(timeEmb.dtype), timeEmb.reshape(b, -1) }, -1);
+    }
+
     /// <summary>The Transformer2D holding the first perturbed layer in forward order (where a shared-prefix fork happens).</summary>
     private string? ForkPoint(PerturbationPlan? plan)
     {
@@ -173,3 +204,10 @@ public sealed class SdUNet : Module
         throw new PagSharpException("a shared-prefix fork needs at least one perturbed layer");
     }
 }
+
+/// <summary>
+/// SDXL's added conditioning (diffusers' <c>added_cond_kwargs</c>): the pooled prompt embedding <c>text_embeds</c>
+/// [B, P] and the micro-conditioning <c>time_ids</c> [B, n] (base: original size, crop top-left, target size, each
+/// (height, width); refiner: original size, crop, aesthetic score).
+/// </summary>
+public sealed record SdAddedConditioning(Tensor TextEmbeds, Tensor TimeIds);

@@ -2,8 +2,8 @@ using PagSharp.IO;
 namespace PagSharp.Models.Sd;
 
 /// <summary>
-/// The <c>unet/config.json</c> of a diffusers <c>UNet2DConditionModel</c>, restricted to what Stable Diffusion 1.x and
-/// 2.x use. Absent or null keys take diffusers' defaults. Features this port does not implement (class or added
+/// The <c>unet/config.json</c> of a diffusers <c>UNet2DConditionModel</c>, restricted to what Stable Diffusion 1.x,
+/// 2.x and SDXL (base and refiner) use. Absent or null keys take diffusers' defaults. Features this port does not implement (class or added
 /// embeddings, time-conditioning projections, dual cross-attention, …) are rejected with the key that asks for them.
 /// <para>
 /// <b>Heads.</b> diffusers' <c>attention_head_dim</c> is, despite its name, the <b>number of heads</b> of each block
@@ -44,6 +44,18 @@ public sealed record SdUNetConfig
     public int ConvInKernel { get; init; } = 3;
     public int ConvOutKernel { get; init; } = 3;
     public double Dropout { get; init; }
+    /// <summary>
+    /// <c>text_time</c> for SDXL (the pooled text embedding and the micro-conditioning time ids are embedded and added
+    /// to the time embedding), or null.
+    /// </summary>
+    public string? AdditionEmbedType { get; init; }
+    /// <summary>Width of the sinusoidal embedding of each time id (SDXL: 256).</summary>
+    public int? AdditionTimeEmbedDim { get; init; }
+    /// <summary>Input width of <c>add_embedding</c>: pooled width + time ids · addition_time_embed_dim (SDXL base: 2816, refiner: 2560).</summary>
+    public int? ProjectionClassEmbeddingsInputDim { get; init; }
+
+    /// <summary>Whether the UNet takes SDXL's added conditioning (<c>text_embeds</c> and <c>time_ids</c>).</summary>
+    public bool UsesTextTime => AdditionEmbedType == "text_time";
 
     /// <summary>Time embedding width: block_out_channels[0] · 4.</summary>
     public int TimeEmbedDim => BlockOutChannels[0] * 4;
@@ -87,11 +99,14 @@ public sealed record SdUNetConfig
             ConvInKernel = c.Int("conv_in_kernel", 3),
             ConvOutKernel = c.Int("conv_out_kernel", 3),
             Dropout = c.Double("dropout", 0),
+            AdditionEmbedType = c.StringOrNull("addition_embed_type"),
+            AdditionTimeEmbedDim = c.IntOrNull("addition_time_embed_dim"),
+            ProjectionClassEmbeddingsInputDim = c.IntOrNull("projection_class_embeddings_input_dim"),
         };
-        const string sd = "Stable Diffusion 1.x/2.x UNets do not use it";
+        const string sd = "Stable Diffusion 1.x/2.x and SDXL UNets do not use it";
         if (c.Has("num_attention_heads"))
             throw new PagSharpException($"{source}: 'num_attention_heads' is set; diffusers' UNet2DConditionModel rejects it too (the head count comes from 'attention_head_dim')");
-        SdEncoderChecks.RequireSdDefaults(c, sd);
+        SdEncoderChecks.RequireSdDefaults(c, sd, allowTextTime: true);
         c.RequireDefault("time_cond_proj_dim", null, sd + " (LCM does)");
         c.RequireDefault("time_embedding_type", "positional", sd);
         c.RequireDefault("time_embedding_dim", null, sd);
@@ -123,6 +138,10 @@ public sealed record SdUNetConfig
         Require(ConvInKernel % 2 == 1 && ConvOutKernel % 2 == 1, "conv_in_kernel and conv_out_kernel must be odd");
         Require(InChannels >= 1 && OutChannels >= 1, "in_channels and out_channels must be ≥ 1");
         Require(NormEps > 0, "norm_eps must be > 0");
+        Require(AdditionEmbedType is null or "text_time", $"addition_embed_type '{AdditionEmbedType}' is not supported; valid: text_time (SDXL) or none");
+        if (UsesTextTime)
+            Require(AdditionTimeEmbedDim is >= 1 && ProjectionClassEmbeddingsInputDim is >= 1,
+                "addition_embed_type 'text_time' needs addition_time_embed_dim and projection_class_embeddings_input_dim (≥ 1)");
         _ = SdNnCheck.Activation(ActFn, source);
     }
 }

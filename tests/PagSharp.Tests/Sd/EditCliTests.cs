@@ -1,0 +1,145 @@
+using PagSharp.IO;
+using PagSharp.Tests.Cli;
+using PagSharp.Tests.IO;
+using static TorchSharp.torch;
+
+namespace PagSharp.Tests.Sd;
+
+/// <summary>
+/// <c>pag img2img</c> and <c>pag inpaint</c> on the complete tiny SD folder: what the pipelines guarantee by
+/// construction (a 4-channel inpainting run keeps the unmasked latents, the strength selects the steps), and bad input.
+/// Parity with diffusers is in <see cref="SdEditParityTests"/>.
+/// </summary>
+[Collection(CliCollection.Name)]
+public sealed class EditCliTests : IDisposable
+{
+    private readonly TinySdFolder _sd = new();
+    private static string Sampling => SdFixtures.Unet("sampling.safetensors");
+
+    public void Dispose() => _sd.Dispose();
+
+    /// <summary>Image latents [1,4,32,32] (the tiny UNet's sample size) and their 64×64 pixel size (VAE scale factor 2).</summary>
+    private string Latents(out int pixels)
+    {
+        string file = _sd.Dir.File("image_latents.npy");
+        using var gen = new TorchSharp.torch.Generator(5);
+        using var lat = randn(new long[] { 1, 4, 32, 32 }, generator: gen);
+        Npy.Save(file, lat);
+        using var sd = PagSharp.Pipelines.StableDiffusion.Load(_sd.Root, new PagSharp.Pipelines.SdComponents(Vae: false, TextEncoder: false));
+        pixels = 32 * sd.VaeScaleFactor;
+        return file;
+    }
+
+    private string Mask(int pixels, out Tensor mask)
+    {
+        string file = _sd.Dir.File("mask.npy");
+        mask = zeros(1, 1, pixels, pixels);
+        mask[.., .., (pixels / 4)..(pixels / 2), (pixels / 8)..(3 * pixels / 4)] = tensor(1f);
+        Npy.Save(file, mask);
+        return file;
+    }
+
+    private string[] Common(string outDir, string tensorOut) =>
+        ["--model", _sd.Root, "--prompt-embeds", Sampling + ":prompt_embeds", "--negative-prompt-embeds", Sampling + ":negative_prompt_embeds",
+         "--guidance-scale", "5", "--pag-scale", "3", "--steps", "5", "--scheduler", "ddim", "--count", "1",
+         "--output-type", "latent", "--save-tensor", tensorOut, "--output", outDir];
+
+    [Theory]
+    [InlineData("1.0")]
+    [InlineData("0.6")]
+    public void Inpaint_WithAFourChannelUNet_KeepsTheUnmaskedLatentsExactly(string strength)
+    {
+        string image = Latents(out int pixels);
+        string maskFile = Mask(pixels, out var mask);
+        string outFile = _sd.Dir.File("inpaint.npy");
+        var (exit, log) = Pag.Run([.. new[] { "inpaint", "--image", image, "--mask-image", maskFile, "--strength", strength },
+            .. Common(_sd.Dir.File("out_inpaint"), outFile)]);
+        Assert.True(exit == 0, log);
+        using var result = Npy.Load(outFile);
+        using var original = Npy.Load(image);
+        using var keep = nn.functional.interpolate(mask, new long[] { 32, 32 }, mode: InterpolationMode.Nearest) < 0.5;
+        using var kept = keep.expand(1, 4, 32, 32);
+        // The last blend takes the clean image latents wherever the mask is black.
+        Assert.True(result.masked_select(kept).eq(original.masked_select(kept)).all().item<bool>(), "unmasked latents changed");
+        // … and the white region was denoised.
+        Assert.False(result.masked_select(kept.logical_not()).allclose(original.masked_select(kept.logical_not())), "the masked region was not repainted");
+    }
+
+    [Fact]
+    public void Img2Img_StrengthSelectsTheLastSteps()
+    {
+        // At strength 0.4 of 5 DDIM steps the run is the last 2 steps: the same as strength 0.5 (⌊5·0.5⌋ = 2), and
+        // different from strength 0.6 (3 steps).
+        string image = Latents(out _);
+        Tensor Run(string strength)
+        {
+            string f = _sd.Dir.File($"i2i_{strength}.npy");
+            var (exit, log) = Pag.Run([.. new[] { "img2img", "--image", image, "--strength", strength }, .. Common(_sd.Dir.File("out_" + strength), f)]);
+            Assert.True(exit == 0, log);
+            return Npy.Load(f);
+        }
+        using var a = Run("0.4");
+        using var b = Run("0.5");
+        using var c = Run("0.6");
+        Assert.True(a.eq(b).all().item<bool>());
+        Assert.False(a.allclose(c));
+    }
+
+    [Theory]
+    [InlineData("img2img", "--strength", "1.5", "Strength must be in (0, 1]")]
+    [InlineData("img2img", "--strength", "0", "Strength must be in (0, 1]")]
+    [InlineData("img2img", "--strength", "0.1", "leaves ⌊5·0.1⌋ = 0 steps")]
+    [InlineData("img2img", "--denoising-start", "0.5", "apply to SDXL models only")]
+    [InlineData("inpaint", "--mask-blur", "-1", "--mask-blur must be ≥ 0")]
+    public void BadSettings_FailBeforeWritingAnything(string command, string option, string value, string message)
+    {
+        string image = Latents(out int pixels);
+        string outDir = _sd.Dir.File("out_bad");
+        var args = new List<string> { command, "--image", image, option, value };
+        if (command == "inpaint") args.AddRange(["--mask-image", Mask(pixels, out _)]);
+        args.AddRange(Common(outDir, _sd.Dir.File("bad.npy")));
+        var (exit, log) = Pag.Run(args.ToArray());
+        Assert.NotEqual(0, exit);
+        Assert.Contains(message, log);
+        Assert.DoesNotContain("   at ", log);
+        Assert.False(Directory.Exists(outDir), "output written for a refused run");
+    }
+
+    [Fact]
+    public void AMaskOfAnotherSize_IsRefused()
+    {
+        string image = Latents(out int pixels);
+        string maskFile = _sd.Dir.File("small_mask.npy");
+        using (var m = ones(1, 1, pixels / 2, pixels)) Npy.Save(maskFile, m);
+        string outDir = _sd.Dir.File("out_mask");
+        var (exit, log) = Pag.Run([.. new[] { "inpaint", "--image", image, "--mask-image", maskFile }, .. Common(outDir, _sd.Dir.File("m.npy"))]);
+        Assert.NotEqual(0, exit);
+        Assert.Contains($"the mask must be one channel at the image size: [1 or 1,1,{pixels},{pixels}]", log);
+        Assert.False(Directory.Exists(outDir));
+    }
+
+    [Fact]
+    public void AnImageThatIsNotAnImage_IsRefused()
+    {
+        string fake = _sd.Dir.File("photo.png");
+        File.WriteAllText(fake, "this is not a PNG");
+        string outDir = _sd.Dir.File("out_fake");
+        var (exit, log) = Pag.Run([.. new[] { "img2img", "--image", fake }, .. Common(outDir, _sd.Dir.File("f.npy"))]);
+        Assert.NotEqual(0, exit);
+        Assert.Contains("photo.png", log);
+        Assert.DoesNotContain("   at ", log);
+        Assert.False(Directory.Exists(outDir));
+    }
+
+    [Fact]
+    public void InpaintWithoutAMask_AndImg2ImgWithoutAnImage_AreRefused()
+    {
+        string image = Latents(out _);
+        var (exit, log) = Pag.Run([.. new[] { "inpaint", "--image", image }, .. Common(_sd.Dir.File("o1"), _sd.Dir.File("a.npy"))]);
+        Assert.NotEqual(0, exit);
+        Assert.Contains("pag inpaint needs --mask-image", log);
+        (exit, log) = Pag.Run(["img2img", .. Common(_sd.Dir.File("o2"), _sd.Dir.File("b.npy"))]);
+        Assert.NotEqual(0, exit);
+        Assert.Contains("pag img2img needs --image", log);
+    }
+}
