@@ -48,8 +48,9 @@ public sealed class Txt2ImgCommand : Command<Txt2ImgSettings>
         if (s.Model is null) throw new PagSharpException($"pag {mode} needs --model DIR (a diffusers Stable Diffusion or SDXL folder)");
         if (editing && e!.Image is null) throw new PagSharpException($"pag {mode} needs --image IMAGE (PNG/JPEG, or a tensor)");
         if (ip is not null && ip.MaskImage is null) throw new PagSharpException("pag inpaint needs --mask-image MASK (white = repaint)");
-        if (editing && (s.ControlNet is not null || s.ControlImage is not null))
-            throw new PagSharpException($"--controlnet/--control-image are not available with pag {mode} yet; use them with pag txt2img");
+        // diffusers has a ControlNet PAG pipeline for SD inpainting, not for SD image-to-image.
+        if (mode == "img2img" && (s.ControlNet is not null || s.ControlImage is not null))
+            throw new PagSharpException("--controlnet/--control-image work with pag txt2img and pag inpaint (diffusers' StableDiffusionControlNetPAG(Inpaint)Pipeline); there is no ControlNet image-to-image pipeline");
         if (ip is not null && (double.IsNaN(ip.MaskBlur) || ip.MaskBlur < 0)) throw new PagSharpException($"--mask-blur must be ≥ 0 (got {ip.MaskBlur})");
         bool latentOut = s.LatentOutput;
         if ((s.Prompt is null) == (s.PromptEmbeds is null)) throw new PagSharpException("give either --prompt TEXT or --prompt-embeds TENSOR");
@@ -136,6 +137,8 @@ public sealed class Txt2ImgCommand : Command<Txt2ImgSettings>
         if (init is not null && init.shape[0] != count)
             throw new PagSharpException($"--init-noise holds {init.shape[0]} latents but --count is {count}");
         // The generation size: the image's (editing), the control image's (ControlNet), or --width/--height.
+        if (image is not null && controlImage is not null && (controlImage.shape[2] != image.shape[2] * (imageIsLatents ? f : 1) || controlImage.shape[3] != image.shape[3] * (imageIsLatents ? f : 1)))
+            throw new PagSharpException($"the control image is {controlImage.shape[3]}×{controlImage.shape[2]} but the image {image.shape[3] * (imageIsLatents ? f : 1)}×{image.shape[2] * (imageIsLatents ? f : 1)}; give both at the same size (or --width/--height to resize PNGs)");
         int height = image is not null ? (int)image.shape[2] * (imageIsLatents ? f : 1)
             : controlImage is not null ? (int)controlImage.shape[2] : s.Height ?? (init is not null ? (int)init.shape[2] * f : sd.DefaultSize);
         int width = image is not null ? (int)image.shape[3] * (imageIsLatents ? f : 1)
@@ -172,7 +175,7 @@ public sealed class Txt2ImgCommand : Command<Txt2ImgSettings>
             var noise = init?.narrow(0, idx[0], idx.Length);
             if (editing)
                 return sd.Edit(scheduler, s.Steps, s.Eta, EditFor(idx, noise)!, source, Rows(promptEmb, idx), g.UsesCfg ? Rows(negEmb!, idx) : null,
-                    g, seeds[0], XlFor(idx), onStep, ct);
+                    g, seeds[0], XlFor(idx), onStep, ct, control is null ? null : control with { Image = Rows(control.Image, idx) });
             var xT = noise ?? source.Randn(latentShape);
             return sd.Denoise(scheduler, s.Steps, s.Eta, xT, source, Rows(promptEmb, idx), g.UsesCfg ? Rows(negEmb!, idx) : null,
                 g, seeds[0], onStep, ct, control is null ? null : control with { Image = Rows(control.Image, idx) }, XlFor(idx), range);

@@ -113,21 +113,23 @@ public sealed partial class StableDiffusion
     /// latents noised to the first step (pure noise at strength 1 when inpainting; none added after an SDXL
     /// denoising_start). A 9-channel U-Net gets [mask, masked-image latents] appended to its input; a 4-channel U-Net
     /// keeps the unmasked region by blending with the re-noised image latents after every step. Returns the final
-    /// latents [B, C, h, w].
+    /// latents [B, C, h, w]. With <paramref name="control"/> (SD 1.x/2.x inpainting: diffusers'
+    /// <c>StableDiffusionControlNetPAGInpaintPipeline</c>) the ControlNet gets the latents and the control image each
+    /// step, and the scheduler settings are the ControlNet pipelines' (<see cref="ControlNetScheduler"/>).
     /// </summary>
     public Tensor Edit(string scheduler, int steps, double eta, SdImageEdit edit, NoiseSource source, Tensor promptEmbeds, Tensor? negativeEmbeds,
                        GuidanceSettings guidance, long policySeed, SdXlConditioning? xl = null, Action<LoopStep>? onStep = null,
-                       CancellationToken cancellation = default)
+                       CancellationToken cancellation = default, SdControl? control = null)
     {
-        var s = Schedulers.Create(scheduler, SchedulerFor(null), steps, eta);
+        var s = Schedulers.Create(scheduler, SchedulerFor(control), steps, eta);
         using var policyGen = new Generator((ulong)policySeed ^ 0x5bd1e995UL);
         using var scope = NewDisposeScope();
         try
         {
-            var (start, end) = EditSteps(s.Timesteps, Scheduler.NumTrainTimesteps, edit.Strength, edit.DenoisingStart, edit.DenoisingEnd);
+            var (start, end) = EditSteps(s.Timesteps, SchedulerFor(control).NumTrainTimesteps, edit.Strength, edit.DenoisingStart, edit.DenoisingEnd);
             var prepared = PrepareEdit(s, edit, source, start, end);
             var latents = StableDiffusionPipeline.Denoise(Unet, s, prepared.Start, promptEmbeds, negativeEmbeds, guidance, source, onStep, policyGen,
-                cancellation, null, SchedulerFor(null), Guide, xl, prepared.ExtraInput, prepared.Range);
+                cancellation, control, SchedulerFor(control), Guide, xl, prepared.ExtraInput, prepared.Range);
             return latents.MoveToOuterDisposeScope();
         }
         finally

@@ -54,7 +54,8 @@ public sealed partial class StableDiffusion : IDisposable
     public static StableDiffusion Load(string dir, SdComponents needs)
     {
         var folder = DiffusersFolder.Open(dir);
-        var scheduler = folder.SchedulerConfig();
+        // StableDiffusionPipeline forces steps_offset 1 and clip_sample false; the SDXL pipelines take the config as it is.
+        var scheduler = folder.SchedulerConfig(pipelineFixups: !folder.IsXl);
         var controlScheduler = folder.SchedulerConfig(pipelineFixups: false);
         SdUNet? unet = null;
         AutoencoderKL? vae = null;
@@ -66,7 +67,9 @@ public sealed partial class StableDiffusion : IDisposable
             if (needs.Vae)
             {
                 vae = folder.LoadVae();
-                if (vae.Config.LatentChannels != unet.Config.InChannels || vae.Config.LatentChannels != unet.Config.OutChannels)
+                int lc = vae.Config.LatentChannels;
+                // An inpainting UNet takes latents, mask and masked-image latents: 2·latent + 1 input channels.
+                if ((unet.Config.InChannels != lc && unet.Config.InChannels != 2 * lc + 1) || unet.Config.OutChannels != lc)
                     throw new PagSharpException($"{Path.Combine(dir, "vae", "config.json")}: latent_channels {vae.Config.LatentChannels} does not match the UNet's in/out channels {unet.Config.InChannels}/{unet.Config.OutChannels} ({Path.Combine(dir, "unet", "config.json")})");
             }
             ClipTokenizer? tok2 = null;
