@@ -32,6 +32,8 @@ public sealed class BenchCommand : Command<BenchCommand.Settings>
         public int Runs { get; init; } = 5;
         [CommandOption("--rounds <N>")][Description("Rounds: every configuration is measured once per round, in turn, so that drift of a shared machine hits all alike; the median over rounds is reported (256×256: at most 2 rounds of 1 run).")]
         public int Rounds { get; init; } = 3;
+        [CommandOption("--sdxl")][Description("Also time the SDXL base UNet (128×128 latents; about a minute per UNet pass on two cores). Without it the report gives SDXL's work ratios only.")]
+        public bool Sdxl { get; init; }
         [CommandOption("--quick")][Description("Skip the 256×256 ADM and the Stable Diffusion configurations.")]
         public bool Quick { get; init; }
         [CommandOption("--child <SPEC>")][Description("Internal: measure one configuration and print JSON.")]
@@ -70,14 +72,15 @@ public sealed class BenchCommand : Command<BenchCommand.Settings>
             foreach (var m in Methods) cases.Add(new Case("adm-256", 1, m.EndsWith(CacheSuffix, StringComparison.Ordinal) ? 2 : 1, m));
             foreach (var m in SdBench.Methods) cases.Add(new Case(SdBench.Model, 1, m.EndsWith(CacheSuffix, StringComparison.Ordinal) ? 2 : 1, m));
         }
+        if (s.Sdxl) foreach (var m in SdBench.XlMethods) cases.Add(new Case(SdBench.XlModel, 1, 1, m));
         if (s.Runs < 1 || s.Rounds < 1) throw new PagSharpException($"--runs and --rounds must be ≥ 1 (got {s.Runs}, {s.Rounds})");
         // Multiply-adds per step, from each model's structure (random weights; nothing is run), first: a bad case fails at once.
         var macs = new Dictionary<Case, double>();
         foreach (var group in cases.GroupBy(c => c.Model))
         {
-            if (group.Key == SdBench.Model)
+            if (group.Key is SdBench.Model or SdBench.XlModel)
             {
-                using var unet = SdBench.CreateUNet();
+                using var unet = SdBench.Create(group.Key, structureOnly: true);
                 foreach (var c in group)
                 {
                     var v = Variant.Parse(c.Method);
@@ -105,7 +108,7 @@ public sealed class BenchCommand : Command<BenchCommand.Settings>
             double median = secs.Length % 2 == 1 ? secs[secs.Length / 2] : (secs[secs.Length / 2 - 1] + secs[secs.Length / 2]) / 2;
             return (c, median, (secs[^1] - secs[0]) / median, measured[c].Max(m => m.PeakMb), macs[c]);
         }).ToList();
-        AtomicFile.WriteAllText(s.Output, Report(results, s.Runs, s.Rounds));
+        AtomicFile.WriteAllText(s.Output, Report(results, s.Runs, s.Rounds) + (s.Sdxl ? "" : XlWorkRatios()));
         AnsiConsole.MarkupLine($"wrote {Markup.Escape(s.Output)}");
         return 0;
     }
@@ -188,7 +191,7 @@ public sealed class BenchCommand : Command<BenchCommand.Settings>
 
     private static int RunChild(Case c, int runs)
     {
-        if (c.Model == SdBench.Model)
+        if (c.Model is SdBench.Model or SdBench.XlModel)
         {
             var v = Variant.Parse(c.Method);
             return Answer(SdBench.Time(c, v.Method, v.Cache, runs));
@@ -256,6 +259,26 @@ public sealed class BenchCommand : Command<BenchCommand.Settings>
         return double.NaN;
     }
 
+    /// <summary>The SDXL section of a report without <c>--sdxl</c>: multiply-adds per step and their ratios, nothing timed.</summary>
+    internal static string XlWorkRatios()
+    {
+        using var unet = SdBench.Create(SdBench.XlModel, structureOnly: true);
+        var rows = SdBench.XlMethods.Select(m => (Method: m, Macs: SdBench.StepMacs(unet, new Case(SdBench.XlModel, 1, 1, m), m, false))).ToList();
+        double none = rows.Single(r => r.Method == "none").Macs, cfg = rows.Single(r => r.Method == "cfg").Macs;
+        var sb = new StringBuilder();
+        sb.AppendLine("## SDXL base UNet (its unet config, 2.57 B parameters), 128×128 latents (1024×1024 images), 77 text tokens, batch 1: work ratios");
+        sb.AppendLine();
+        sb.AppendLine("Counted from the model's structure (`SdCost`; the UNet built on the meta device, so nothing is allocated or run); `pag bench --sdxl` also times these rows. " +
+                      "pag-mid = diffusers' `mid`, the mid block's 10 self-attention layers.");
+        sb.AppendLine();
+        sb.AppendLine("| method | GMACs/step | MACs ÷ none | MACs ÷ CFG |");
+        sb.AppendLine("|---|---:|---:|---:|");
+        foreach (var (m, macs) in rows)
+            sb.AppendLine($"| {m} | {macs / 1e9:F1} | {macs / none:F2} | {(m.Contains("cfg", StringComparison.Ordinal) ? (macs / cfg).ToString("F2", CultureInfo.InvariantCulture) : "–")} |");
+        sb.AppendLine();
+        return sb.ToString();
+    }
+
     private static string Report(List<(Case Case, double Sec, double Spread, double PeakMb, double Macs)> results, int runs, int rounds)
     {
         var sb = new StringBuilder();
@@ -280,6 +303,7 @@ public sealed class BenchCommand : Command<BenchCommand.Settings>
             {
                 "mnist" => "Built-in MNIST model",
                 SdBench.Model => "Stable Diffusion 1.5 UNet (its unet config, random weights), 64×64 latents (512×512 images), 77 text tokens",
+                SdBench.XlModel => "SDXL base UNet (its unet config, 2.57 B parameters, random weights), 128×128 latents (1024×1024 images), 77 text tokens; pag-mid = diffusers' mid, its 10 self-attention layers",
                 _ => "ADM 256×256 (OpenAI's 256×256 configuration with random weights; class-conditional so that CFG can be timed, which adds only a label-embedding lookup to the unconditional model)",
             };
             sb.AppendLine($"## {title}, batch {group.Key.Batch}");

@@ -44,4 +44,22 @@ public sealed class BenchCommandTests
         Assert.Equal(kb / 1024.0, mb, 6);
         Assert.True(double.IsNaN(BenchCommand.PeakRssMb(new[] { "Name:\tpag" })));
     }
+
+    [Fact]
+    public void SdxlWorkRatios_ComeFromTheRealSdxlStructureWithoutAllocatingIt()
+    {
+        // The SDXL base UNet has 2,567,463,684 parameters (diffusers' unet of stable-diffusion-xl-base-1.0).
+        using (var unet = SdBench.Create(SdBench.XlModel, structureOnly: true))
+        {
+            Assert.Equal(2_567_463_684L, unet.parameters().Sum(p => p.numel()));
+            Assert.Equal(10, unet.AttentionLayers.Count(l => l.Group == "middle"));
+        }
+        string md = BenchCommand.XlWorkRatios();
+        var ratios = md.Split('\n').Where(l => l.StartsWith("| ", StringComparison.Ordinal) && !l.StartsWith("| method", StringComparison.Ordinal))
+            .ToDictionary(l => l.Split('|')[1].Trim(), l => l.Split('|').Skip(2).Take(3).Select(v => v.Trim()).ToArray());
+        double Ratio(string m, int col) => double.Parse(ratios[m][col], System.Globalization.CultureInfo.InvariantCulture);
+        Assert.Equal(2.0, Ratio("cfg", 1), 2);
+        Assert.Equal(1.5, Ratio("naive-cfg+pag-mid", 2), 2); // three full branches
+        Assert.InRange(Ratio("cfg+pag-mid", 2), 1.05, 1.49);   // the shared prefix saves work
+    }
 }
