@@ -142,4 +142,43 @@ public sealed class EditCliTests : IDisposable
         Assert.NotEqual(0, exit);
         Assert.Contains("pag img2img needs --image", log);
     }
+
+    [Fact]
+    public void APngMask_AndAPngImage_GiveTheSameRunAsTheirTensors()
+    {
+        // A black/white PNG mask is grey 0 or 1 after the luma conversion, so it must reproduce the tensor mask run;
+        // the image PNG holds the 8-bit values of the tensor image.
+        _ = Latents(out int pixels);
+        using var sd = PagSharp.Pipelines.StableDiffusion.Load(_sd.Root, new PagSharp.Pipelines.SdComponents(Vae: false, TextEncoder: false));
+        string maskNpy = Mask(pixels, out var mask), maskPng = _sd.Dir.File("mask.png");
+        PagSharp.Imaging.Png.Save(maskPng, mask[0].expand(3, -1, -1) * 2 - 1);
+        using var gen = new TorchSharp.torch.Generator(9);
+        using var img = (rand(new long[] { 1, 3, pixels, pixels }, generator: gen) * 255).round() / 255;
+        string imgNpy = _sd.Dir.File("img.npy"), imgPng = _sd.Dir.File("img.png");
+        Npy.Save(imgNpy, img);
+        PagSharp.Imaging.Png.Save(imgPng, img[0] * 2 - 1);
+        Tensor Run(string image, string maskFile, string name)
+        {
+            string f = _sd.Dir.File(name + ".npy");
+            var (exit, log) = Pag.Run([.. new[] { "inpaint", "--image", image, "--mask-image", maskFile, "--strength", "0.8" }, .. Common(_sd.Dir.File("out_" + name), f)]);
+            Assert.True(exit == 0, log);
+            return Npy.Load(f);
+        }
+        using var fromTensors = Run(imgNpy, maskNpy, "tensors");
+        using var fromPngs = Run(imgPng, maskPng, "pngs");
+        Models.Close.Assert(fromTensors, fromPngs, 1e-5, "PNG inputs");
+    }
+
+    [Fact]
+    public void Compare_StartsWithTheInputImage()
+    {
+        string image = Latents(out int pixels);
+        string outDir = _sd.Dir.File("out_cmp");
+        var (exit, log) = Pag.Run("img2img", "--model", _sd.Root, "--image", image, "--strength", "0.6", "--prompt-embeds", Sampling + ":prompt_embeds",
+            "--negative-prompt-embeds", Sampling + ":negative_prompt_embeds", "--steps", "5", "--scheduler", "ddim", "--count", "2",
+            "--compare", "none,cfg:5+pag:3", "--output", outDir);
+        Assert.True(exit == 0, log);
+        Assert.Contains("3 columns: input, none, cfg:5+pag:3", log);
+        Assert.True(File.Exists(Path.Combine(outDir, "compare.png")));
+    }
 }
