@@ -8,7 +8,9 @@
 // Compiled against netstandard2.0 by the task factory, so only older APIs are used.
 // The task patches copies in build/publish output folders only (never the NuGet cache), writes through a temp file +
 // rename (so a hard link into the cache is never modified), is idempotent, and does nothing when the system
-// libstdc++ already provides GLIBCXX_3.4.32 or when not on Linux.
+// libstdc++ already provides GLIBCXX_3.4.32 or when not on Linux, unless Always is set (a tool package must carry a
+// patched copy whatever machine packed it; a weak version is harmless where libstdc++ has it).
+// Shipped in the PagSharp package beside buildTransitive/PagSharp.targets, which patches a consumer's output folders.
 using System;
 using System.IO;
 using System.Text;
@@ -20,12 +22,16 @@ public class PatchLibTorchSharp : Task
 {
     [Required] public string Directory { get; set; } = "";
 
+    /// <summary>Patch even when this machine's libstdc++ provides the version, or when this is not Linux.</summary>
+    public bool Always { get; set; }
+
     private const string Version = "GLIBCXX_3.4.32";
 
     public override bool Execute()
     {
-        if (!RuntimeInformation.IsOSPlatform(OSPlatform.Linux) || !System.IO.Directory.Exists(Directory)) return true;
-        string libstdcxx = FindSystemLibStdCxx();
+        if (!System.IO.Directory.Exists(Directory)) return true;
+        if (!Always && !RuntimeInformation.IsOSPlatform(OSPlatform.Linux)) return true;
+        string libstdcxx = Always ? null : FindSystemLibStdCxx();
         if (libstdcxx != null && Contains(File.ReadAllBytes(libstdcxx), Encoding.ASCII.GetBytes(Version + "\0")))
         {
             Log.LogMessage(MessageImportance.Low, $"{libstdcxx} provides {Version}; libLibTorchSharp.so left as is.");
