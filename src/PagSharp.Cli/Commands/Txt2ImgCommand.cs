@@ -52,6 +52,13 @@ public sealed class Txt2ImgCommand : Command<Txt2ImgSettings>
         if (mode == "img2img" && (s.ControlNet is not null || s.ControlImage is not null))
             throw new PagSharpException("--controlnet/--control-image work with pag txt2img and pag inpaint (diffusers' StableDiffusionControlNetPAG(Inpaint)Pipeline); there is no ControlNet image-to-image pipeline");
         if (ip is not null && (double.IsNaN(ip.MaskBlur) || ip.MaskBlur < 0)) throw new PagSharpException($"--mask-blur must be ≥ 0 (got {ip.MaskBlur})");
+        if (ip?.PaddingMaskCrop is { } pmc)
+        {
+            if (pmc < 0) throw new PagSharpException($"--padding-mask-crop must be ≥ 0 (got {pmc})");
+            if (IsTensorSpec(ip.Image!) || IsTensorSpec(ip.MaskImage!))
+                throw new PagSharpException("--padding-mask-crop needs a PNG/JPEG --image and --mask-image (as diffusers, which crops PIL images)");
+            if (s.LatentOutput || s.Compare is not null) throw new PagSharpException("--padding-mask-crop pastes images back: it cannot be combined with --output-type latent or --compare");
+        }
         bool latentOut = s.LatentOutput;
         if ((s.Prompt is null) == (s.PromptEmbeds is null)) throw new PagSharpException("give either --prompt TEXT or --prompt-embeds TENSOR");
         if (s.NegativePrompt is not null && s.NegativePromptEmbeds is not null) throw new PagSharpException("give --negative-prompt or --negative-prompt-embeds, not both");
@@ -124,7 +131,11 @@ public sealed class Txt2ImgCommand : Command<Txt2ImgSettings>
 
         // The input image (pixels [1 or N,3,H,W] in [0, 1], or latents) and the mask at its size.
         int f = sd.VaeScaleFactor;
-        using var image = !editing ? null : imageTensor is not null ? CheckTensorImage(imageTensor, e!.Image!, s, sd) : ControlImage.Load(e!.Image!, s.Width, s.Height, f);
+        // diffusers' inpainting pipelines default to the UNet's size (the image is resized to it); img2img to the image's.
+        int? defaultW = ip is not null ? s.Width ?? sd.DefaultSize : s.Width, defaultH = ip is not null ? s.Height ?? sd.DefaultSize : s.Height;
+        var crop = ip?.PaddingMaskCrop is { } padding ? PrepareCrop(ip, defaultW!.Value, defaultH!.Value, padding) : null;
+        using var image = !editing ? null : crop is not null ? crop.Image : imageTensor is not null ? CheckTensorImage(imageTensor, e!.Image!, s, sd)
+            : ControlImage.Load(e!.Image!, defaultW, defaultH, f);
         if (image is not null && !imageIsLatents) sd.CheckSize((int)image.shape[2], (int)image.shape[3]);
         using var init = s.InitNoise is null ? null : TensorSpec.Load(s.InitNoise).to_type(ScalarType.Float32);
         int count = s.Count ?? (int?)init?.shape[0] ?? (image is { } im0 && im0.shape[0] > 1 ? (int?)im0.shape[0] : null) ?? 4;
@@ -143,7 +154,7 @@ public sealed class Txt2ImgCommand : Command<Txt2ImgSettings>
             : controlImage is not null ? (int)controlImage.shape[2] : s.Height ?? (init is not null ? (int)init.shape[2] * f : sd.DefaultSize);
         int width = image is not null ? (int)image.shape[3] * (imageIsLatents ? f : 1)
             : controlImage is not null ? (int)controlImage.shape[3] : s.Width ?? (init is not null ? (int)init.shape[3] * f : sd.DefaultSize);
-        using var mask = ip is null ? null : LoadMask(ip, height, width, count);
+        using var mask = ip is null ? null : crop is not null ? crop.Mask : LoadMask(ip, height, width, count);
         using var maskedLatents = ip?.MaskedImageLatents is null ? null : TensorSpec.Load(ip.MaskedImageLatents).to_type(ScalarType.Float32);
         if (controlImage is not null && controlImage.shape[0] != 1 && controlImage.shape[0] != count)
             throw new PagSharpException($"--control-image '{s.ControlImage}' holds {controlImage.shape[0]} images but --count is {count}; give one, or one per image");
@@ -226,6 +237,7 @@ public sealed class Txt2ImgCommand : Command<Txt2ImgSettings>
                         else
                         {
                             var images = sd.Decode(latents);
+                            if (crop is not null) images = crop.PasteBack(images);
                             run.SaveBatch(b, images * 2 - 1, s.SaveTensor is null ? null : images);
                             if (bi == 0 && controlImage is not null && controlImage.shape[1] is 1 or 3)
                                 Png.Save(Path.Combine(output, ControlFile), controlImage[0].clamp(0, 1) * 2 - 1);
@@ -373,6 +385,39 @@ public sealed class Txt2ImgCommand : Command<Txt2ImgSettings>
             if (k >= 3) m = GaussianBlur.Apply(m, k, s.MaskBlur);
         }
         return m;
+    }
+
+    /// <summary>diffusers' padding_mask_crop: the full image and mask, the crop region, and the crop at the generation size.</summary>
+    private sealed record MaskCrop(byte[] Original, byte[] MaskL, int W, int H, (int X1, int Y1, int X2, int Y2) Region, Tensor Image, Tensor Mask)
+    {
+        /// <summary>Generated images [N, 3, h, w] in [0, 1] pasted back into the original: [N, 3, H, W].</summary>
+        public Tensor PasteBack(Tensor images)
+        {
+            var rows = new List<Tensor>();
+            for (int i = 0; i < images.shape[0]; i++)
+            {
+                var bytes = InpaintCrop.ToBytes(images[i]);
+                var merged = InpaintCrop.Overlay(Original, MaskL, W, H, bytes, (int)images.shape[3], (int)images.shape[2], Region);
+                rows.Add(InpaintCrop.ToTensor(merged, W, H, 3));
+            }
+            return cat(rows.ToArray(), 0);
+        }
+    }
+
+    private static MaskCrop PrepareCrop(InpaintSettings s, int width, int height, int pad)
+    {
+        var rgb = Png.LoadRgb8(s.Image!, out int w, out int h);
+        var maskRgb = Png.LoadRgb8(s.MaskImage!, out int mw, out int mh);
+        if (mw != w || mh != h)
+            throw new PagSharpException($"--mask-image '{s.MaskImage}' is {mw}×{mh} but --image is {w}×{h}; with --padding-mask-crop the mask must have the image's size");
+        var maskL = InpaintCrop.Luma(maskRgb, w, h);
+        var region = InpaintCrop.Region(maskL, w, h, width, height, pad);
+        int cw = region.X2 - region.X1, ch = region.Y2 - region.Y1;
+        var img = InpaintCrop.ToTensor(InpaintCrop.ResizeAndFill(InpaintCrop.Crop(rgb, w, 3, region), cw, ch, 3, width, height), width, height, 3);
+        var m = InpaintCrop.ToTensor(InpaintCrop.ResizeAndFill(InpaintCrop.Crop(maskL, w, 1, region), cw, ch, 1, width, height), width, height, 1);
+        if (s.MaskBlur > 0) m = GaussianBlur.Apply(m, Math.Min(2 * (int)Math.Ceiling(3 * s.MaskBlur) + 1, 2 * (Math.Min(height, width) / 2) - 1), s.MaskBlur);
+        AnsiConsole.MarkupLine($"padding mask crop: region x {region.X1}..{region.X2}, y {region.Y1}..{region.Y2} of the {w}×{h} image, inpainted at {width}×{height}");
+        return new MaskCrop(rgb, maskL, w, h, region, img, m);
     }
 
     /// <summary>The input-image column of a comparison grid ([count, 3, H, W] in [0, 1]); image latents are decoded.</summary>
@@ -566,6 +611,7 @@ public sealed class Txt2ImgCommand : Command<Txt2ImgSettings>
                 o["mask_image"] = FullSpec(ip.MaskImage!);
                 o["masked_image_latents"] = ip.MaskedImageLatents is null ? null : FullSpec(ip.MaskedImageLatents);
                 o["mask_blur"] = ip.MaskBlur;
+                o["padding_mask_crop"] = ip.PaddingMaskCrop;
             }
         }
         if (control is null) return o;

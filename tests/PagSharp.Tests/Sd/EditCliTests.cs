@@ -181,4 +181,54 @@ public sealed class EditCliTests : IDisposable
         Assert.Contains("3 columns: input, none, cfg:5+pag:3", log);
         Assert.True(File.Exists(Path.Combine(outDir, "compare.png")));
     }
+
+    [Fact]
+    public void CropRegion_FollowsDiffusersGetCropRegion()
+    {
+        // Mask pixels in x 40..59, y 45..49 of a 100×100 image, pad 2 → (38, 43, 62, 52), 24×9; grown to the 1:1
+        // generation size: height 24, centred (diff 15: 7 above, 8 below) → (38, 36, 62, 60).
+        var m = new byte[100 * 100];
+        for (int y = 45; y < 50; y++) for (int x = 40; x < 60; x++) m[y * 100 + x] = 255;
+        Assert.Equal((38, 36, 62, 60), PagSharp.Imaging.InpaintCrop.Region(m, 100, 100, 64, 64, 2));
+        // Near the border the region is shifted back inside the image.
+        var edge = new byte[100 * 100];
+        for (int y = 95; y < 100; y++) for (int x = 0; x < 30; x++) edge[y * 100 + x] = 255;
+        var (x1, y1, x2, y2) = PagSharp.Imaging.InpaintCrop.Region(edge, 100, 100, 64, 64, 0);
+        Assert.Equal((0, 70, 30, 100), (x1, y1, x2, y2));
+        Assert.Throws<PagSharpException>(() => PagSharp.Imaging.InpaintCrop.Region(new byte[100 * 100], 100, 100, 64, 64, 0));
+    }
+
+    [Fact]
+    public void PaddingMaskCrop_InpaintsTheCropAndKeepsTheRestOfTheImage()
+    {
+        _ = Latents(out int pixels);
+        // A 96×80 photo (width × height) with a white rectangle to repaint; generation at the UNet's size.
+        int w = 96, h = 80;
+        using var gen = new TorchSharp.torch.Generator(3);
+        using var photo = rand(new long[] { 3, h, w }, generator: gen);
+        using var maskT = zeros(3, h, w);
+        maskT[.., 30..50, 40..70] = tensor(1f);
+        string photoPng = _sd.Dir.File("photo.png"), maskPng = _sd.Dir.File("crop_mask.png"), outDir = _sd.Dir.File("out_crop");
+        PagSharp.Imaging.Png.Save(photoPng, photo * 2 - 1);
+        PagSharp.Imaging.Png.Save(maskPng, maskT * 2 - 1);
+        var (exit, log) = Pag.Run("inpaint", "--model", _sd.Root, "--image", photoPng, "--mask-image", maskPng, "--padding-mask-crop", "4",
+            "--prompt-embeds", Sampling + ":prompt_embeds", "--negative-prompt-embeds", Sampling + ":negative_prompt_embeds",
+            "--steps", "5", "--scheduler", "ddim", "--count", "1", "--output", outDir);
+        Assert.True(exit == 0, log);
+        Assert.Contains($"inpainted at {pixels}×{pixels}", log);
+        var original = PagSharp.Imaging.Png.LoadRgb8(photoPng, out _, out _);
+        var result = PagSharp.Imaging.Png.LoadRgb8(Path.Combine(outDir, "00000.png"), out int rw, out int rh);
+        Assert.Equal((w, h), (rw, rh));
+        int changed = 0, changedOutside = 0;
+        for (int y = 0; y < h; y++)
+            for (int x = 0; x < w; x++)
+            {
+                bool inMask = y >= 30 && y < 50 && x >= 40 && x < 70;
+                bool diff = Enumerable.Range(0, 3).Any(c => original[(y * w + x) * 3 + c] != result[(y * w + x) * 3 + c]);
+                if (diff && inMask) changed++;
+                if (diff && !inMask) changedOutside++;
+            }
+        Assert.Equal(0, changedOutside);
+        Assert.True(changed > 20 * 30 / 2, $"only {changed} of the {20 * 30} masked pixels changed");
+    }
 }
