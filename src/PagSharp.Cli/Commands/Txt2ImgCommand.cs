@@ -80,7 +80,12 @@ public sealed class Txt2ImgCommand : Command<Txt2ImgSettings>
         if (auto && s.GuidanceModel is null) throw new PagSharpException("--autoguidance-scale (or an auto:S column) needs --guidance-model DIR (a diffusers folder with a weaker version of the model's unet/)");
         if (s.GuidanceModel is not null && !auto) throw new PagSharpException("--guidance-model needs --autoguidance-scale S (or auto:S columns in --compare)");
 
-        var folder = DiffusersFolder.Open(s.Model);
+        using var single = File.Exists(s.Model) ? SdSingleFile.Open(s.Model) : null;
+        if (single is null && (s.Config is not null || s.Tokenizer is not null))
+            throw new PagSharpException("--config and --tokenizer apply to single-file checkpoints (--model FILE.safetensors); a diffusers folder carries its own");
+        var folder = single is null ? DiffusersFolder.Open(s.Model)
+            : DiffusersFolder.ForSingleFile(single, s.Config ?? SdSingleFile.BuiltInConfigDir(single.Family)
+                ?? throw new PagSharpException($"{s.Model} is a {single.Family} checkpoint, for which PagSharp has no built-in configs; give --config DIR (a diffusers folder with its model_index.json and component configs)"), s.Tokenizer);
         bool xlFolder = folder.IsXl;
         var xlOnly = s.XlOnlyOptions().Concat(e?.DenoisingStart is not null ? ["--denoising-start"] : []).ToList();
         if (!xlFolder && xlOnly.Count > 0)
@@ -98,8 +103,14 @@ public sealed class Txt2ImgCommand : Command<Txt2ImgSettings>
         Tensor? imageTensor = editing && IsTensorSpec(e!.Image!) ? LoadImageTensor(e.Image!) : null;
         bool imageIsLatents = imageTensor is not null && imageTensor.shape[1] != 3;
         bool needVae = !latentOut || (editing && !imageIsLatents);
-        using var sd = StableDiffusion.Load(s.Model, new SdComponents(Vae: needVae, TextEncoder: needText));
+        using var sd = StableDiffusion.Load(folder, new SdComponents(Vae: needVae, TextEncoder: needText));
         using var imageOwner = imageTensor;
+        foreach (var (file, scale) in (s.Lora ?? []).Select(ParseLora).ToList())
+        {
+            using var lora = SdLora.Load(file, sd.Unet, sd.TextEncoder, sd.TextEncoder2);
+            var merged = lora.Merge(scale, sd.Unet, sd.TextEncoder, sd.TextEncoder2);
+            AnsiConsole.MarkupLine($"LoRA {Markup.Escape(Path.GetFileName(file))} merged at scale {scale.ToString(System.Globalization.CultureInfo.InvariantCulture)}: {merged.Count} weights");
+        }
         string scheduler = s.Scheduler ?? sd.Folder.NativeSchedulerName ?? "ddim";
         sd.KarrasSigmas = s.KarrasSigmas;
         var computeType = ComputeType.Parse(s.Dtype);
@@ -265,6 +276,20 @@ public sealed class Txt2ImgCommand : Command<Txt2ImgSettings>
             ? $"{written} latents computed, {skipped} already present → {Markup.Escape(tensorOut!)} ({RunFile} in {Markup.Escape(output)})"
             : $"{written} images written, {skipped} already present → {Markup.Escape(output)} (grid.png, {RunFile})");
         return 0;
+    }
+
+    /// <summary>"FILE" or "FILE:SCALE" (the scale after the last colon, when what precedes it is a file).</summary>
+    internal static (string File, double Scale) ParseLora(string spec)
+    {
+        int colon = spec.LastIndexOf(':');
+        if (colon > 0 && File.Exists(spec[..colon]))
+        {
+            string v = spec[(colon + 1)..];
+            return double.TryParse(v, System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out double sc) && double.IsFinite(sc)
+                ? (spec[..colon], sc)
+                : throw new PagSharpException($"--lora '{spec}': '{v}' is not a scale (a number such as 0.8)");
+        }
+        return File.Exists(spec) ? (spec, 1.0) : throw new PagSharpException($"--lora '{spec}': the file does not exist");
     }
 
     /// <summary>Prompt embeddings (and SDXL's pooled ones) for the run, from text or tensors, checked against the model.</summary>
@@ -599,6 +624,14 @@ public sealed class Txt2ImgCommand : Command<Txt2ImgSettings>
                 o["negative_aesthetic_score"] = m.NegativeAestheticScore;
             }
             o["denoising_end"] = s.DenoisingEnd;
+        }
+        if (s.Lora is { Length: > 0 })
+            o["lora"] = new JsonArray(s.Lora.Select(l => { var (f, sc) = ParseLora(l); return (JsonNode)new JsonObject { ["file"] = Path.GetFullPath(f), ["scale"] = sc }; }).ToArray());
+        if (sd.Folder.SingleFile is { } single)
+        {
+            o["single_file_family"] = single.Family.ToString();
+            o["config"] = Path.GetFullPath(sd.Folder.Root);
+            o["tokenizer"] = s.Tokenizer is null ? null : Path.GetFullPath(s.Tokenizer);
         }
         if (s is Img2ImgSettings e)
         {

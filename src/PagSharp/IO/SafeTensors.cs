@@ -43,6 +43,19 @@ public static class SafeTensors
         return ReadTensor(fs, header, entry, path);
     }
 
+    /// <summary>
+    /// Opens the file for reading tensors one at a time (the header is read once): for loading large checkpoints
+    /// without holding all of their tensors in memory at once.
+    /// </summary>
+    public static SafeTensorsReader OpenReader(string path)
+    {
+        var fs = Open(path);
+        try { return new SafeTensorsReader(fs, ReadHeader(fs, path), path); }
+        catch { fs.Dispose(); throw; }
+    }
+
+    internal static Tensor Read(FileStream fs, SafeTensorsHeader header, SafeTensorsEntry e, string path) => ReadTensor(fs, header, e, path);
+
     /// <summary>The tensor names of the file, in header order, without reading any tensor data.</summary>
     public static IReadOnlyList<string> ReadKeys(string path)
     {
@@ -157,4 +170,32 @@ public static class SafeTensors
     }
 
     private static FileStream Open(string path) => FileOpen.Read(path, "safetensors file");
+}
+
+/// <summary>A safetensors file open for reading single tensors (see <see cref="SafeTensors.OpenReader"/>).</summary>
+public sealed class SafeTensorsReader : IDisposable
+{
+    private readonly FileStream _fs;
+    private readonly SafeTensorsHeader _header;
+    private readonly Dictionary<string, SafeTensorsEntry> _entries;
+
+    internal SafeTensorsReader(FileStream fs, SafeTensorsHeader header, string path)
+    {
+        _fs = fs;
+        _header = header;
+        Path = path;
+        _entries = header.Entries.ToDictionary(e => e.Name, StringComparer.Ordinal);
+        Shapes = header.Entries.ToDictionary(e => e.Name, e => e.Shape, StringComparer.Ordinal);
+    }
+
+    public string Path { get; }
+
+    /// <summary>Every tensor's shape, by name.</summary>
+    public IReadOnlyDictionary<string, long[]> Shapes { get; }
+
+    /// <summary>The tensor named <paramref name="key"/> (CPU, the file's dtype); the caller owns it.</summary>
+    public Tensor Read(string key) => _entries.TryGetValue(key, out var e) ? SafeTensors.Read(_fs, _header, e, Path)
+        : throw new PagSharpException($"Safetensors file '{Path}' has no tensor '{key}'");
+
+    public void Dispose() => _fs.Dispose();
 }

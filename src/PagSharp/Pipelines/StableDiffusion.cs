@@ -51,9 +51,38 @@ public sealed partial class StableDiffusion : IDisposable
     public int DefaultSize => (Unet.Config.SampleSize ?? 64) * VaeScaleFactor;
 
     /// <summary>Loads the components <paramref name="needs"/> asks for and checks that they fit together.</summary>
-    public static StableDiffusion Load(string dir, SdComponents needs)
+    public static StableDiffusion Load(string dir, SdComponents needs) => Load(DiffusersFolder.Open(dir), needs);
+
+    /// <summary>
+    /// Loads an original single-file checkpoint (<c>.safetensors</c> or <c>.ckpt</c>; A1111/ComfyUI layout) with the
+    /// architecture from <paramref name="configDir"/> — a diffusers pipeline folder holding at least the configs, as
+    /// diffusers' <c>from_single_file(config=…)</c> — and the tokenizer(s) from <paramref name="tokenizerDir"/> (or the
+    /// config folder). The family (SD 1.x, 2.x, SDXL base/refiner, inpainting) is detected from the keys and must
+    /// match the configs; components the file lacks can be skipped with <paramref name="needs"/>.
+    /// </summary>
+    public static StableDiffusion LoadSingleFile(string file, string configDir, string? tokenizerDir, SdComponents needs)
     {
-        var folder = DiffusersFolder.Open(dir);
+        var single = SdSingleFile.Open(file);
+        try
+        {
+            var sd = Load(DiffusersFolder.ForSingleFile(single, configDir, tokenizerDir), needs);
+            sd._singleFile = single;
+            return sd;
+        }
+        catch
+        {
+            single.Dispose();
+            throw;
+        }
+    }
+
+    private SdSingleFile? _singleFile;
+
+    /// <summary>Loads the components <paramref name="needs"/> asks for from <paramref name="folder"/> and checks that they fit together.</summary>
+    public static StableDiffusion Load(DiffusersFolder folder, SdComponents needs)
+    {
+        string dir = folder.Root;
+
         // StableDiffusionPipeline forces steps_offset 1 and clip_sample false; the SDXL pipelines take the config as it is.
         var scheduler = folder.SchedulerConfig(pipelineFixups: !folder.IsXl);
         var controlScheduler = folder.SchedulerConfig(pipelineFixups: false);
@@ -101,7 +130,7 @@ public sealed partial class StableDiffusion : IDisposable
                 if (tok.MaxLength > te.Config.MaxPositionEmbeddings)
                     throw new PagSharpException($"the tokenizer's model_max_length {tok.MaxLength} exceeds the text encoder's max_position_embeddings {te.Config.MaxPositionEmbeddings}");
             }
-            var vaeConfig = vae?.Config ?? (folder.Has("vae") && File.Exists(Path.Combine(dir, "vae", "config.json")) ? folder.VaeConfig() : null);
+            var vaeConfig = vae?.Config ?? (File.Exists(Path.Combine(dir, "vae", "config.json")) && (folder.Has("vae") || folder.SingleFile is not null) ? folder.VaeConfig() : null);
             return new StableDiffusion
             {
                 Folder = folder, Unet = unet, Vae = vae, VaeConfig = vaeConfig, TextEncoder = te, Tokenizer = tok,
@@ -335,6 +364,7 @@ public sealed partial class StableDiffusion : IDisposable
 
     public void Dispose()
     {
+        _singleFile?.Dispose();
         Guide?.Dispose();
         Unet.Dispose();
         Vae?.Dispose();

@@ -46,6 +46,35 @@ public sealed class DiffusersFolder
         PipelineClass = pipelineClass;
     }
 
+    /// <summary>
+    /// The weights of an original single-file checkpoint, when the folder supplies only the configs (diffusers'
+    /// <c>from_single_file(config=…)</c>): components are built from the folder's configs and filled from the file.
+    /// </summary>
+    public SdSingleFile? SingleFile { get; private init; }
+
+    /// <summary>Where the tokenizer(s) come from for a single-file model: a folder with vocab.json and merges.txt, or a diffusers folder with tokenizer/ (and tokenizer_2/).</summary>
+    public string? TokenizerDir { get; private init; }
+
+    /// <summary>
+    /// A single-file model: <paramref name="configDir"/> is a diffusers pipeline folder holding (at least) the configs
+    /// — model_index.json, unet/config.json, scheduler/scheduler_config.json, and vae/, text_encoder/ configs for the
+    /// components the file carries; the weights come from <paramref name="file"/>.
+    /// </summary>
+    public static DiffusersFolder ForSingleFile(SdSingleFile file, string configDir, string? tokenizerDir)
+    {
+        var f = Open(configDir);
+        if (f.IsXl != file.IsXl)
+            throw new PagSharpException($"{file.Path} is a {file.Family} checkpoint but the configs in {configDir} are for {(f.IsXl ? "an SDXL" : "a Stable Diffusion 1.x/2.x")} pipeline ({f.PipelineClass})");
+        if (tokenizerDir is not null && !Directory.Exists(tokenizerDir)) throw new PagSharpException($"tokenizer folder '{tokenizerDir}' does not exist");
+        var result = new DiffusersFolder(configDir, f.PipelineClass)
+        {
+            IsXl = f.IsXl, ForceZerosForEmptyPrompt = f.ForceZerosForEmptyPrompt, RequiresAestheticsScore = f.RequiresAestheticsScore,
+            SingleFile = file, TokenizerDir = tokenizerDir,
+        };
+        foreach (var (k, v) in f._components) result._components[k] = v;
+        return result;
+    }
+
     public static DiffusersFolder Open(string dir)
     {
         if (!Directory.Exists(dir)) throw new PagSharpException($"model folder '{dir}' does not exist");
@@ -78,8 +107,16 @@ public sealed class DiffusersFolder
         return folder;
     }
 
-    /// <summary>The component is listed in model_index.json and its folder exists.</summary>
-    public bool Has(string component) => _components.GetValueOrDefault(component) is not null && Directory.Exists(Path.Combine(Root, component));
+    /// <summary>The component is listed in model_index.json and its folder exists (for a single-file model: its config folder, and the file holds it).</summary>
+    public bool Has(string component) => _components.GetValueOrDefault(component) is not null && Directory.Exists(Path.Combine(Root, component))
+        && (SingleFile is not { } f || component switch
+        {
+            "unet" => f.HasUnet,
+            "vae" => f.VaePrefix is not null,
+            "text_encoder" => (IsXl || f.Family is SdFamily.Sd1 or SdFamily.Sd1Inpainting ? f.ClipPrefix : f.OpenClipPrefix) is not null,
+            "text_encoder_2" => f.OpenClipPrefix is not null,
+            _ => true,
+        });
 
     /// <summary>The folder of a component; an error says why it is needed and what is missing.</summary>
     public string ComponentDir(string component, string neededFor)
@@ -98,7 +135,19 @@ public sealed class DiffusersFolder
     {
         string dir = ComponentDir("unet", "for every call");
         string cfg = Path.Combine(dir, "config.json");
+        if (SingleFile is { } f)
+        {
+            if (!f.HasUnet) throw new PagSharpException($"{f.Path} holds no UNet (model.diffusion_model.*), which every call needs");
+            return FromFile(new SdUNet(SdUNetConfig.Load(cfg)), f.LoadUnet);
+        }
         return SdLoader.LoadUNet(SdUNetConfig.Load(cfg), SdLoader.FindWeights(dir), cfg);
+    }
+
+    private static T FromFile<T>(T module, Action<T> load) where T : TorchSharp.torch.nn.Module
+    {
+        module.eval();
+        try { load(module); return module; }
+        catch { module.Dispose(); throw; }
     }
 
     public SdVaeConfig VaeConfig() => SdVaeConfig.Load(Path.Combine(ComponentDir("vae", "to decode images (use --output-type latent to skip it)"), "config.json"));
@@ -107,6 +156,7 @@ public sealed class DiffusersFolder
     {
         string dir = ComponentDir("vae", "to decode images (use --output-type latent to skip it)");
         string cfg = Path.Combine(dir, "config.json");
+        if (SingleFile is { } f) return FromFile(new AutoencoderKL(SdVaeConfig.Load(cfg)), f.LoadVae);
         return SdLoader.LoadVae(SdVaeConfig.Load(cfg), SdLoader.FindWeights(dir), cfg);
     }
 
@@ -114,11 +164,22 @@ public sealed class DiffusersFolder
     {
         string dir = ComponentDir("text_encoder", "to encode prompts (or give --prompt-embeds and --negative-prompt-embeds)");
         string cfg = Path.Combine(dir, "config.json");
+        if (SingleFile is { } f)
+            return FromFile(new ClipTextModel(ClipTextConfig.Load(cfg)), f.Family is SdFamily.Sd2 or SdFamily.Sd2Inpainting ? f.LoadOpenClip : f.LoadClip);
         return SdLoader.LoadTextEncoder(ClipTextConfig.Load(cfg), SdLoader.FindWeights(dir), cfg);
     }
 
-    public ClipTokenizer LoadTokenizer() =>
+    public ClipTokenizer LoadTokenizer() => TokenizerFor("tokenizer") ??
         ClipTokenizer.Load(ComponentDir("tokenizer", "to encode prompts (or give --prompt-embeds and --negative-prompt-embeds)"));
+
+    /// <summary>A single-file model's tokenizer: from <see cref="TokenizerDir"/> (its tokenizer/ or tokenizer_2/ when it is a pipeline folder), else the config folder's; an error names --tokenizer when neither has one.</summary>
+    private ClipTokenizer? TokenizerFor(string component)
+    {
+        if (SingleFile is null) return null;
+        foreach (var dir in new[] { TokenizerDir is null ? null : Path.Combine(TokenizerDir, component), TokenizerDir, Path.Combine(Root, component) })
+            if (dir is not null && File.Exists(Path.Combine(dir, "vocab.json"))) return ClipTokenizer.Load(dir);
+        throw new PagSharpException($"a single-file checkpoint carries no tokenizer: give --tokenizer DIR (a folder with the CLIP vocab.json and merges.txt, or a diffusers folder with {component}/), or give prompt embeddings instead of prompts");
+    }
 
     /// <summary>SDXL's second text encoder (CLIPTextModelWithProjection).</summary>
     public ClipTextModel LoadTextEncoder2()
@@ -126,11 +187,12 @@ public sealed class DiffusersFolder
         string dir = ComponentDir("text_encoder_2", "to encode prompts (or give --prompt-embeds, --pooled-prompt-embeds and their negatives)");
         string cfg = Path.Combine(dir, "config.json");
         var config = ClipTextConfig.Load(cfg) with { WithProjection = true };
+        if (SingleFile is { } f) return FromFile(new ClipTextModel(config), f.LoadOpenClip);
         return SdLoader.LoadTextEncoder(config, SdLoader.FindWeights(dir), cfg);
     }
 
     /// <summary>SDXL's second tokenizer (OpenCLIP's, padding with "!").</summary>
-    public ClipTokenizer LoadTokenizer2() =>
+    public ClipTokenizer LoadTokenizer2() => TokenizerFor("tokenizer_2") ??
         ClipTokenizer.Load(ComponentDir("tokenizer_2", "to encode prompts (or give --prompt-embeds, --pooled-prompt-embeds and their negatives)"));
 
     /// <summary>text_encoder_2/config.json's projection_dim: the width of the pooled embedding, null when the folder has no second encoder.</summary>
