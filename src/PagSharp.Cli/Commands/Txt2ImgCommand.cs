@@ -105,6 +105,15 @@ public sealed class Txt2ImgCommand : Command<Txt2ImgSettings>
         bool needVae = !latentOut || (editing && !imageIsLatents);
         using var sd = StableDiffusion.Load(folder, new SdComponents(Vae: needVae, TextEncoder: needText));
         using var imageOwner = imageTensor;
+        if (s.Embedding is { Length: > 0 } && !needText)
+            throw new PagSharpException("--embedding changes how prompts are encoded; give --prompt (with prompt embeddings it has nothing to do)");
+        foreach (var spec in s.Embedding ?? [])
+        {
+            int colon = spec.LastIndexOf(':');
+            var (file, token) = colon > 0 && File.Exists(spec[..colon]) ? (spec[..colon], spec[(colon + 1)..]) : (spec, (string?)null);
+            if (!File.Exists(file)) throw new PagSharpException($"--embedding '{spec}': the file does not exist");
+            AnsiConsole.MarkupLine($"embedding {Markup.Escape(Path.GetFileName(file))} → {Markup.Escape(sd.LoadEmbedding(file, token))}");
+        }
         foreach (var (file, scale) in (s.Lora ?? []).Select(ParseLora).ToList())
         {
             using var lora = SdLora.Load(file, sd.Unet, sd.TextEncoder, sd.TextEncoder2);
@@ -625,6 +634,7 @@ public sealed class Txt2ImgCommand : Command<Txt2ImgSettings>
             }
             o["denoising_end"] = s.DenoisingEnd;
         }
+        if (s.Embedding is { Length: > 0 }) o["embeddings"] = new JsonArray(s.Embedding.Select(e => (JsonNode)e).ToArray());
         if (s.Lora is { Length: > 0 })
             o["lora"] = new JsonArray(s.Lora.Select(l => { var (f, sc) = ParseLora(l); return (JsonNode)new JsonObject { ["file"] = Path.GetFullPath(f), ["scale"] = sc }; }).ToArray());
         if (sd.Folder.SingleFile is { } single)

@@ -19,6 +19,8 @@ public class Txt2ImgSettings : CommandSettings, IPerturbedBranchOptions
     public string? Tokenizer { get; init; }
     [CommandOption("--lora <FILE[[:SCALE]]>")][Description("A LoRA to merge into the UNet and text encoders (kohya/A1111 or diffusers/PEFT keys; repeatable), at SCALE (default 1), as diffusers' load_lora_weights + fuse_lora(lora_scale=SCALE).")]
     public string[]? Lora { get; init; }
+    [CommandOption("--embedding <FILE[[:TOKEN]]>")][Description("A textual-inversion embedding (A1111 emb_params, SDXL clip_l/clip_g, or diffusers format; repeatable) usable in prompts as TOKEN (default: the file name without extension), as diffusers' load_textual_inversion.")]
+    public string[]? Embedding { get; init; }
     [CommandOption("--prompt <TEXT>")][Description("The prompt (truncated to 77 CLIP tokens, with a warning).")]
     public string? Prompt { get; init; }
     [CommandOption("--negative-prompt <TEXT>")][Description("Negative prompt for CFG (default: the empty prompt).")]

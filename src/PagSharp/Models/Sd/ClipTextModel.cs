@@ -73,6 +73,22 @@ internal sealed class ClipEmbeddings : Module
         RegisterComponents();
     }
 
+    /// <summary>Rows of the token embedding (the vocabulary the encoder accepts).</summary>
+    public long VocabRows => token_embedding.weight!.shape[0];
+
+    /// <summary>Appends rows to the token embedding (textual inversion: one per new token); returns the first new id.</summary>
+    public long AppendTokens(Tensor vectors)
+    {
+        var w = token_embedding.weight!;
+        if (vectors.dim() != 2 || vectors.shape[1] != w.shape[1])
+            throw new PagSharpException($"embedding vectors have shape [{string.Join(",", vectors.shape)}]; this text encoder takes [n,{w.shape[1]}]");
+        long first = w.shape[0];
+        using var _ = no_grad();
+        var grown = cat(new[] { w.detach(), vectors.to_type(w.dtype) }, 0);
+        token_embedding.weight = new TorchSharp.Modules.Parameter(grown, requires_grad: false);
+        return first;
+    }
+
     public Tensor Forward(Tensor ids)
     {
         using var pos = arange(ids.shape[1], dtype: ScalarType.Int64, device: ids.device).unsqueeze(0);
@@ -199,6 +215,8 @@ internal sealed class ClipTextTransformer : Module
         RegisterComponents();
     }
 
+    public ClipEmbeddings Embeddings => embeddings;
+
     public Tensor Forward(Tensor ids, int layersToRun)
     {
         long s = ids.shape[1];
@@ -232,6 +250,12 @@ public sealed class ClipTextModel : Module
 #pragma warning restore IDE1006
 
     public ClipTextConfig Config { get; }
+
+    /// <summary>Appends token-embedding rows (textual inversion) and returns the id of the first; see <see cref="ClipTokenizer.AddToken"/>.</summary>
+    public long AppendTokens(Tensor vectors) => text_model.Embeddings.AppendTokens(vectors);
+
+    /// <summary>Rows of the token embedding.</summary>
+    public long VocabRows => text_model.Embeddings.VocabRows;
 
     /// <summary>A buffer older checkpoints carry (text_model.embeddings.position_ids = arange); dropped before loading.</summary>
     public const string PositionIdsKey = "text_model.embeddings.position_ids";

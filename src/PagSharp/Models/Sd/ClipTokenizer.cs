@@ -109,8 +109,53 @@ public sealed class ClipTokenizer
             special.GetValueOrDefault("pad_token", "<|endoftext|>"), special.GetValueOrDefault("unk_token", "<|endoftext|>"), maxLength);
     }
 
+    private readonly Dictionary<string, int[]> _added = new(StringComparer.OrdinalIgnoreCase);
+
+    /// <summary>
+    /// Adds a textual-inversion token of <paramref name="vectors"/> vectors, as diffusers' <c>load_textual_inversion</c>:
+    /// tokens <c>token</c>, <c>token_1</c> … <c>token_{n−1}</c> with the next free ids (transformers' <c>add_tokens</c>),
+    /// and <c>token</c> in a prompt stands for all n of them (<c>maybe_convert_prompt</c>). The text is split at added
+    /// tokens before BPE. Returns the ids.
+    /// </summary>
+    public int[] AddToken(string token, int vectors = 1)
+    {
+        if (string.IsNullOrWhiteSpace(token) || token.Any(char.IsWhiteSpace))
+            throw new PagSharpException($"token '{token}' must be non-empty and without spaces");
+        if (vectors < 1) throw new PagSharpException($"a textual-inversion embedding needs at least one vector (got {vectors})");
+        var names = Enumerable.Range(0, vectors).Select(i => i == 0 ? token : $"{token}_{i}").ToList();
+        foreach (var n in names)
+            if (_encoder.ContainsKey(n) || _added.ContainsKey(n))
+                throw new PagSharpException($"token '{n}' is already in the vocabulary; choose another name (e.g. <{token}>)");
+        int first = _encoder.Values.Max() + 1;
+        var ids = Enumerable.Range(first, vectors).ToArray();
+        for (int i = 0; i < vectors; i++)
+        {
+            _encoder[names[i]] = ids[i];
+            _decoder[ids[i]] = names[i];
+            _added[names[i]] = i == 0 ? ids : [ids[i]];
+        }
+        return ids;
+    }
+
     /// <summary>The prompt's token ids (no BOS/EOS, no truncation).</summary>
     public List<int> Tokenize(string text)
+    {
+        var ids = new List<int>();
+        if (_added.Count > 0)
+        {
+            // Added tokens first (longest first), then the text between them as usual.
+            var pattern = new Regex("(" + string.Join("|", _added.Keys.OrderByDescending(t => t.Length).Select(Regex.Escape)) + ")", RegexOptions.IgnoreCase | RegexOptions.CultureInvariant);
+            foreach (var part in pattern.Split(text))
+            {
+                if (_added.TryGetValue(part, out var hit)) ids.AddRange(hit);
+                else if (part.Length > 0) ids.AddRange(TokenizePlain(part));
+            }
+            return ids;
+        }
+        return TokenizePlain(text);
+    }
+
+    private List<int> TokenizePlain(string text)
     {
         var ids = new List<int>();
         foreach (Match m in Pattern.Matches(Clean(text)))
