@@ -19,21 +19,8 @@ public static class StateDictLoader
         var misShaped = own.Where(kv => weights.TryGetValue(kv.Key, out var w) && !w.shape.SequenceEqual(kv.Value.shape))
             .Select(kv => $"{kv.Key}: checkpoint {Shape(weights[kv.Key])}, model {Shape(kv.Value)}").ToList();
         if (missing.Count + unexpected.Count + misShaped.Count > 0)
-        {
-            var lines = new List<string> { $"{source} does not match the model ({own.Count} parameters expected, {weights.Count} in the file):" };
-            void Section(string title, List<string> items)
-            {
-                if (items.Count == 0) return;
-                lines.Add($"  {title} ({items.Count}):");
-                lines.AddRange(items.Take(40).Select(i => "    " + i));
-                if (items.Count > 40) lines.Add($"    … and {items.Count - 40} more");
-            }
-            Section("missing keys", missing);
-            Section("unexpected keys", unexpected);
-            Section("shape mismatches", misShaped);
-            if (hint is not null) lines.Add(hint);
-            throw new PagSharpException(string.Join(Environment.NewLine, lines));
-        }
+            throw Mismatch($"{source} does not match the model ({own.Count} parameters expected, {weights.Count} in the file):",
+                [("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", misShaped)], hint);
         using var _ = no_grad();
         foreach (var (key, target) in own)
         {
@@ -42,6 +29,21 @@ public static class StateDictLoader
                 throw new PagSharpException($"{source}: tensor '{key}' has dtype {w.dtype}, expected a floating-point tensor");
             target.copy_(w.to_type(target.dtype));
         }
+    }
+
+    /// <summary>The error for a checkpoint that does not fit: a header line, then each non-empty section (at most 40 items each), then the hint.</summary>
+    public static PagSharpException Mismatch(string header, IEnumerable<(string Title, List<string> Items)> sections, string? hint = null)
+    {
+        var lines = new List<string> { header };
+        foreach (var (title, items) in sections)
+        {
+            if (items.Count == 0) continue;
+            lines.Add($"  {title} ({items.Count}):");
+            lines.AddRange(items.Take(40).Select(i => "    " + i));
+            if (items.Count > 40) lines.Add($"    … and {items.Count - 40} more");
+        }
+        if (hint is not null) lines.Add(hint);
+        return new PagSharpException(string.Join(Environment.NewLine, lines));
     }
 
     /// <summary>

@@ -218,21 +218,9 @@ public sealed class SdSingleFile : IDisposable
         var used = plan.Values.Select(s => s.Key).ToHashSet(StringComparer.Ordinal);
         var unused = Shapes.Keys.Where(k => k.StartsWith(prefix, StringComparison.Ordinal) && !used.Contains(k) && !(ignore?.Invoke(k) ?? false)).ToList();
         if (missing.Count + misShaped.Count + unused.Count > 0)
-        {
-            var lines = new List<string> { $"{Path}: the {what} ({prefix}*) does not match the model config ({own.Count} tensors expected):" };
-            void Section(string title, List<string> items)
-            {
-                if (items.Count == 0) return;
-                lines.Add($"  {title} ({items.Count}):");
-                lines.AddRange(items.Take(30).Select(i => "    " + i));
-                if (items.Count > 30) lines.Add($"    … and {items.Count - 30} more");
-            }
-            Section("missing keys", missing);
-            Section("shape mismatches", misShaped);
-            Section("keys left over", unused);
-            lines.Add($"The file was detected as {Family}; if that is wrong or the model is non-standard, give its diffusers configs with --config DIR.");
-            throw new PagSharpException(string.Join(Environment.NewLine, lines));
-        }
+            throw StateDictLoader.Mismatch($"{Path}: the {what} ({prefix}*) does not match the model config ({own.Count} tensors expected):",
+                [("missing keys", missing), ("shape mismatches", misShaped), ("keys left over", unused)],
+                $"The file was detected as {Family}; if that is wrong or the model is non-standard, give its diffusers configs with --config DIR.");
         using var _ = no_grad();
         foreach (var (key, target) in own)
         {
