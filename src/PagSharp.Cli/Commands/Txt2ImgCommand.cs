@@ -120,6 +120,7 @@ public sealed class Txt2ImgCommand : Command<Txt2ImgSettings>
             var merged = lora.Merge(scale, sd.Unet, sd.TextEncoder, sd.TextEncoder2);
             AnsiConsole.MarkupLine($"LoRA {Markup.Escape(Path.GetFileName(file))} merged at scale {scale.ToString(System.Globalization.CultureInfo.InvariantCulture)}: {merged.Count} weights");
         }
+        if (sd.Vae is not null) sd.Vae.Tiling = s.VaeTiling;
         string scheduler = s.Scheduler ?? sd.Folder.NativeSchedulerName ?? "ddim";
         sd.KarrasSigmas = s.KarrasSigmas;
         var computeType = ComputeType.Parse(s.Dtype);
@@ -634,6 +635,7 @@ public sealed class Txt2ImgCommand : Command<Txt2ImgSettings>
             }
             o["denoising_end"] = s.DenoisingEnd;
         }
+        if (s.VaeTiling) o["vae_tiling"] = true;
         if (s.Embedding is { Length: > 0 }) o["embeddings"] = new JsonArray(s.Embedding.Select(e => (JsonNode)e).ToArray());
         if (s.Lora is { Length: > 0 })
             o["lora"] = new JsonArray(s.Lora.Select(l => { var (f, sc) = ParseLora(l); return (JsonNode)new JsonObject { ["file"] = Path.GetFullPath(f), ["scale"] = sc }; }).ToArray());

@@ -21,6 +21,8 @@ public class Txt2ImgSettings : CommandSettings, IPerturbedBranchOptions
     public string[]? Lora { get; init; }
     [CommandOption("--embedding <FILE[[:TOKEN]]>")][Description("A textual-inversion embedding (A1111 emb_params, SDXL clip_l/clip_g, or diffusers format; repeatable) usable in prompts as TOKEN (default: the file name without extension), as diffusers' load_textual_inversion.")]
     public string[]? Embedding { get; init; }
+    [CommandOption("--vae-tiling")][Description("Encode and decode images larger than the VAE's sample_size in overlapping tiles (diffusers' enable_tiling): memory bounded by the tile, small seam differences.")]
+    public bool VaeTiling { get; init; }
     [CommandOption("--prompt <TEXT>")][Description("The prompt (truncated to 77 CLIP tokens, with a warning).")]
     public string? Prompt { get; init; }
     [CommandOption("--negative-prompt <TEXT>")][Description("Negative prompt for CFG (default: the empty prompt).")]

@@ -162,11 +162,84 @@ public sealed class AutoencoderKL : Module
         RegisterComponents();
     }
 
+    /// <summary>
+    /// diffusers' <c>enable_tiling()</c>: images larger than a tile (the config's sample_size, in pixels; its
+    /// 2^(levels−1)-th part in latents) are encoded and decoded in tiles overlapping by a quarter, blended linearly
+    /// across the overlap — memory bounded by the tile size instead of the image, at the price of small seam
+    /// differences. Off by default.
+    /// </summary>
+    public bool Tiling { get; set; }
+
+    /// <summary>Tile size in pixels (diffusers' tile_sample_min_size): sample_size, 512 when the config has none.</summary>
+    public int TileSampleSize => Config.SampleSize ?? 512;
+
+    /// <summary>Tile size in latents (diffusers' tile_latent_min_size).</summary>
+    public int TileLatentSize => TileSampleSize / (1 << (Config.BlockOutChannels.Length - 1));
+
+    private const double TileOverlap = 0.25;
+
     /// <summary>The raw moments quant_conv(encoder(x)) [B, 2·latent, h, w] for images x in [−1, 1].</summary>
     public Tensor Moments(Tensor x)
     {
+        if (Tiling && (x.shape[^1] > TileSampleSize || x.shape[^2] > TileSampleSize))
+            return Tiled(x, TileSampleSize, TileLatentSize, t => EncodeTile(t));
+        return EncodeTile(x);
+    }
+
+    private Tensor EncodeTile(Tensor x)
+    {
         var h = encoder.forward(x);
         return quant_conv is null ? h : quant_conv.forward(h);
+    }
+
+    /// <summary>
+    /// diffusers' <c>_tiled_encode</c> / <c>tiled_decode</c>: tiles of <paramref name="inTile"/> every
+    /// inTile·(1 − ¼) input pixels, each blended with its upper and left neighbour over outTile·¼ rows/columns
+    /// (weights y/extent), then cropped to outTile − extent and concatenated.
+    /// </summary>
+    private static Tensor Tiled(Tensor x, int inTile, int outTile, Func<Tensor, Tensor> run)
+    {
+        using var scope = NewDisposeScope();
+        int step = (int)(inTile * (1 - TileOverlap));
+        int extent = (int)(outTile * TileOverlap), limit = outTile - extent;
+        var rows = new List<List<Tensor>>();
+        for (long i = 0; i < x.shape[2]; i += step)
+        {
+            var row = new List<Tensor>();
+            for (long j = 0; j < x.shape[3]; j += step)
+                row.Add(run(x[.., .., (int)i..(int)Math.Min(i + inTile, x.shape[2]), (int)j..(int)Math.Min(j + inTile, x.shape[3])]));
+            rows.Add(row);
+        }
+        var resultRows = new List<Tensor>();
+        for (int i = 0; i < rows.Count; i++)
+        {
+            var parts = new List<Tensor>();
+            for (int j = 0; j < rows[i].Count; j++)
+            {
+                var tile = rows[i][j];
+                if (i > 0) tile = Blend(rows[i - 1][j], tile, extent, 2);
+                if (j > 0) tile = Blend(rows[i][j - 1], tile, extent, 3);
+                rows[i][j] = tile;
+                parts.Add(tile[.., .., ..(int)Math.Min(limit, tile.shape[2]), ..(int)Math.Min(limit, tile.shape[3])]);
+            }
+            resultRows.Add(cat(parts.ToArray(), 3));
+        }
+        return cat(resultRows.ToArray(), 2).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>diffusers' blend_v (dim 2) / blend_h (dim 3): the first rows of b fade in from the last rows of a.</summary>
+    private static Tensor Blend(Tensor a, Tensor b, int extent, int dim)
+    {
+        int e = (int)Math.Min(Math.Min(a.shape[dim], b.shape[dim]), extent);
+        if (e <= 0) return b;
+        b = b.clone();
+        for (int y = 0; y < e; y++)
+        {
+            var av = a.narrow(dim, a.shape[dim] - e + y, 1);
+            var bv = b.narrow(dim, y, 1);
+            bv.copy_(av * (1 - (double)y / e) + bv * ((double)y / e));
+        }
+        return b;
     }
 
     /// <summary><c>vae.encode(x).latent_dist</c>: mean and clamped log-variance.</summary>
@@ -176,8 +249,15 @@ public sealed class AutoencoderKL : Module
         return new LatentDistribution(parts[0], parts[1].clamp(-30.0, 20.0));
     }
 
-    /// <summary><c>vae.decode(z).sample</c>: decoder(post_quant_conv(z)), images ≈ [−1, 1].</summary>
-    public Tensor Decode(Tensor z) => decoder.forward(post_quant_conv is null ? z : post_quant_conv.forward(z));
+    /// <summary><c>vae.decode(z).sample</c>: decoder(post_quant_conv(z)), images ≈ [−1, 1] (in tiles with <see cref="Tiling"/>).</summary>
+    public Tensor Decode(Tensor z)
+    {
+        if (Tiling && (z.shape[^1] > TileLatentSize || z.shape[^2] > TileLatentSize))
+            return Tiled(z, TileLatentSize, TileSampleSize, DecodeTile);
+        return DecodeTile(z);
+    }
+
+    private Tensor DecodeTile(Tensor z) => decoder.forward(post_quant_conv is null ? z : post_quant_conv.forward(z));
 
     /// <summary>What SD pipelines do with final latents: decode(latents / scaling_factor) (a float32 division).</summary>
     public Tensor DecodeLatents(Tensor latents) => Decode(latents / (float)Config.ScalingFactor);
