@@ -103,7 +103,8 @@ public sealed class Txt2ImgCommand : Command<Txt2ImgSettings>
         Tensor? imageTensor = editing && IsTensorSpec(e!.Image!) ? LoadImageTensor(e.Image!) : null;
         bool imageIsLatents = imageTensor is not null && imageTensor.shape[1] != 3;
         bool needVae = !latentOut || (editing && !imageIsLatents);
-        using var sd = StableDiffusion.Load(folder, new SdComponents(Vae: needVae, TextEncoder: needText));
+        var computeType = ComputeType.Parse(s.Dtype);
+        using var sd = StableDiffusion.Load(folder, new SdComponents(Vae: needVae, TextEncoder: needText, UnetType: computeType));
         using var imageOwner = imageTensor;
         if (s.Embedding is { Length: > 0 } && !needText)
             throw new PagSharpException("--embedding changes how prompts are encoded; give --prompt (with prompt embeddings it has nothing to do)");
@@ -123,8 +124,7 @@ public sealed class Txt2ImgCommand : Command<Txt2ImgSettings>
         if (sd.Vae is not null) sd.Vae.Tiling = s.VaeTiling;
         string scheduler = s.Scheduler ?? sd.Folder.NativeSchedulerName ?? "ddim";
         sd.KarrasSigmas = s.KarrasSigmas;
-        var computeType = ComputeType.Parse(s.Dtype);
-        ComputeType.Apply(sd.Unet, computeType);
+        ComputeType.Apply(sd.Unet, computeType); // already in that type: built so by the loader
         if (s.GuidanceModel is not null)
         {
             sd.LoadGuide(s.GuidanceModel);

@@ -12,7 +12,9 @@ namespace PagSharp.Pipelines;
 /// <summary>What a Stable Diffusion call needs from the folder.</summary>
 /// <param name="Vae">Decode to pixels.</param>
 /// <param name="TextEncoder">Encode prompts (tokenizer and text encoder).</param>
-public sealed record SdComponents(bool Vae, bool TextEncoder);
+/// <param name="UnetType">The type the U-Net's weights are held and computed in (float32, bfloat16, float16): built
+/// in that type and filled from the file without a float32 copy, so fp16 files stay half-sized in memory.</param>
+public sealed record SdComponents(bool Vae, bool TextEncoder, ScalarType UnetType = ScalarType.Float32);
 
 /// <summary>
 /// The loaded components of a diffusers Stable Diffusion folder and the text-to-image steps of diffusers'
@@ -91,7 +93,7 @@ public sealed partial class StableDiffusion : IDisposable
         ClipTextModel? te = null, te2 = null;
         try
         {
-            unet = folder.LoadUnet();
+            unet = folder.LoadUnet(needs.UnetType);
             ClipTokenizer? tok = null;
             if (needs.Vae)
             {

@@ -131,16 +131,18 @@ public sealed class DiffusersFolder
 
     public SdUNetConfig UnetConfig() => SdUNetConfig.Load(Path.Combine(ComponentDir("unet", "for every call"), "config.json"));
 
-    public SdUNet LoadUnet()
+    /// <summary>The UNet, its weights held in <paramref name="dtype"/> (default float32; see <see cref="SdLoader.Create"/>).</summary>
+    public SdUNet LoadUnet(TorchSharp.torch.ScalarType dtype = TorchSharp.torch.ScalarType.Float32)
     {
         string dir = ComponentDir("unet", "for every call");
         string cfg = Path.Combine(dir, "config.json");
         if (SingleFile is { } f)
         {
             if (!f.HasUnet) throw new PagSharpException($"{f.Path} holds no UNet (model.diffusion_model.*), which every call needs");
-            return FromFile(new SdUNet(SdUNetConfig.Load(cfg)), f.LoadUnet);
+            var config = SdUNetConfig.Load(cfg);
+            return FromFile(SdLoader.Create(() => new SdUNet(config), dtype), f.LoadUnet);
         }
-        return SdLoader.LoadUNet(SdUNetConfig.Load(cfg), SdLoader.FindWeights(dir), cfg);
+        return SdLoader.LoadUNet(SdUNetConfig.Load(cfg), SdLoader.FindWeights(dir), cfg, dtype);
     }
 
     private static T FromFile<T>(T module, Action<T> load) where T : TorchSharp.torch.nn.Module

@@ -77,8 +77,22 @@ public static class SdLoader
         return module;
     }
 
-    public static SdUNet LoadUNet(SdUNetConfig config, string file, string configPath = "the UNet config") =>
-        Load(new SdUNet(config), file, configPath);
+    public static SdUNet LoadUNet(SdUNetConfig config, string file, string configPath = "the UNet config", ScalarType? dtype = null) =>
+        Load(Create(() => new SdUNet(config), dtype ?? ScalarType.Float32), file, configPath);
+
+    /// <summary>
+    /// Builds a module with its parameters created in <paramref name="dtype"/> (torch's default dtype for the duration),
+    /// so that a half-precision model never exists as a float32 copy.
+    /// </summary>
+    public static T Create<T>(Func<T> build, ScalarType dtype) where T : nn.Module
+    {
+        if (dtype == ScalarType.Float32) return build();
+        if (dtype is not (ScalarType.Float16 or ScalarType.BFloat16)) throw new PagSharpException($"weights can be held in float32, float16 or bfloat16 (got {dtype})");
+        var previous = get_default_dtype();
+        set_default_dtype(dtype);
+        try { return build(); }
+        finally { set_default_dtype(previous); }
+    }
 
     public static SdControlNet LoadControlNet(ControlNetConfig config, string file, string configPath = "the ControlNet config") =>
         Load(new SdControlNet(config), file, configPath, w => w.Keys.Any(k => k.StartsWith("control_model.", StringComparison.Ordinal))
