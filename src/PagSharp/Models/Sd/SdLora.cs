@@ -19,7 +19,8 @@ public sealed record LoraUpdate(string Component, string Target, Tensor Down, Te
 /// A LoRA file for Stable Diffusion (SD 1.x/2.x, SDXL): kohya / A1111 keys (<c>lora_unet_*</c>, <c>lora_te_*</c>,
 /// <c>lora_te1_*</c>/<c>lora_te2_*</c> for SDXL; <c>.lora_down</c>/<c>.lora_up</c>/<c>.alpha</c>; module paths in diffusers
 /// or original LDM naming with dots written as underscores; LoCon convolutions), diffusers/PEFT keys
-/// (<c>unet.….lora_A.weight</c>/<c>lora_B.weight</c>, <c>text_encoder.…</c>) and older diffusers keys
+/// (<c>unet.….lora_A.weight</c>/<c>lora_B.weight</c>, <c>text_encoder.…</c>; alpha from the file's
+/// <c>lora_adapter_metadata</c>) and older diffusers keys
 /// (<c>….lora.down.weight</c>/<c>lora.up.weight</c>, <c>processor.to_q_lora.down.weight</c>). Every key must resolve to
 /// a layer of the model (layers of a text encoder passed as null are skipped); the ones that do not are listed in the error.
 /// </summary>
@@ -40,13 +41,43 @@ public sealed class SdLora : IDisposable
         var w = StateDicts.Load(path);
         try
         {
-            return new SdLora(path, Resolve(w, path, unet, textEncoder, textEncoder2));
+            var updates = Resolve(w, path, unet, textEncoder, textEncoder2);
+            return new SdLora(path, ApplyPeftAlphas(updates, path));
         }
         finally
         {
             // Resolve keeps (aliases of) the tensors it uses; the loaded dictionary itself is released here.
             foreach (var t in w.Values) t.Dispose();
         }
+    }
+
+    /// <summary>
+    /// PEFT files saved by diffusers keep alpha in the safetensors metadata (<c>lora_adapter_metadata</c>: per component
+    /// <c>lora_alpha</c>, and <c>alpha_pattern</c> for single modules), not as tensors: updates without an alpha get it
+    /// from there, as diffusers' load_lora_weights does.
+    /// </summary>
+    private static List<LoraUpdate> ApplyPeftAlphas(List<LoraUpdate> updates, string path)
+    {
+        if (!path.EndsWith(".safetensors", StringComparison.OrdinalIgnoreCase)) return updates;
+        if (!SafeTensors.ReadMetadata(path).TryGetValue("lora_adapter_metadata", out var json)) return updates;
+        System.Text.Json.JsonElement meta;
+        try { meta = System.Text.Json.JsonDocument.Parse(json).RootElement.Clone(); }
+        catch (System.Text.Json.JsonException e) { throw new PagSharpException($"{path}: lora_adapter_metadata is not valid JSON ({e.Message})"); }
+        if (meta.ValueKind != System.Text.Json.JsonValueKind.Object) return updates;
+        float? Number(string key) => meta.TryGetProperty(key, out var v) && v.ValueKind == System.Text.Json.JsonValueKind.Number ? (float)v.GetDouble() : null;
+        return updates.Select(u =>
+        {
+            if (u.Alpha is not null) return u;
+            float? alpha = Number(u.Component + ".lora_alpha");
+            if (meta.TryGetProperty(u.Component + ".alpha_pattern", out var pattern) && pattern.ValueKind == System.Text.Json.JsonValueKind.Object)
+            {
+                string module = u.Target[..^".weight".Length];
+                foreach (var p in pattern.EnumerateObject())
+                    if ((module == p.Name || module.EndsWith("." + p.Name, StringComparison.Ordinal)) && p.Value.ValueKind == System.Text.Json.JsonValueKind.Number)
+                        alpha = (float)p.Value.GetDouble();
+            }
+            return alpha is null ? u : u with { Alpha = alpha };
+        }).ToList();
     }
 
     private sealed record Group(string Name)

@@ -46,14 +46,22 @@ public sealed class SdSingleFile : IDisposable
     public IReadOnlyDictionary<string, long[]> Shapes { get; }
     public SdFamily Family { get; }
 
-    private SdSingleFile(string path, SafeTensorsReader? reader, Dictionary<string, Tensor>? all)
+    private SdSingleFile(string path, SafeTensorsReader? reader, Dictionary<string, Tensor>? all, IReadOnlyDictionary<string, long[]>? shapes = null)
     {
         Path = path;
         _reader = reader;
         _all = all;
-        Shapes = reader?.Shapes ?? all!.ToDictionary(kv => kv.Key, kv => kv.Value.shape, StringComparer.Ordinal);
+        Shapes = shapes ?? reader?.Shapes ?? all!.ToDictionary(kv => kv.Key, kv => kv.Value.shape, StringComparer.Ordinal);
         Family = Detect(Shapes, path);
     }
+
+    /// <summary>
+    /// A checkpoint known by its key → shape list only (no data): the <c>Load…</c> methods then check the mapping and
+    /// shapes against a module (e.g. one built on the meta device) and stop before copying.
+    /// </summary>
+    public static SdSingleFile FromShapes(IReadOnlyDictionary<string, long[]> shapes, string name = "the key list") => new(name, null, null, shapes);
+
+    private bool ShapesOnly => _reader is null && _all is null;
 
     /// <summary>Opens a checkpoint (no tensor data is read from a safetensors file yet) and detects its family.</summary>
     public static SdSingleFile Open(string path)
@@ -221,6 +229,7 @@ public sealed class SdSingleFile : IDisposable
             throw StateDictLoader.Mismatch($"{Path}: the {what} ({prefix}*) does not match the model config ({own.Count} tensors expected):",
                 [("missing keys", missing), ("shape mismatches", misShaped), ("keys left over", unused)],
                 $"The file was detected as {Family}; if that is wrong or the model is non-standard, give its diffusers configs with --config DIR.");
+        if (ShapesOnly) return;
         using var _ = no_grad();
         foreach (var (key, target) in own)
         {
