@@ -61,6 +61,16 @@ public sealed class SingleFileParityTests
     }
 
     [Fact]
+    public void ACkptFile_ReadByTheSafeUnpickler_LoadsTheSameWeights()
+    {
+        // sd15_unet_only.ckpt: torch.save({"state_dict": …, "global_step": 1}) of the safetensors file's tensors (README §13).
+        string dir = Fixtures.Path("sd_edit_tiny", "img2img");
+        using var a = StableDiffusion.LoadSingleFile(File_("sd15_unet_only.safetensors"), dir, null, new SdComponents(false, false));
+        using var b = StableDiffusion.LoadSingleFile(File_("sd15_unet_only.ckpt"), dir, null, new SdComponents(false, false));
+        AssertSameWeights(a.Unet.state_dict(), b.Unet.state_dict(), ".ckpt");
+    }
+
+    [Fact]
     public void TheCli_RunsASingleFile_AsItsFolder()
     {
         using var dir = new TempDir();
