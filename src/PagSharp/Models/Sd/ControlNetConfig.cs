@@ -115,13 +115,16 @@ public sealed record ControlNetConfig
     }
 
     /// <summary>
-    /// Checks that this ControlNet's residuals fit <paramref name="unet"/>: the same latent channels, cross-attention
+    /// Checks that this ControlNet's residuals fit <paramref name="unet"/>: the same latent channels (the UNet's
+    /// out_channels, which an inpainting UNet's in_channels exceed), cross-attention
     /// width, levels and residual channels. <paramref name="source"/> names the ControlNet config in the error.
     /// </summary>
     public void CheckFits(SdUNetConfig unet, string source, string unetSource = "the UNet config")
     {
         void Require(bool ok, string msg) { if (!ok) throw new PagSharpException($"{source}: {msg}; this ControlNet does not belong to the UNet ({unetSource})"); }
-        Require(InChannels == unet.InChannels, $"in_channels {InChannels} but the UNet's latents have {unet.InChannels} channels");
+        // The ControlNet sees the latents only (out_channels of the UNet): a 9-channel inpainting UNet gets the mask and
+        // masked-image latents appended after the ControlNet, as diffusers' ControlNet inpainting pipelines do.
+        Require(InChannels == unet.OutChannels, $"in_channels {InChannels} but the UNet's latents have {unet.OutChannels} channels");
         Require(CrossAttentionDim[0] == unet.CrossAttentionDim[0], $"cross_attention_dim {CrossAttentionDim[0]} but the UNet's is {unet.CrossAttentionDim[0]}");
         Require(BlockOutChannels.Length == unet.BlockOutChannels.Length,
             $"{BlockOutChannels.Length} down blocks but the UNet has {unet.BlockOutChannels.Length}");
