@@ -191,6 +191,23 @@ public sealed class SingleFileParityTests
         SdFixtures.AssertRelative(cases["te.last_hidden_state_fused_lora"], h, 1e-5, "text encoder with the fused LoRA");
     }
 
+    [Theory]
+    [InlineData("sd15_lora_peft.safetensors", "pipe.i2i_rgb_s06_lora.final")]
+    [InlineData("sd15_lora_kohya.safetensors", "pipe.i2i_rgb_s06_lora.final")]
+    [InlineData("sd15_locon_kohya.safetensors", "pipe.i2i_rgb_s06_locon.final")]
+    public void PagImg2Img_WithLora_ThroughTheCli_MatchesDiffusers(string file, string key)
+    {
+        using var dir = new TempDir();
+        string cases = Fixtures.Path("sd_edit_tiny", "cases.safetensors"), t = dir.File("out.npy");
+        var (exit, log) = Pag.Run("img2img", "--model", Fixtures.Path("sd_edit_tiny", "img2img"), "--lora", Lora(file) + ":0.8",
+            "--prompt-embeds", cases + ":run_in.prompt_embeds", "--negative-prompt-embeds", cases + ":run_in.negative_prompt_embeds",
+            "--image", cases + ":edit_in.image_rgb", "--strength", "0.6", "--steps", "5", "--scheduler", "ddim", "--guidance-scale", "5",
+            "--pag-scale", "3", "--seed", "11", "--count", "2", "--output-type", "latent", "--save-tensor", t, "--output", dir.File("o"));
+        Assert.True(exit == 0, log);
+        using var actual = Npy.Load(t);
+        SdFixtures.AssertRelative(SafeTensors.Load(Lora("cases.safetensors"))[key], actual, 1e-4, $"pag img2img --lora {file}");
+    }
+
     [Fact]
     public void TextualInversion_EncodesAsDiffusers()
     {
