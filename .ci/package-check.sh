@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Packs PagSharp (the library) and PagSharp.Cli (the `pag` dotnet tool) into a local folder feed and uses them as a user
-# would: installs the tool into a temporary tool path and runs `pag sample`, `pag layers` and `pag eval` from it, then
+# would: installs the tool into a temporary tool path and runs `pag sample`, `pag layers`, `pag eval` and `pag serve` (its
+# page and one job over HTTP) from it, then
 # builds and runs samples/QuickStart against the library package. Called by .ci/run after the tests; runs alone too:
 #   bash .ci/package-check.sh            (PAGSHARP_KEEP_WORK=1 keeps the temporary folder and prints it)
 # Takes about two minutes on a 2-core machine whose NuGet cache already holds TorchSharp-cpu (the tests' restore).
@@ -13,6 +14,7 @@ repo=$PWD
 missing=()
 command -v unzip >/dev/null 2>&1 || missing+=(unzip)
 command -v readelf >/dev/null 2>&1 || missing+=(binutils)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
 if ((${#missing[@]})); then apt-get update -q && apt-get install -y -q "${missing[@]}"; fi
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/pagsharp-package-check.XXXXXX")
@@ -90,6 +92,35 @@ cat "$work/layers.txt"
 grep -q 'middle_block' "$work/layers.txt" || fail "pag layers listed no middle_block layer"
 # The classifier that ships with the tool (features for FID etc.); the 4 samples against themselves.
 "$pag" eval --generated "$work/out" --reference "$work/out" --splits 2
+
+step "pag serve from the installed tool: its page (inside pag.dll) and one job"
+"$pag" serve --port 0 --threads 1 --output "$work/serve" > "$work/serve.log" 2>&1 &
+serve_pid=$!
+serve_fail() { kill -TERM "$serve_pid" 2>/dev/null || true; cat "$work/serve.log" >&2; fail "$@"; }
+url=
+for _ in $(seq 1 150); do
+  url=$(grep -o 'http://127\.0\.0\.1:[0-9]*' "$work/serve.log" | head -n 1 || true)
+  [[ -n "$url" ]] && break
+  sleep 0.2
+done
+[[ -n "$url" ]] || serve_fail "pag serve printed no URL"
+page=$(curl -fsS "$url/") && grep -q '<script src="/app.js"' <<< "$page" || serve_fail "pag serve's page is not in the tool package"
+script=$(curl -fsS "$url/app.js") && grep -q 'EventSource' <<< "$script" || serve_fail "pag serve's app.js is not in the tool package"
+job=$(curl -fsS -X POST -H 'Content-Type: application/json' -d '{"count": 2, "steps": 5, "methods": ["none", "pag:2"]}' "$url/api/jobs") \
+  || serve_fail "POST /api/jobs failed"
+id=$(printf '%s' "$job" | grep -o '"id":"[0-9a-f]*"' | head -n 1 | cut -d'"' -f4)
+status=
+for _ in $(seq 1 300); do
+  status=$(curl -fsS "$url/api/jobs/$id" | grep -o '"status":"[a-z]*"' | head -n 1 | cut -d'"' -f4)
+  [[ "$status" == succeeded || "$status" == failed || "$status" == cancelled ]] && break
+  sleep 0.2
+done
+[[ "$status" == succeeded ]] || serve_fail "pag serve's job $id ended as '$status'"
+curl -fsS -o "$work/serve-grid.png" "$url/api/jobs/$id/files/grid.png" || serve_fail "grid.png of job $id did not download"
+[[ -s "$work/serve/$id/grid.png" && -s "$work/serve/$id/run.json" ]] || serve_fail "job $id left no grid.png / run.json in $work/serve/$id"
+kill -TERM "$serve_pid"
+wait "$serve_pid" || fail "pag serve did not stop cleanly: $(cat "$work/serve.log")"
+echo "pag serve: job $id succeeded; $(ls "$work/serve/$id" | wc -l) files"
 cd "$repo"
 
 step "build and run samples/QuickStart against the PagSharp package"

@@ -41,6 +41,7 @@ public static class App
             Add<TrainCommand>(c, commands, "train").WithDescription("Train an ADM U-Net (improved-DDPM hybrid loss, EMA, checkpoints, resume).");
             Add<EvalCommand>(c, commands, "eval").WithDescription("FID, Inception Score, precision and recall of generated images against a reference set or saved statistics.");
             Add<SweepCommand>(c, commands, "sweep").WithDescription("Run a plan of sampling configurations, evaluate each (FID, IS, precision, recall) and write a report with tables, grids and charts.");
+            Add<ServeCommand>(c, commands, "serve").WithDescription("A local web page (and JSON API) to compare guidance methods side by side: rows = seeds, columns = none / CFG / PAG / SAG / SEG / SLG / APG / CFG-Zero*.");
             Add<TrainClassifierCommand>(c, commands, "train-classifier").WithDescription("Train the MNIST classifier that pag eval uses as its feature network.");
             c.SetExceptionHandler((ex, _) =>
             {

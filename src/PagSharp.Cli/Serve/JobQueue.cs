@@ -146,7 +146,7 @@ public sealed class JobQueue : IDisposable
         lock (_lock)
         {
             if (job.IsFinished || job.Finalizing)
-                throw new ServeError(409, $"job {job.Id} has already {(job.Finalizing ? "finished" : job.Status.ToString().ToLowerInvariant())}; nothing to cancel");
+                throw new ServeError(409, $"job {job.Id} has already {(job.IsFinished ? job.Status.ToString().ToLowerInvariant() : "finished")}; nothing to cancel");
             if (job.Status == JobStatus.Queued)
             {
                 _waiting.Remove(job);
@@ -321,7 +321,7 @@ public sealed class JobQueue : IDisposable
             {
                 job.Status = cancelled ? JobStatus.Cancelled : JobStatus.Failed;
                 job.Error = cancelled ? null
-                    : e is PagSharpException or ServeError ? FlagNames.Translate(e.Message)
+                    : e is PagSharpException or ServeError ? e.Message
                     : $"internal error ({e.GetType().Name}): {e.Message}";
             }
             _log(cancelled ? $"job {job.Id}: cancelled" : $"job {job.Id}: failed: {(e is PagSharpException ? e.Message : e.ToString())}");

@@ -54,6 +54,8 @@ public sealed class JobRunner(ModelRegistry models) : IJobRunner
                     SdServeModel sd => SampleSd(models.Acquire(sd), plan, plan.Columns[c].Guidance, (step, steps) => reporter.Step(column, step, steps), Preview, cancellation),
                     _ => throw new InvalidOperationException("unknown model family"),
                 });
+                if (!columns[^1].isfinite().all().item<bool>())
+                    throw new PagSharpException($"method '{plan.Columns[c].Token}' diverged: its images hold NaN or infinite values (check the scales; some schedulers need more steps)");
             }
             cancellation.ThrowIfCancellationRequested();
             if (File.Exists(previewPath)) File.Delete(previewPath);
@@ -236,7 +238,7 @@ public sealed class JobRunner(ModelRegistry models) : IJobRunner
             ["images"] = imageList,
             ["grid"] = GridFile,
         };
-        File.WriteAllText(Path.Combine(staging, RunFile), run.ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n");
+        File.WriteAllText(Path.Combine(staging, RunFile), run.ToJsonString(new JsonSerializerOptions(ServeApp.JsonOut) { WriteIndented = true }) + "\n");
         var files = images.SelectMany(r => r).Append(GridFile).Append(RunFile).ToArray();
         string zipTemp = Path.Combine(staging, "." + ZipFile);
         using (var zip = System.IO.Compression.ZipFile.Open(zipTemp, ZipArchiveMode.Create))

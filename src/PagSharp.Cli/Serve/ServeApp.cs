@@ -1,6 +1,8 @@
 using System.Net;
 using System.Reflection;
 using System.Text;
+using System.Text.Encodings.Web;
+using System.Text.Json;
 using System.Text.Json.Nodes;
 using System.Text.RegularExpressions;
 using Microsoft.AspNetCore.Builder;
@@ -8,7 +10,6 @@ using Microsoft.AspNetCore.Hosting;
 using Microsoft.AspNetCore.Hosting.Server.Features;
 using Microsoft.AspNetCore.Http;
 using Microsoft.AspNetCore.Http.Features;
-using Microsoft.AspNetCore.Server.Kestrel.Core;
 using Microsoft.Extensions.DependencyInjection;
 
 namespace PagSharp.Cli.Serve;
@@ -29,6 +30,9 @@ public sealed partial class ServeApp : IAsyncDisposable
     };
 
     private readonly Action<string> _log;
+
+    /// <summary>JSON as written: readable (×, +, ', non-ASCII) rather than \u-escaped; served as application/json with nosniff.</summary>
+    internal static readonly JsonSerializerOptions JsonOut = new() { Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
 
     private ServeApp(WebApplication app, ServeOptions options, ModelRegistry models, JobQueue queue, Action<string> log)
     {
@@ -292,7 +296,7 @@ public sealed partial class ServeApp : IAsyncDisposable
         {
             long version = Queue.Version;
             var snapshot = Queue.Snapshot(job);
-            string json = snapshot.ToJsonString();
+            string json = snapshot.ToJsonString(JsonOut);
             if (json != last)
             {
                 await c.Response.WriteAsync($"event: job\ndata: {json}\n\n", ct).ConfigureAwait(false);
@@ -325,10 +329,13 @@ public sealed partial class ServeApp : IAsyncDisposable
     {
         var job = FindJob(c);
         string name = (string)c.Request.RouteValues["name"]!;
-        string path = Queue.FilePath(job, name)
-            ?? throw new ServeError(404, job.IsFinished && job.Plan is not null && Queue.Snapshot(job)["status"]!.GetValue<string>() == "succeeded"
-                ? $"job {job.Id} has no file '{name}'"
-                : $"job {job.Id} has no files (it is {Queue.Snapshot(job)["status"]}); files appear when it has succeeded");
+        string? path = Queue.FilePath(job, name);
+        if (path is null)
+        {
+            string status = Queue.Snapshot(job)["status"]!.GetValue<string>();
+            throw new ServeError(404, status == "succeeded" ? $"job {job.Id} has no file '{name}'"
+                : $"job {job.Id} has no files (it is {status}); they appear when it has succeeded");
+        }
         c.Response.ContentType = Path.GetExtension(name) switch
         {
             ".png" => "image/png",
@@ -350,7 +357,7 @@ public sealed partial class ServeApp : IAsyncDisposable
     {
         c.Response.StatusCode = status;
         c.Response.ContentType = "application/json; charset=utf-8";
-        await c.Response.WriteAsync(body.ToJsonString(), c.RequestAborted).ConfigureAwait(false);
+        await c.Response.WriteAsync(body.ToJsonString(JsonOut), c.RequestAborted).ConfigureAwait(false);
     }
 
     [GeneratedRegex("^[0-9a-f]{12}$")]

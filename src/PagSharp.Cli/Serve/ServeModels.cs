@@ -5,7 +5,6 @@ using PagSharp.Models;
 using PagSharp.Models.Adm;
 using PagSharp.Models.Sd;
 using PagSharp.Pipelines;
-using static TorchSharp.torch;
 
 namespace PagSharp.Cli.Serve;
 
@@ -52,9 +51,7 @@ public abstract class ServeModel : IDisposable
             ["family"] = Family,
             ["defaultScheduler"] = DefaultScheduler,
             ["defaultSteps"] = DefaultSteps,
-            ["defaultLayers"] = new JsonArray(DefaultLayers.Select(l => (JsonNode)l!).ToArray()),
             ["defaultScales"] = new JsonObject { ["cfg"] = cfg, ["pag"] = pag, ["sag"] = sag, ["seg"] = seg, ["slg"] = slg },
-            ["layerCount"] = AttentionLayers.Count,
         };
     }
 
@@ -130,39 +127,57 @@ public sealed class AdmServeModel : ServeModel
 }
 
 /// <summary>
-/// A diffusers Stable Diffusion (or SDXL) folder. Its configs are read at start-up (the layer list comes from a U-Net
-/// built on the meta device: shapes without weights); the weights are loaded for the first job that uses the model.
+/// A diffusers Stable Diffusion (or SDXL) folder. Its configs are read at start-up; its layer list (and their PAG
+/// costs) when first asked for, from its U-Net (loaded for that, then freed, unless the pipeline is loaded already); the
+/// pipeline itself for the first job that uses the model.
 /// </summary>
 public sealed class SdServeModel : ServeModel
 {
-    private readonly IReadOnlyList<ServeLayer> _layers;
-    private readonly IReadOnlyList<AttentionLayerInfo> _attention;
     private readonly object _lock = new();
     private StableDiffusion? _loaded;
+    private (IReadOnlyList<AttentionLayerInfo> Attention, IReadOnlyList<ServeLayer> Layers, IReadOnlyList<string> Defaults)? _info;
 
-    public SdServeModel(string id, string dir) : base(id, $"{Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(dir)))} (Stable Diffusion{(DiffusersFolder.Open(dir).IsXl ? " XL" : "")})")
+    public SdServeModel(string id, string dir) : this(id, dir, DiffusersFolder.Open(dir)) { }
+
+    private SdServeModel(string id, string dir, DiffusersFolder folder)
+        : base(id, $"{Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(dir)))} (Stable Diffusion{(folder.IsXl ? " XL" : "")})")
     {
         Dir = Path.GetFullPath(dir);
-        Folder = DiffusersFolder.Open(dir);
+        Folder = folder;
         UnetConfig = Folder.UnetConfig();
         if (!Folder.Has("vae")) throw new PagSharpException($"--model '{dir}' has no vae/ folder: pag serve shows images, so it needs the VAE");
         if (!Folder.Has("tokenizer") && !Folder.Has("tokenizer_2")) throw new PagSharpException($"--model '{dir}' has no tokenizer: pag serve takes prompts, so it needs the tokenizer and text encoder");
         VaeScaleFactor = Folder.VaeConfig().ScaleFactor;
         SchedulerConfig = Folder.SchedulerConfig(pipelineFixups: !Folder.IsXl);
-        // Shapes only (no storage), at start-up while nothing else runs: the default device is process-wide.
-        set_default_device(new Device("meta"));
-        SdUNet unet;
-        try { unet = new SdUNet(UnetConfig); }
-        finally { set_default_device(CPU); }
-        using (unet)
+    }
+
+    /// <summary>The self-attention layers, their costs and the default ones (mid), computed once from the U-Net.</summary>
+    private (IReadOnlyList<AttentionLayerInfo> Attention, IReadOnlyList<ServeLayer> Layers, IReadOnlyList<string> Defaults) Info
+    {
+        get
         {
-            _attention = unet.AttentionLayers;
-            long none = SdCost.Forward(unet, new MacCall(1));
-            _layers = unet.AttentionLayers.Select(l => new ServeLayer(l.Name, l.Group, l.Resolution, l.Channels, l.Heads,
-                Ratio(SdCost.Forward(unet, MacCall.GuidedStep(1, false, [l.Name])), none),
-                Ratio(SdCost.Forward(unet, MacCall.GuidedStep(1, true, [l.Name])), 2 * none))).ToArray();
+            lock (_lock)
+            {
+                if (_info is { } info) return info;
+                // The loaded pipeline's U-Net, or the U-Net alone for this (the weights are needed to build it; the
+                // process-wide meta device is not used, as other threads may be creating tensors).
+                var unet = _loaded?.Unet ?? Folder.LoadUnet();
+                try
+                {
+                    long none = SdCost.Forward(unet, new MacCall(1));
+                    var layers = unet.AttentionLayers.Select(l => new ServeLayer(l.Name, l.Group, l.Resolution, l.Channels, l.Heads,
+                        Ratio(SdCost.Forward(unet, MacCall.GuidedStep(1, false, [l.Name])), none),
+                        Ratio(SdCost.Forward(unet, MacCall.GuidedStep(1, true, [l.Name])), 2 * none))).ToArray();
+                    var attention = unet.AttentionLayers.ToArray();
+                    _info = (attention, layers, DiffusersLayerSpec.Resolve("mid", attention, LayerMatch.Exact));
+                    return _info.Value;
+                }
+                finally
+                {
+                    if (_loaded is null) unet.Dispose();
+                }
+            }
         }
-        DefaultLayers = DiffusersLayerSpec.Resolve("mid", _attention, LayerMatch.Exact);
     }
 
     public string Dir { get; }
@@ -173,9 +188,9 @@ public sealed class SdServeModel : ServeModel
     /// <summary>unet.sample_size · vae_scale_factor, as diffusers.</summary>
     public int DefaultSize => (UnetConfig.SampleSize ?? 64) * VaeScaleFactor;
     public override string Family => "sd";
-    public override IReadOnlyList<AttentionLayerInfo> AttentionLayers => _attention;
-    public override IReadOnlyList<ServeLayer> Layers => _layers;
-    public override IReadOnlyList<string> DefaultLayers { get; }
+    public override IReadOnlyList<AttentionLayerInfo> AttentionLayers => Info.Attention;
+    public override IReadOnlyList<ServeLayer> Layers => Info.Layers;
+    public override IReadOnlyList<string> DefaultLayers => Info.Defaults;
     public override string DefaultScheduler => Folder.NativeSchedulerName ?? "ddim";
     public override int DefaultSteps => 30;
     public override (double Cfg, double Pag, double Sag, double Seg, double Slg) DefaultScales => (Folder.IsXl ? 5 : 7.5, 3, 0.75, 3, 2);

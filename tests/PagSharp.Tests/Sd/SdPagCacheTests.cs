@@ -13,6 +13,7 @@ using static TorchSharp.torch;
 namespace PagSharp.Tests.Sd;
 
 /// <summary>GuidanceSettings.PagCacheInterval (an approximation): the pipeline against the loop written out by hand.</summary>
+[Collection(PagSharp.Tests.Cli.CliCollection.Name)]
 public class SdPagCacheTests
 {
     [Theory]
