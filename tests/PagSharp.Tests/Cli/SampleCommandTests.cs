@@ -223,4 +223,15 @@ public class SampleCommandTests(SampleRunFixture fx) : IClassFixture<SampleRunFi
         Assert.Contains("adm-256-uncond", output);
         Assert.False(Directory.Exists(dir));
     }
+
+    [Fact]
+    public void EulerAncestral_WithFewStepsOnTheCosineSchedule_StaysFinite()
+    {
+        // The built-in model's cosine schedule reaches σ ≈ 2·10⁴: σ_up² then rounds above σ_next², which made
+        // σ_down = √(σ_next² − σ_up²) NaN and the run diverge.
+        using var dir = new TempDir();
+        var (exit, output) = Pag.Run("sample", "--scheduler", "euler-a", "--steps", "4", "--count", "2", "--output", dir.File("out"));
+        Assert.True(exit == 0, output);
+        Assert.True(File.Exists(Path.Combine(dir.File("out"), "grid.png")));
+    }
 }

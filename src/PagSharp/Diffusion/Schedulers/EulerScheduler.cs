@@ -77,7 +77,9 @@ public sealed class EulerScheduler : IScheduler
         if (!_ancestral) return sample + derivative * (next - sigma);
 
         float up = MathF.Sqrt(next * next * (sigma * sigma - next * next) / (sigma * sigma));
-        float down = MathF.Sqrt(next * next - up * up);
+        // σ_up² can exceed σ_next² by a rounding error when σ ≫ σ_next (ADM's cosine schedule reaches σ ≈ 2·10⁴), where
+        // diffusers' formula gives NaN; the exact value there is 0.
+        float down = MathF.Sqrt(MathF.Max(next * next - up * up, 0f));
         var prev = sample + derivative * (down - sigma);
         if (noise is null) throw new PagSharpException("euler-a needs a noise source");
         using var z = noise.Randn(sample.shape[1..]);
