@@ -217,7 +217,7 @@ public class Txt2ImgSettings : CommandSettings, IPerturbedBranchOptions
     [CommandOption("--shard <K/N>")][Description("Produce only shard K (0-based) of N: batches b with b mod N = K.")]
     public string? Shard { get; init; }
 
-    [CommandOption("--controlnet <PATH>")][Description("diffusers ControlNet (SD 1.x/2.x): a folder with config.json and diffusion_pytorch_model.safetensors, or such a weight file with config.json beside it (default with --control-image: the model folder's controlnet/, as in a StableDiffusionControlNetPipeline folder). Needs --control-image. Runs as diffusers' StableDiffusionControlNetPAGPipeline (the control image goes to every branch; PAG perturbs only the U-Net).")]
+    [CommandOption("--controlnet <PATH>")][Description("diffusers ControlNet (SD 1.x/2.x): a folder with config.json and diffusion_pytorch_model.safetensors, or such a weight file with config.json beside it, or an original ControlNet single file (control_model.*) with config.json beside it or the built-in SD 1.5 ControlNet config (default with --control-image: the model folder's controlnet/, as in a StableDiffusionControlNetPipeline folder). Needs --control-image. Runs as diffusers' StableDiffusionControlNetPAGPipeline (the control image goes to every branch; PAG perturbs only the U-Net).")]
     public string? ControlNet { get; init; }
     [CommandOption("--control-image <FILE>")][Description("Control image: PNG/JPEG (converted to RGB, resized with Lanczos to the generation size, values 0..1, as diffusers), or a prepared tensor [[1 or N,C,H,W]] (FILE.npy or FILE.safetensors:KEY) at the generation size. The generation size defaults to the image's (rounded down to the VAE scale factor).")]
     public string? ControlImage { get; init; }

@@ -44,7 +44,12 @@ public sealed class BenchCommandTests
         Assert.Equal(kb / 1024.0, mb, 6);
         Assert.True(double.IsNaN(BenchCommand.PeakRssMb(new[] { "Name:\tpag" })));
     }
+}
 
+/// <summary>SDXL work ratios from the real structure on the meta device (runs alone: the default device is process-wide).</summary>
+[Collection(MetaDeviceCollection.Name)]
+public sealed class BenchSdxlTests
+{
     [Fact]
     public void SdxlWorkRatios_ComeFromTheRealSdxlStructureWithoutAllocatingIt()
     {

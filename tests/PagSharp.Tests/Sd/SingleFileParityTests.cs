@@ -130,35 +130,6 @@ public sealed class SingleFileParityTests
     public void FamilyDetection_OnTheRealCheckpointsKeyLists(string family, SdFamily expected) =>
         Assert.Equal(expected, SdSingleFile.Detect(Keys(family)));
 
-    [Theory]
-    [InlineData("sd15", "sd15")]
-    [InlineData("sd15_inpainting", "sd15-inpainting")]
-    [InlineData("sdxl_base", "sdxl-base")]
-    public void TheShippedConfigs_TakeEveryKeyOfTheRealCheckpoints(string family, string configs)
-    {
-        // Our modules built from models/sd-configs on the meta device, mapped key by key onto the real checkpoint's
-        // key list: every parameter found with its shape, nothing left over in any component.
-        string dir = Path.Combine(AppContext.BaseDirectory, "models", "sd-configs", configs);
-        var file = SdSingleFile.FromShapes(Keys(family), family);
-        var folder = DiffusersFolder.ForSingleFile(file, dir, null);
-        set_default_device(new Device("meta"));
-        try
-        {
-            using var unet = new SdUNet(folder.UnetConfig());
-            file.LoadUnet(unet);
-            using var vae = new AutoencoderKL(folder.VaeConfig());
-            file.LoadVae(vae);
-            using var te = new ClipTextModel(ClipTextConfig.Load(Path.Combine(dir, "text_encoder", "config.json")));
-            file.LoadClip(te);
-            if (Directory.Exists(Path.Combine(dir, "text_encoder_2")))
-            {
-                using var te2 = new ClipTextModel(ClipTextConfig.Load(Path.Combine(dir, "text_encoder_2", "config.json")) with { WithProjection = true });
-                file.LoadOpenClip(te2);
-            }
-        }
-        finally { set_default_device(CPU); }
-    }
-
     // ---- LoRA and textual inversion against diffusers (tests/fixtures/lora) ----
 
     private static string Lora(string name) => Fixtures.Path("lora", name);
@@ -224,4 +195,45 @@ public sealed class SingleFileParityTests
         SdFixtures.AssertRelative(cases["ti.pooler_output"], pooled, 1e-5, "pooler_output (argmax rule: the second TI token)");
         h.Dispose();
     }
+}
+
+/// <summary>The shipped configs against the real checkpoints' key lists, with our modules built on the meta device.</summary>
+[Collection(MetaDeviceCollection.Name)]
+public sealed class ShippedConfigKeyTests
+{
+    private static readonly Lazy<JsonObject> Families = new(() =>
+        JsonNode.Parse(File.ReadAllText(Fixtures.Path("single_file", "family_keys.json")))!["families"]!.AsObject());
+
+    private static Dictionary<string, long[]> Keys(string family) =>
+        Families.Value[family]!["keys"]!.AsObject().ToDictionary(kv => kv.Key, kv => kv.Value!.AsArray().Select(v => v!.GetValue<long>()).ToArray());
+
+    [Theory]
+    [InlineData("sd15", "sd15")]
+    [InlineData("sd15_inpainting", "sd15-inpainting")]
+    [InlineData("sdxl_base", "sdxl-base")]
+    public void TheShippedConfigs_TakeEveryKeyOfTheRealCheckpoints(string family, string configs)
+    {
+        // Our modules built from models/sd-configs on the meta device, mapped key by key onto the real checkpoint's
+        // key list: every parameter found with its shape, nothing left over in any component.
+        string dir = Path.Combine(AppContext.BaseDirectory, "models", "sd-configs", configs);
+        var file = SdSingleFile.FromShapes(Keys(family), family);
+        var folder = DiffusersFolder.ForSingleFile(file, dir, null);
+        set_default_device(new Device("meta"));
+        try
+        {
+            using var unet = new SdUNet(folder.UnetConfig());
+            file.LoadUnet(unet);
+            using var vae = new AutoencoderKL(folder.VaeConfig());
+            file.LoadVae(vae);
+            using var te = new ClipTextModel(ClipTextConfig.Load(Path.Combine(dir, "text_encoder", "config.json")));
+            file.LoadClip(te);
+            if (Directory.Exists(Path.Combine(dir, "text_encoder_2")))
+            {
+                using var te2 = new ClipTextModel(ClipTextConfig.Load(Path.Combine(dir, "text_encoder_2", "config.json")) with { WithProjection = true });
+                file.LoadOpenClip(te2);
+            }
+        }
+        finally { set_default_device(CPU); }
+    }
+
 }

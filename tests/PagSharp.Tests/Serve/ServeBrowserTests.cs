@@ -42,7 +42,7 @@ public sealed class ServeBrowserTests
             Timeout = 60_000,
         });
         var page = await browser.NewPageAsync(new BrowserNewPageOptions { ViewportSize = new ViewportSize { Width = 1360, Height = 900 } });
-        page.SetDefaultTimeout(60_000);
+        page.SetDefaultTimeout(240_000); // generous: the full suite runs beside other collections and a training job
         var foreign = new List<string>();
         var consoleErrors = new List<string>();
         page.Request += (_, r) => { if (!r.Url.StartsWith(url, StringComparison.Ordinal) && !r.Url.StartsWith("data:", StringComparison.Ordinal)) foreign.Add(r.Url); };

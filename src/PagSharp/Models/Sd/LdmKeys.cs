@@ -26,11 +26,18 @@ public static partial class LdmKeys
     /// upsampler at .1.conv (.2.conv when the block has attention); time_embed.0/2, label_emb.0.0/0.2 (SDXL's
     /// add_embedding), out.0/2. LDM U-Nets have the same number of resnets per level (L = layers_per_block).
     /// </summary>
-    public static string Unet(string key, SdUNetConfig cfg)
+    public static string Unet(string key, SdUNetConfig cfg) => Unet(key, cfg.LayersPerBlock, cfg.UpBlockTypes);
+
+    /// <summary>
+    /// <see cref="Unet(string, SdUNetConfig)"/> from the two settings it needs: <paramref name="layersPerBlock"/>
+    /// (one value per level) and <paramref name="upBlockTypes"/> (where the upsampler sits; empty for an encoder
+    /// only, such as a ControlNet).
+    /// </summary>
+    public static string Unet(string key, IReadOnlyList<int> layersPerBlock, IReadOnlyList<string> upBlockTypes)
     {
-        int l = cfg.LayersPerBlock[0];
-        if (cfg.LayersPerBlock.Any(v => v != l))
-            throw new PagSharpException($"layers_per_block [{string.Join(", ", cfg.LayersPerBlock)}] differs between levels; original (LDM) checkpoints have one value");
+        int l = layersPerBlock[0];
+        if (layersPerBlock.Any(v => v != l))
+            throw new PagSharpException($"layers_per_block [{string.Join(", ", layersPerBlock)}] differs between levels; original (LDM) checkpoints have one value");
         Match m;
         if ((m = UnetRe().Match(key)).Success)
         {
@@ -45,7 +52,9 @@ public static partial class LdmKeys
                 "resnets" => $"{blocks}.{baseIndex + j}.0.{Resnet(rest)}",
                 "attentions" => $"{blocks}.{baseIndex + j}.1.{rest}",
                 "downsamplers" => $"input_blocks.{baseIndex + l}.0.op.{rest[(rest.IndexOf('.') + 1)..]}",
-                _ => $"output_blocks.{baseIndex + l}.{(cfg.UpBlockTypes[b] == "CrossAttnUpBlock2D" ? 2 : 1)}.{rest}",
+                _ => b < upBlockTypes.Count
+                    ? $"output_blocks.{baseIndex + l}.{(upBlockTypes[b] == "CrossAttnUpBlock2D" ? 2 : 1)}.{rest}"
+                    : throw new PagSharpException($"UNet key '{key}': up block {b} is not in the config"),
             };
         }
         if ((m = MidRe().Match(key)).Success)
@@ -69,6 +78,45 @@ public static partial class LdmKeys
 
     [GeneratedRegex(@"^mid_block\.(?<kind>resnets|attentions)\.(?<j>\d+)\.(?<rest>.*)$")]
     private static partial Regex MidRe();
+
+    /// <summary>
+    /// The original (lllyasviel/ControlNet <c>cldm</c>) name of a ControlNet parameter — the inverse of diffusers'
+    /// <c>convert_controlnet_checkpoint</c>: <c>controlnet_cond_embedding.conv_in</c> → <c>input_hint_block.0</c>,
+    /// <c>.blocks.i</c> → <c>input_hint_block.(2i+2)</c>, <c>.conv_out</c> → <c>input_hint_block.14</c> (diffusers'
+    /// fixed index: cldm's hint block always has 3 levels, i.e. 6 blocks), <c>controlnet_down_blocks.i</c> →
+    /// <c>zero_convs.i.0</c>, <c>controlnet_mid_block</c> → <c>middle_block_out.0</c>; time embedding, conv_in, down
+    /// and mid blocks as the UNet's encoder (<see cref="Unet(string, IReadOnlyList{int}, IReadOnlyList{string})"/>).
+    /// </summary>
+    public static string ControlNet(string key, ControlNetConfig cfg)
+    {
+        const string emb = "controlnet_cond_embedding.";
+        if (key.StartsWith(emb, StringComparison.Ordinal))
+        {
+            string rest = key[emb.Length..];
+            if (rest.StartsWith("conv_in.", StringComparison.Ordinal)) return "input_hint_block.0." + rest["conv_in.".Length..];
+            if (rest.StartsWith("conv_out.", StringComparison.Ordinal)) return $"input_hint_block.{HintConvOut}." + rest["conv_out.".Length..];
+            if (rest.StartsWith("blocks.", StringComparison.Ordinal))
+            {
+                string r = rest["blocks.".Length..];
+                int dot = r.IndexOf('.');
+                int i = int.Parse(r[..dot], System.Globalization.CultureInfo.InvariantCulture);
+                if (2 * i + 2 >= HintConvOut)
+                    throw new PagSharpException($"ControlNet key '{key}': original (cldm) checkpoints have at most {HintConvOut / 2 - 1} conditioning-embedding blocks (conditioning_embedding_out_channels of up to 4 entries)");
+                return $"input_hint_block.{2 * i + 2}.{r[(dot + 1)..]}";
+            }
+        }
+        if (key.StartsWith("controlnet_down_blocks.", StringComparison.Ordinal))
+        {
+            string r = key["controlnet_down_blocks.".Length..];
+            int dot = r.IndexOf('.');
+            return $"zero_convs.{r[..dot]}.0.{r[(dot + 1)..]}";
+        }
+        if (key.StartsWith("controlnet_mid_block.", StringComparison.Ordinal)) return "middle_block_out.0." + key["controlnet_mid_block.".Length..];
+        return Unet(key, cfg.LayersPerBlock, []);
+    }
+
+    /// <summary>The index of the conditioning embedding's last conv in cldm's <c>input_hint_block</c> (diffusers reads it there).</summary>
+    public const int HintConvOut = 14;
 
     /// <summary>
     /// The LDM name of a VAE parameter (<paramref name="levels"/> = number of blocks): encoder.down.i.block.j /

@@ -172,9 +172,12 @@ public sealed class SdControlNet : Module
     }
 
     /// <summary>
-    /// Loads a diffusers ControlNet strictly: <paramref name="path"/> is a folder (config.json and
-    /// diffusion_pytorch_model[.fp16].safetensors / .bin) or a weight file with config.json beside it. Half-precision
-    /// weights are up-cast to float32.
+    /// Loads a ControlNet strictly: <paramref name="path"/> is a diffusers folder (config.json and
+    /// diffusion_pytorch_model[.fp16].safetensors / .bin), a diffusers weight file with config.json beside it, or an
+    /// original (lllyasviel/ControlNet, LDM) single file — <c>control_model.*</c> keys, .safetensors or .ckpt/.pth —
+    /// with its diffusers config.json beside it or, without one, the shipped SD 1.5 ControlNet config
+    /// (<see cref="SdSingleFile.BuiltInControlNetConfig"/>, as diffusers' <c>from_single_file</c> takes
+    /// lllyasviel/control_v11p_sd15_canny's). Half-precision weights are up-cast to float32.
     /// </summary>
     public static SdControlNet Load(string path)
     {
@@ -192,11 +195,17 @@ public sealed class SdControlNet : Module
             file = path;
             dir = Path.GetDirectoryName(Path.GetFullPath(path))!;
         }
-        else throw new PagSharpException($"ControlNet '{path}' does not exist; expected a diffusers ControlNet folder (config.json and diffusion_pytorch_model.safetensors) or a .safetensors file with config.json beside it");
+        else throw new PagSharpException($"ControlNet '{path}' does not exist; expected a diffusers ControlNet folder (config.json and diffusion_pytorch_model.safetensors), a .safetensors file with config.json beside it, or an original ControlNet single file (control_model.*)");
+        using var ldm = SdSingleFile.TryOpenControlNet(file);
         string cfg = Path.Combine(dir, "config.json");
         if (!File.Exists(cfg))
-            throw new PagSharpException($"{cfg} does not exist: the ControlNet weights {file} need the diffusers ControlNetModel config.json beside them");
+        {
+            if (ldm is null)
+                throw new PagSharpException($"{cfg} does not exist: the ControlNet weights {file} need the diffusers ControlNetModel config.json beside them");
+            cfg = SdSingleFile.BuiltInControlNetConfig()
+                  ?? throw new PagSharpException($"{file} is an original ControlNet checkpoint without a config.json beside it, and the shipped SD 1.5 ControlNet config (models/sd-configs/controlnet-sd15/config.json beside the program) is missing; put the ControlNet's diffusers config.json beside the file");
+        }
         var config = ControlNetConfig.Load(cfg);
-        return SdLoader.LoadControlNet(config, file, cfg);
+        return ldm is not null ? SdLoader.LoadControlNet(config, ldm, cfg) : SdLoader.LoadControlNet(config, file, cfg);
     }
 }

@@ -94,10 +94,33 @@ public static class SdLoader
         finally { set_default_dtype(previous); }
     }
 
-    public static SdControlNet LoadControlNet(ControlNetConfig config, string file, string configPath = "the ControlNet config") =>
-        Load(new SdControlNet(config), file, configPath, w => w.Keys.Any(k => k.StartsWith("control_model.", StringComparison.Ordinal))
-            ? throw new PagSharpException($"{file} holds an original (LDM) ControlNet checkpoint (control_model.* keys); expected diffusers ControlNetModel keys (convert it with diffusers first)")
-            : w);
+    /// <summary>
+    /// Loads a ControlNet strictly from <paramref name="file"/>: diffusers <c>ControlNetModel</c> weights, or an
+    /// original (lllyasviel/ControlNet, LDM) checkpoint — <c>control_model.*</c> keys, or the ControlNet's own keys
+    /// without prefix — mapped as diffusers' <c>convert_controlnet_checkpoint</c> does.
+    /// </summary>
+    public static SdControlNet LoadControlNet(ControlNetConfig config, string file, string configPath = "the ControlNet config")
+    {
+        using var ldm = SdSingleFile.TryOpenControlNet(file);
+        return ldm is not null ? LoadControlNet(config, ldm, configPath) : Load(new SdControlNet(config), file, configPath);
+    }
+
+    /// <summary>Loads an original (LDM) ControlNet checkpoint, opened with <see cref="SdSingleFile.TryOpenControlNet"/>, into a ControlNet built from <paramref name="config"/>.</summary>
+    public static SdControlNet LoadControlNet(ControlNetConfig config, SdSingleFile ldm, string configPath = "the ControlNet config")
+    {
+        var net = new SdControlNet(config);
+        try
+        {
+            net.eval();
+            ldm.LoadControlNet(net, configPath);
+            return net;
+        }
+        catch
+        {
+            net.Dispose();
+            throw;
+        }
+    }
 
     public static AutoencoderKL LoadVae(SdVaeConfig config, string file, string configPath = "the VAE config") =>
         Load(new AutoencoderKL(config), file, configPath, AutoencoderKL.UpgradeLegacyKeys);

@@ -30,7 +30,8 @@ public enum SdFamily
 /// <c>cond_stage_model.model.*</c> (SD 2.x OpenCLIP), <c>conditioner.embedders.N.*</c> (SDXL). Components are copied
 /// into our modules one tensor at a time (safetensors files are read tensor by tensor), so loading needs the model plus
 /// one tensor of memory. Every parameter must be found with its shape; what a component's prefix holds beyond it is
-/// reported, as diffusers' <c>from_single_file</c> converts it.
+/// reported, as diffusers' <c>from_single_file</c> converts it. Original ControlNet checkpoints (<c>control_model.*</c>,
+/// lllyasviel/ControlNet's layout) are opened with <see cref="TryOpenControlNet"/> and loaded with <see cref="LoadControlNet"/>.
 /// </summary>
 public sealed class SdSingleFile : IDisposable
 {
@@ -46,13 +47,81 @@ public sealed class SdSingleFile : IDisposable
     public IReadOnlyDictionary<string, long[]> Shapes { get; }
     public SdFamily Family { get; }
 
-    private SdSingleFile(string path, SafeTensorsReader? reader, Dictionary<string, Tensor>? all, IReadOnlyDictionary<string, long[]>? shapes = null)
+    private SdSingleFile(string path, SafeTensorsReader? reader, Dictionary<string, Tensor>? all, IReadOnlyDictionary<string, long[]>? shapes = null, bool controlNet = false)
     {
         Path = path;
         _reader = reader;
         _all = all;
         Shapes = shapes ?? reader?.Shapes ?? all!.ToDictionary(kv => kv.Key, kv => kv.Value.shape, StringComparer.Ordinal);
-        Family = Detect(Shapes, path);
+        if (controlNet)
+        {
+            ControlNetKeyPrefix = ControlNetPrefixOf(Shapes) ?? throw new PagSharpException($"{path} is not an original (LDM) ControlNet checkpoint (no control_model.* or input_hint_block.* keys)");
+            // SD 2.x ControlNets cross-attend to 1024-wide OpenCLIP states (diffusers' v2 rule, on the ControlNet's first attention).
+            Family = Shapes.TryGetValue(ControlNetKeyPrefix + "input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight", out var k) && k[^1] == 1024 ? SdFamily.Sd2 : SdFamily.Sd1;
+        }
+        else Family = Detect(Shapes, path);
+    }
+
+    /// <summary>
+    /// For an original (lllyasviel/ControlNet <c>cldm</c>) ControlNet checkpoint, the prefix of its ControlNet keys:
+    /// <c>control_model.</c> (the ControlNet releases; files that hold a whole ControlLDM have other prefixes too) or
+    /// "" (files with the ControlNet alone, e.g. <c>time_embed.0.weight</c>, <c>input_hint_block.0.weight</c>, as
+    /// diffusers' <c>convert_controlnet_checkpoint</c> also accepts). Null for any other file.
+    /// </summary>
+    public string? ControlNetKeyPrefix { get; }
+
+    /// <summary>The ControlNet prefix of a key list (see <see cref="ControlNetKeyPrefix"/>), or null when it is not an original ControlNet.</summary>
+    public static string? ControlNetPrefixOf(IReadOnlyDictionary<string, long[]> shapes)
+    {
+        if (shapes.Keys.Any(k => k.StartsWith(ControlNetPrefix, StringComparison.Ordinal))) return ControlNetPrefix;
+        if (shapes.ContainsKey("input_hint_block.0.weight") && !shapes.ContainsKey("time_embedding.linear_1.weight")) return "";
+        return null;
+    }
+
+    /// <summary>The key prefix of the ControlNet in original ControlNet checkpoints (diffusers' <c>LDM_CONTROLNET_KEY</c>).</summary>
+    public const string ControlNetPrefix = "control_model.";
+
+    /// <summary>
+    /// Opens <paramref name="path"/> as an original ControlNet checkpoint, or returns null when it is not one (then
+    /// nothing stays open). A safetensors file is recognised by its header alone; a diffusers weight-file name
+    /// (<see cref="SdLoader.WeightNames"/>) that is not safetensors is not opened here.
+    /// </summary>
+    public static SdSingleFile? TryOpenControlNet(string path)
+    {
+        if (!File.Exists(path)) return null;
+        if (path.EndsWith(".safetensors", StringComparison.OrdinalIgnoreCase))
+        {
+            var reader = SafeTensors.OpenReader(path);
+            try
+            {
+                if (ControlNetPrefixOf(reader.Shapes) is null) { reader.Dispose(); return null; }
+                return new SdSingleFile(path, reader, null, controlNet: true);
+            }
+            catch { reader.Dispose(); throw; }
+        }
+        if (SdLoader.WeightNames.Contains(System.IO.Path.GetFileName(path), StringComparer.Ordinal)) return null;
+        var all = StateDicts.Load(path);
+        try
+        {
+            var shapes = all.ToDictionary(kv => kv.Key, kv => kv.Value.shape, StringComparer.Ordinal);
+            if (ControlNetPrefixOf(shapes) is null) { foreach (var t in all.Values) t.Dispose(); return null; }
+            return new SdSingleFile(path, null, all, shapes, controlNet: true);
+        }
+        catch { foreach (var t in all.Values) t.Dispose(); throw; }
+    }
+
+    /// <summary>An original ControlNet checkpoint known by its key → shape list only (see <see cref="FromShapes"/>).</summary>
+    public static SdSingleFile ControlNetFromShapes(IReadOnlyDictionary<string, long[]> shapes, string name = "the key list") => new(name, null, null, shapes, controlNet: true);
+
+    /// <summary>
+    /// The shipped config of the standard SD 1.5 ControlNet (models/sd-configs/controlnet-sd15/config.json beside the
+    /// program: lllyasviel/control_v11p_sd15_canny's, the config diffusers' <c>from_single_file</c> takes for
+    /// ControlNets), or null when it is not there.
+    /// </summary>
+    public static string? BuiltInControlNetConfig()
+    {
+        string file = System.IO.Path.Combine(AppContext.BaseDirectory, "models", "sd-configs", "controlnet-sd15", "config.json");
+        return File.Exists(file) ? file : null;
     }
 
     /// <summary>
@@ -86,8 +155,8 @@ public sealed class SdSingleFile : IDisposable
     /// </summary>
     public static SdFamily Detect(IReadOnlyDictionary<string, long[]> shapes, string source = "the checkpoint")
     {
-        if (shapes.Keys.Any(k => k.StartsWith("control_model.", StringComparison.Ordinal)))
-            throw new PagSharpException($"{source} is an original ControlNet checkpoint (control_model.*); give it with --controlnet, not --model");
+        if (ControlNetPrefixOf(shapes) is { } cn)
+            throw new PagSharpException($"{source} is an original ControlNet checkpoint ({(cn.Length > 0 ? cn : "input_hint_block.")}*); give it with --controlnet, not --model");
         bool xlBase = shapes.Keys.Any(k => k.StartsWith("conditioner.embedders.1.model.", StringComparison.Ordinal));
         bool xlRefiner = !xlBase && shapes.Keys.Any(k => k.StartsWith("conditioner.embedders.0.model.", StringComparison.Ordinal));
         bool v2 = shapes.TryGetValue(UnetPrefix + "input_blocks.2.1.transformer_blocks.0.attn2.to_k.weight", out var k2) && k2[^1] == 1024
@@ -209,6 +278,22 @@ public sealed class SdSingleFile : IDisposable
             || k == prefix + "logit_scale" || k.StartsWith(prefix + "visual.", StringComparison.Ordinal) || k == prefix + "attn_mask");
     }
 
+    /// <summary>
+    /// Copies an original ControlNet's weights into <paramref name="net"/> (built from its diffusers config,
+    /// <paramref name="configSource"/>) with <see cref="LdmKeys.ControlNet"/>, as diffusers'
+    /// <c>convert_controlnet_checkpoint</c> maps them.
+    /// </summary>
+    public void LoadControlNet(SdControlNet net, string configSource)
+    {
+        string prefix = ControlNetKeyPrefix ?? throw new PagSharpException($"{Path} is not an original (LDM) ControlNet checkpoint");
+        // Without a prefix only the ControlNet's own top-level modules belong to it.
+        Func<string, bool>? ignore = prefix.Length > 0 ? null : k => !ControlNetModules.Contains(k[..Math.Max(0, k.IndexOf('.'))], StringComparer.Ordinal);
+        LoadInto(net, "ControlNet", prefix, k => Plain(prefix + LdmKeys.ControlNet(k, net.Config)), ignore,
+            $"The ControlNet config used is {configSource}; it must be this ControlNet's diffusers config.json: put that beside the file (without one, the shipped SD 1.5 ControlNet config is used).");
+    }
+
+    private static readonly string[] ControlNetModules = ["time_embed", "input_blocks", "zero_convs", "input_hint_block", "middle_block", "middle_block_out"];
+
     private Source Plain(string key) => new(key, Shapes.TryGetValue(key, out var s) ? s : []);
 
     /// <summary>
@@ -216,7 +301,7 @@ public sealed class SdSingleFile : IDisposable
     /// must exist with its shape; file keys under <paramref name="prefix"/> that no parameter takes are reported
     /// (unless <paramref name="ignore"/> says they are known to be unused). Nothing is copied when anything is wrong.
     /// </summary>
-    private void LoadInto(nn.Module module, string what, string prefix, Func<string, Source> map, Func<string, bool>? ignore = null)
+    private void LoadInto(nn.Module module, string what, string prefix, Func<string, Source> map, Func<string, bool>? ignore = null, string? hint = null)
     {
         var own = module.state_dict();
         var plan = own.ToDictionary(kv => kv.Key, kv => map(kv.Key));
@@ -226,9 +311,9 @@ public sealed class SdSingleFile : IDisposable
         var used = plan.Values.Select(s => s.Key).ToHashSet(StringComparer.Ordinal);
         var unused = Shapes.Keys.Where(k => k.StartsWith(prefix, StringComparison.Ordinal) && !used.Contains(k) && !(ignore?.Invoke(k) ?? false)).ToList();
         if (missing.Count + misShaped.Count + unused.Count > 0)
-            throw StateDictLoader.Mismatch($"{Path}: the {what} ({prefix}*) does not match the model config ({own.Count} tensors expected):",
+            throw StateDictLoader.Mismatch($"{Path}: the {what} ({(prefix.Length > 0 ? prefix + "*" : "keys without prefix")}) does not match the model config ({own.Count} tensors expected):",
                 [("missing keys", missing), ("shape mismatches", misShaped), ("keys left over", unused)],
-                $"The file was detected as {Family}; if that is wrong or the model is non-standard, give its diffusers configs with --config DIR.");
+                hint ?? $"The file was detected as {Family}; if that is wrong or the model is non-standard, give its diffusers configs with --config DIR.");
         if (ShapesOnly) return;
         using var _ = no_grad();
         foreach (var (key, target) in own)
