@@ -89,6 +89,32 @@ public sealed class SingleFileParityTests
     }
 
     [Fact]
+    public void TheIssuesCommand_SingleFileWithLoraAndAPrompt_Runs()
+    {
+        // `pag txt2img --model sd15.safetensors --lora style.safetensors:0.8 --prompt …` on the fixture equivalents:
+        // the converted SD 1.5 file, its configs, a CLIP vocabulary (the toy one) and the PEFT LoRA.
+        using var dir = new TempDir();
+        string tok = dir.File("tokenizer");
+        ToyClip.Write(tok);
+        string folder = Fixtures.Path("sd_edit_tiny", "img2img");
+        Tensor Run(string name, params string[] extra)
+        {
+            string t = dir.File(name + ".npy");
+            var (exit, log) = Pag.Run([.. new[] { "txt2img", "--model", File_("sd15_tiny.safetensors"), "--config", folder, "--tokenizer", tok,
+                "--prompt", "hello cat", "--steps", "3", "--count", "1", "--save-tensor", t, "--output", dir.File(name) }, .. extra]);
+            Assert.True(exit == 0, log);
+            Assert.True(File.Exists(Path.Combine(dir.File(name), "00000.png")));
+            return Npy.Load(t);
+        }
+        using var plain = Run("plain");
+        using var styled = Run("lora", "--lora", Fixtures.Path("lora", "sd15_lora_peft.safetensors") + ":0.8");
+        Assert.False(plain.allclose(styled), "the LoRA changed nothing");
+        var (exit2, log2) = Pag.Run("txt2img", "--model", File_("sd15_tiny.safetensors"), "--config", folder, "--prompt", "hello", "--output", dir.File("notok"));
+        Assert.NotEqual(0, exit2);
+        Assert.Contains("--tokenizer DIR", log2);
+    }
+
+    [Fact]
     public void HostileFiles_AreRefusedClearly()
     {
         using var dir = new TempDir();
