@@ -13,7 +13,7 @@ public class Txt2ImgSettings : CommandSettings, IPerturbedBranchOptions
 {
     [CommandOption("--model <DIR>")][Description("diffusers Stable Diffusion 1.x/2.x or SDXL folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/; SDXL also text_encoder_2/, tokenizer_2/), or an original single-file checkpoint (.safetensors, .ckpt) as A1111/ComfyUI use them. SDXL is detected from model_index.json or the file's keys.")]
     public string? Model { get; init; }
-    [CommandOption("--config <DIR>")][Description("With --model FILE (a single-file .safetensors/.ckpt checkpoint): a diffusers pipeline folder whose configs give the architecture (as diffusers' from_single_file(config=...)). Default: the built-in configs of the detected family (SD 1.5, SD 1.5 inpainting, SDXL base).")]
+    [CommandOption("--config <DIR>")][Description("With --model FILE (a single-file .safetensors/.ckpt checkpoint): a diffusers pipeline folder whose configs give the architecture (as diffusers' from_single_file(config=...)). Default: the built-in configs of the detected family (SD 1.5, SD 1.5 inpainting, SD 2.1-v, SDXL base and refiner).")]
     public string? Config { get; init; }
     [CommandOption("--tokenizer <DIR>")][Description("With --model FILE: the CLIP tokenizer (a folder with vocab.json and merges.txt, or a diffusers folder with tokenizer/ and tokenizer_2/); single files carry none.")]
     public string? Tokenizer { get; init; }

@@ -237,6 +237,8 @@ public sealed class ShippedConfigKeyTests
     [InlineData("sd15", "sd15")]
     [InlineData("sd15_inpainting", "sd15-inpainting")]
     [InlineData("sdxl_base", "sdxl-base")]
+    [InlineData("sd21_768v", "sd21-v")]
+    [InlineData("sdxl_refiner", "sdxl-refiner")]
     public void TheShippedConfigs_TakeEveryKeyOfTheRealCheckpoints(string family, string configs)
     {
         // Our modules built from models/sd-configs on the meta device, mapped key by key onto the real checkpoint's
@@ -251,8 +253,12 @@ public sealed class ShippedConfigKeyTests
             file.LoadUnet(unet);
             using var vae = new AutoencoderKL(folder.VaeConfig());
             file.LoadVae(vae);
-            using var te = new ClipTextModel(ClipTextConfig.Load(Path.Combine(dir, "text_encoder", "config.json")));
-            file.LoadClip(te);
+            if (Directory.Exists(Path.Combine(dir, "text_encoder")))
+            {
+                using var te = new ClipTextModel(ClipTextConfig.Load(Path.Combine(dir, "text_encoder", "config.json")));
+                if (file.Family == SdFamily.Sd2) file.LoadOpenClip(te); else file.LoadClip(te);
+            }
+            Assert.Equal(SdSingleFile.BuiltInConfigDir(file.Family), dir);
             if (Directory.Exists(Path.Combine(dir, "text_encoder_2")))
             {
                 using var te2 = new ClipTextModel(ClipTextConfig.Load(Path.Combine(dir, "text_encoder_2", "config.json")) with { WithProjection = true });

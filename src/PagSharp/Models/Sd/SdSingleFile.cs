@@ -178,7 +178,7 @@ public sealed class SdSingleFile : IDisposable
 
     /// <summary>
     /// The shipped config folder (models/sd-configs beside the program) for a family with standard configs — SD 1.5,
-    /// SD 1.5 inpainting, SDXL base — or null: other families need the user's configs.
+    /// SD 1.5 inpainting, SD 2.1 (768, v-prediction), SDXL base and refiner — or null: other families need the user's configs.
     /// </summary>
     public static string? BuiltInConfigDir(SdFamily family)
     {
@@ -187,6 +187,9 @@ public sealed class SdSingleFile : IDisposable
             SdFamily.Sd1 => "sd15",
             SdFamily.Sd1Inpainting => "sd15-inpainting",
             SdFamily.SdxlBase => "sdxl-base",
+            SdFamily.SdxlRefiner => "sdxl-refiner",
+            // SD 2.x 768-v and 512-base have the same keys; diffusers' from_single_file also takes 2.1 (768, v-prediction).
+            SdFamily.Sd2 => "sd21-v",
             _ => null,
         };
         if (name is null) return null;
