@@ -6,8 +6,19 @@ namespace PagSharp.Pipelines;
 
 public sealed partial class StableDiffusion
 {
+    /// <summary>The tensors of an embedding file: A1111's .pt keeps them under string_to_param (read by the safe unpickler).</summary>
+    private static Dictionary<string, Tensor> Read(string file)
+    {
+        if (!file.EndsWith(".safetensors", StringComparison.OrdinalIgnoreCase))
+        {
+            try { return TorchZip.LoadStateDict(file, "string_to_param"); }
+            catch (PagSharpException) { /* not an A1111 .pt: read it as any state dict below, whose error names the formats */ }
+        }
+        return StateDicts.Load(file);
+    }
+
     /// <summary>
-    /// Loads a textual-inversion embedding (A1111 <c>emb_params</c> [n, d], SDXL <c>clip_l</c> / <c>clip_g</c>, or a
+    /// Loads a textual-inversion embedding (A1111 <c>emb_params</c> [n, d] or a .pt with <c>string_to_param</c>, SDXL <c>clip_l</c> / <c>clip_g</c>, or a
     /// diffusers file with one tensor [d] or [n, d]) as <paramref name="token"/> (default: the file name without its
     /// extension), as diffusers' <c>load_textual_inversion</c>: the token and its <c>_1</c> … <c>_{n−1}</c> companions
     /// get new ids in the tokenizer(s), the vectors new rows in the text encoder(s), and the token in a prompt stands
@@ -18,7 +29,7 @@ public sealed partial class StableDiffusion
         if (Tokenizer is null && Tokenizer2 is null)
             throw new PagSharpException("textual-inversion embeddings change how prompts are encoded; this call was loaded without the text encoders");
         token ??= Path.GetFileNameWithoutExtension(file);
-        var w = StateDicts.Load(file);
+        var w = Read(file);
         try
         {
             Tensor? l = w.GetValueOrDefault("clip_l"), g = w.GetValueOrDefault("clip_g");

@@ -56,4 +56,20 @@ public sealed class EmbeddingTests : IDisposable
         SafeTensors.Save(sdxl, new Dictionary<string, Tensor> { ["clip_l"] = zeros(1, 8), ["clip_g"] = zeros(1, 8) });
         Assert.Throws<PagSharpException>(() => sd.LoadEmbedding(sdxl));
     }
+
+    [Fact]
+    public void AnA1111PtEmbedding_ReadsAsItsSafetensorsTwin()
+    {
+        // ti_a1111.pt: torch.save({"string_to_token", "string_to_param": {"*": v}, "name", "step", …}) as A1111 writes
+        // it, read by the safe unpickler; ti_a1111_emb_params.safetensors holds the same v (tests/fixtures/recipes/make_ti_pt_fixture.py).
+        using var a = Load();
+        using var b = Load();
+        a.LoadEmbedding(PagSharp.Tests.IO.Fixtures.Path("lora", "ti_a1111.pt"), "<toy>");
+        b.LoadEmbedding(PagSharp.Tests.IO.Fixtures.Path("lora", "ti_a1111_emb_params.safetensors"), "<toy>");
+        using var ea = a.EncodePrompt("hello <toy> cat", 0, out _);
+        using var eb = b.EncodePrompt("hello <toy> cat", 0, out _);
+        Assert.True(ea.eq(eb).all().item<bool>());
+        using var plain = a.EncodePrompt("hello cat", 0, out _);
+        Assert.False(ea.allclose(plain));
+    }
 }
