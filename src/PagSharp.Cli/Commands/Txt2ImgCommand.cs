@@ -48,9 +48,7 @@ public sealed class Txt2ImgCommand : Command<Txt2ImgSettings>
         if (s.Model is null) throw new PagSharpException($"pag {mode} needs --model DIR (a diffusers Stable Diffusion or SDXL folder)");
         if (editing && e!.Image is null) throw new PagSharpException($"pag {mode} needs --image IMAGE (PNG/JPEG, or a tensor)");
         if (ip is not null && ip.MaskImage is null) throw new PagSharpException("pag inpaint needs --mask-image MASK (white = repaint)");
-        // diffusers has a ControlNet PAG pipeline for SD inpainting, not for SD image-to-image.
-        if (mode == "img2img" && (s.ControlNet is not null || s.ControlImage is not null))
-            throw new PagSharpException("--controlnet/--control-image work with pag txt2img and pag inpaint (diffusers' StableDiffusionControlNetPAG(Inpaint)Pipeline); there is no ControlNet image-to-image pipeline");
+
         if (ip is not null && (double.IsNaN(ip.MaskBlur) || ip.MaskBlur < 0)) throw new PagSharpException($"--mask-blur must be ≥ 0 (got {ip.MaskBlur})");
         if (ip?.PaddingMaskCrop is { } pmc)
         {
@@ -90,6 +88,11 @@ public sealed class Txt2ImgCommand : Command<Txt2ImgSettings>
         var xlOnly = s.XlOnlyOptions().Concat(e?.DenoisingStart is not null ? ["--denoising-start"] : []).ToList();
         if (!xlFolder && xlOnly.Count > 0)
             throw new PagSharpException($"{string.Join(", ", xlOnly)} apply to SDXL models only; {s.Model} is a {folder.PipelineClass ?? "Stable Diffusion"} folder");
+        // diffusers' ControlNet PAG pipelines: txt2img (SD, SDXL), inpainting (SD), image-to-image (SDXL).
+        if (editing && (s.ControlNet is not null || s.ControlImage is not null) && (mode == "img2img") != xlFolder)
+            throw new PagSharpException(xlFolder
+                ? "--controlnet/--control-image work with SDXL in pag txt2img and pag img2img (diffusers' StableDiffusionXLControlNetPAG(Img2Img)Pipeline); there is no SDXL ControlNet inpainting PAG pipeline"
+                : "--controlnet/--control-image work with SD 1.x/2.x in pag txt2img and pag inpaint (diffusers' StableDiffusionControlNetPAG(Inpaint)Pipeline); there is no ControlNet image-to-image PAG pipeline for them");
         var micro = s.MicroConditioning();
         // SDXL without a negative prompt: zero negative embeddings (force_zeros_for_empty_prompt) need no text encoder.
         bool zeroNegative = xlFolder && folder.ForceZerosForEmptyPrompt && s.NegativePrompt is null && s.NegativePromptEmbeds is null;

@@ -88,6 +88,7 @@ public sealed class UNetDenoiser : IDenoiserModel, IDisposable
         ControlNetResiduals? residuals = null;
         try
         {
+            var added = AddedFor(blocks);
             float keep = _control?.Keep(step.Index, step.Count) ?? 0f;
             if (_control is not null && keep > 0)
             {
@@ -98,15 +99,15 @@ public sealed class UNetDenoiser : IDenoiserModel, IDisposable
                     // Only the conditional (and fed perturbed) entries; the unconditional entries get zero residuals.
                     long skip = uncond * b, rest = x.shape[0] - skip;
                     using var part = _control.Net.Forward(xIn.narrow(0, skip, rest), tt, emb.narrow(0, skip, rest),
-                        Repeat(_controlImage!, (int)(rest / b)), scale, true);
+                        Repeat(_controlImage!, (int)(rest / b)), scale, true,
+                        added is null ? null : new SdAddedConditioning(added.TextEmbeds.narrow(0, skip, rest), added.TimeIds.narrow(0, skip, rest)));
                     residuals = new ControlNetResiduals(
                         part.Down.Select(dn => cat(new[] { zeros(Shape(dn, skip), dtype: dn.dtype, device: dn.device), dn }, 0)).ToList(),
                         cat(new[] { zeros(Shape(part.Mid, skip), dtype: part.Mid.dtype, device: part.Mid.device), part.Mid }, 0));
                 }
                 else
-                    residuals = _control.Net.Forward(xIn, tt, emb, Repeat(_controlImage!, blocks.Count), scale, _control.EffectiveGuessMode);
+                    residuals = _control.Net.Forward(xIn, tt, emb, Repeat(_controlImage!, blocks.Count), scale, _control.EffectiveGuessMode, added);
             }
-            var added = AddedFor(blocks);
             if (_extra is not null)
                 xIn = cat(new[] { xIn, Repeat(_extra.to_type(dtype), (int)(xIn.shape[0] / b)) }, 1);
             var o = Unet.Forward(xIn, tt, emb, plan, residuals, added);

@@ -35,6 +35,11 @@ public sealed record ControlNetConfig
     public int[] ConditioningEmbeddingOutChannels { get; init; } = { 16, 32, 96, 256 };
     /// <summary>Residuals are averaged over space (shuffle-style ControlNets); implies guess mode in the pipeline.</summary>
     public bool GlobalPoolConditions { get; init; }
+    /// <summary><c>text_time</c> for SDXL ControlNets (as the SDXL UNet), or null.</summary>
+    public string? AdditionEmbedType { get; init; }
+    public int? AdditionTimeEmbedDim { get; init; }
+    public int? ProjectionClassEmbeddingsInputDim { get; init; }
+    public bool UsesTextTime => AdditionEmbedType == "text_time";
 
     public int TimeEmbedDim => BlockOutChannels[0] * 4;
 
@@ -91,10 +96,16 @@ public sealed record ControlNetConfig
             ChannelOrder = c.String("controlnet_conditioning_channel_order", "rgb"),
             ConditioningEmbeddingOutChannels = c.Ints("conditioning_embedding_out_channels", d.ConditioningEmbeddingOutChannels),
             GlobalPoolConditions = c.Bool("global_pool_conditions", false),
+            AdditionEmbedType = c.StringOrNull("addition_embed_type"),
+            AdditionTimeEmbedDim = c.IntOrNull("addition_time_embed_dim"),
+            ProjectionClassEmbeddingsInputDim = c.IntOrNull("projection_class_embeddings_input_dim"),
         };
-        const string sd = "Stable Diffusion 1.x/2.x ControlNets do not use it";
-        SdEncoderChecks.RequireSdDefaults(c, sd);
-        c.RequireDefault("projection_class_embeddings_input_dim", null, sd);
+        const string sd = "Stable Diffusion 1.x/2.x and SDXL ControlNets do not use it";
+        SdEncoderChecks.RequireSdDefaults(c, sd, allowTextTime: true);
+        if (cfg.AdditionEmbedType is not (null or "text_time"))
+            throw new PagSharpException($"{source}: addition_embed_type '{cfg.AdditionEmbedType}' is not supported; valid: text_time (SDXL) or none");
+        if (cfg.UsesTextTime && (cfg.AdditionTimeEmbedDim is not >= 1 || cfg.ProjectionClassEmbeddingsInputDim is not >= 1))
+            throw new PagSharpException($"{source}: addition_embed_type 'text_time' needs addition_time_embed_dim and projection_class_embeddings_input_dim (≥ 1)");
         cfg.Validate(source);
         return cfg;
     }
@@ -126,6 +137,9 @@ public sealed record ControlNetConfig
         // masked-image latents appended after the ControlNet, as diffusers' ControlNet inpainting pipelines do.
         Require(InChannels == unet.OutChannels, $"in_channels {InChannels} but the UNet's latents have {unet.OutChannels} channels");
         Require(CrossAttentionDim[0] == unet.CrossAttentionDim[0], $"cross_attention_dim {CrossAttentionDim[0]} but the UNet's is {unet.CrossAttentionDim[0]}");
+        Require(UsesTextTime == unet.UsesTextTime, UsesTextTime ? "it is an SDXL ControlNet (addition_embed_type text_time) but the UNet is not" : "the UNet is an SDXL UNet (addition_embed_type text_time) but the ControlNet is not");
+        Require(!UsesTextTime || ProjectionClassEmbeddingsInputDim == unet.ProjectionClassEmbeddingsInputDim,
+            $"projection_class_embeddings_input_dim {ProjectionClassEmbeddingsInputDim} but the UNet's is {unet.ProjectionClassEmbeddingsInputDim}");
         Require(BlockOutChannels.Length == unet.BlockOutChannels.Length,
             $"{BlockOutChannels.Length} down blocks but the UNet has {unet.BlockOutChannels.Length}");
         var mine = ResidualChannels;

@@ -72,6 +72,7 @@ public sealed class SdControlNet : Module
 #pragma warning disable IDE1006 // field names are checkpoint keys
     private readonly Conv2d conv_in;
     private readonly SdTimeMlp time_embedding;
+    private readonly SdTimeMlp? add_embedding;
     private readonly ControlNetConditioningEmbedding controlnet_cond_embedding;
     private readonly ModuleList<SdDownBlock> down_blocks;
     private readonly ModuleList<Conv2d> controlnet_down_blocks;
@@ -91,6 +92,7 @@ public sealed class SdControlNet : Module
                                     config.ResnetTimeScaleShift, 1.0, config.UseLinearProjection);
         conv_in = SdNn.Conv(config.InChannels, boc[0]);
         time_embedding = new SdTimeMlp(boc[0], config.TimeEmbedDim, config.ActFn);
+        if (config.UsesTextTime) add_embedding = new SdTimeMlp(config.ProjectionClassEmbeddingsInputDim!.Value, config.TimeEmbedDim, "silu");
         controlnet_cond_embedding = new ControlNetConditioningEmbedding(boc[0], config.ConditioningEmbeddingOutChannels, config.ConditioningChannels);
         var downs = SdDownBlock.Encoder(config.BlockOutChannels, config.DownBlockTypes, config.LayersPerBlock, config.AttentionHeads,
             config.TransformerLayersPerBlock, config.CrossAttentionDim, config.DownsamplePadding, s);
@@ -109,8 +111,9 @@ public sealed class SdControlNet : Module
     /// for the standard SD ControlNets). Every residual is multiplied by <paramref name="conditioningScale"/>; in
     /// <paramref name="guessMode"/> the down residuals get 10^linspace(−1, 0, n+1) · scale (the last for the mid).
     /// </summary>
+    /// <remarks>SDXL ControlNets (addition_embed_type text_time) take the added conditioning <paramref name="added"/> as the SDXL UNet.</remarks>
     public ControlNetResiduals Forward(Tensor sample, Tensor timesteps, Tensor encoderHiddenStates, Tensor controlImage,
-                                       double conditioningScale = 1.0, bool guessMode = false)
+                                       double conditioningScale = 1.0, bool guessMode = false, SdAddedConditioning? added = null)
     {
         CheckInputs(sample, encoderHiddenStates, controlImage);
         long b = sample.shape[0];
@@ -123,6 +126,11 @@ public sealed class SdControlNet : Module
 
         var tEmb = SdTimesteps.Embedding(t, Config.BlockOutChannels[0], Config.FlipSinToCos, Config.FreqShift).to_type(sample.dtype);
         var emb = time_embedding.forward(tEmb);
+        if (add_embedding is not null)
+            emb = emb + add_embedding.forward(SdAddedConditioning.EmbeddingInput(added, b, Config.AdditionTimeEmbedDim!.Value,
+                Config.ProjectionClassEmbeddingsInputDim!.Value, Config.FlipSinToCos, Config.FreqShift).to_type(emb.dtype));
+        else if (added is not null)
+            throw new PagSharpException("text_embeds and time_ids were given, but this ControlNet has no added conditioning (addition_embed_type is not text_time)");
         using var state = new SdForwardState(emb, encoderHiddenStates, null, null);
 
         var h = conv_in.forward(sample);

@@ -144,7 +144,8 @@ public sealed class SdUNet : Module
         var tEmb = SdTimesteps.Embedding(t, Config.BlockOutChannels[0], Config.FlipSinToCos, Config.FreqShift).to_type(sample.dtype);
         var emb = time_embedding.forward(tEmb);
         if (add_embedding is not null)
-            emb = emb + add_embedding.forward(AddedEmbeddingInput(added, b).to_type(emb.dtype));
+            emb = emb + add_embedding.forward(SdAddedConditioning.EmbeddingInput(added, b, Config.AdditionTimeEmbedDim!.Value,
+                Config.ProjectionClassEmbeddingsInputDim!.Value, Config.FlipSinToCos, Config.FreqShift).to_type(emb.dtype));
         else if (added is not null)
             throw new PagSharpException("text_embeds and time_ids were given, but this UNet has no added conditioning (addition_embed_type is not text_time)");
         using var state = new SdForwardState(emb, encoderHiddenStates, plan, ForkPoint(plan), SplitSkips);
@@ -177,24 +178,6 @@ public sealed class SdUNet : Module
         return conv_out.forward(h);
     }
 
-    /// <summary>[text_embeds, flattened sinusoidal embeddings of the time ids] [B, projection_class_embeddings_input_dim], checked.</summary>
-    private Tensor AddedEmbeddingInput(SdAddedConditioning? added, long b)
-    {
-        var cfg = Config;
-        if (added is null)
-            throw new PagSharpException("this is an SDXL UNet (addition_embed_type text_time): it needs text_embeds (the pooled prompt embedding) and time_ids");
-        var (text, ids) = (added.TextEmbeds, added.TimeIds);
-        if (text.dim() != 2 || text.shape[0] != b || ids.dim() != 2 || ids.shape[0] != b)
-            throw new PagSharpException($"text_embeds have shape [{string.Join(",", text.shape)}] and time_ids [{string.Join(",", ids.shape)}]; expected [{b},P] and [{b},n] (one row per latent)");
-        long width = text.shape[1] + ids.shape[1] * cfg.AdditionTimeEmbedDim!.Value;
-        if (width != cfg.ProjectionClassEmbeddingsInputDim)
-            throw new PagSharpException($"text_embeds of width {text.shape[1]} and {ids.shape[1]} time ids give an added embedding of width {text.shape[1]} + {ids.shape[1]}·{cfg.AdditionTimeEmbedDim} = {width}, " +
-                $"but this UNet expects {cfg.ProjectionClassEmbeddingsInputDim} (projection_class_embeddings_input_dim); the base model takes 6 time ids, the refiner 5 (with the aesthetic score)");
-        using var flat = ids.reshape(-1);
-        using var timeEmb = SdTimesteps.Embedding(flat, cfg.AdditionTimeEmbedDim.Value, cfg.FlipSinToCos, cfg.FreqShift);
-        return cat(new[] { text.to_type(timeEmb.dtype), timeEmb.reshape(b, -1) }, -1);
-    }
-
     /// <summary>The Transformer2D holding the first perturbed layer in forward order (where a shared-prefix fork happens).</summary>
     private string? ForkPoint(PerturbationPlan? plan)
     {
@@ -210,4 +193,25 @@ public sealed class SdUNet : Module
 /// [B, P] and the micro-conditioning <c>time_ids</c> [B, n] (base: original size, crop top-left, target size, each
 /// (height, width); refiner: original size, crop, aesthetic score).
 /// </summary>
-public sealed record SdAddedConditioning(Tensor TextEmbeds, Tensor TimeIds);
+public sealed record SdAddedConditioning(Tensor TextEmbeds, Tensor TimeIds)
+{
+    /// <summary>
+    /// [text_embeds, flattened sinusoidal embeddings of the time ids] [B, projection_class_embeddings_input_dim], the
+    /// input of <c>add_embedding</c> (UNet and ControlNet alike), checked.
+    /// </summary>
+    public static Tensor EmbeddingInput(SdAddedConditioning? added, long b, int timeEmbedDim, int inputDim, bool flipSinToCos, double freqShift)
+    {
+        if (added is null)
+            throw new PagSharpException("this is an SDXL network (addition_embed_type text_time): it needs text_embeds (the pooled prompt embedding) and time_ids");
+        var (text, ids) = (added.TextEmbeds, added.TimeIds);
+        if (text.dim() != 2 || text.shape[0] != b || ids.dim() != 2 || ids.shape[0] != b)
+            throw new PagSharpException($"text_embeds have shape [{string.Join(",", text.shape)}] and time_ids [{string.Join(",", ids.shape)}]; expected [{b},P] and [{b},n] (one row per latent)");
+        long width = text.shape[1] + ids.shape[1] * timeEmbedDim;
+        if (width != inputDim)
+            throw new PagSharpException($"text_embeds of width {text.shape[1]} and {ids.shape[1]} time ids give an added embedding of width {text.shape[1]} + {ids.shape[1]}·{timeEmbedDim} = {width}, " +
+                $"but this network expects {inputDim} (projection_class_embeddings_input_dim); the base model takes 6 time ids, the refiner 5 (with the aesthetic score)");
+        using var flat = ids.reshape(-1);
+        using var timeEmb = SdTimesteps.Embedding(flat, timeEmbedDim, flipSinToCos, freqShift);
+        return cat(new[] { text.to_type(timeEmb.dtype), timeEmb.reshape(b, -1) }, -1);
+    }
+}
