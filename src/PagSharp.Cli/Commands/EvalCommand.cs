@@ -19,7 +19,7 @@ public sealed class EvalCommand : Command<EvalCommand.Settings>
         [Description("Generated images: a folder of PNG/JPEG (grid.png skipped), a .npy array [[N,C,H,W]] in [[-1,1]], or saved statistics (.safetensors; FID only). Repeat to combine shards.")]
         public string[] Generated { get; init; } = [];
         [CommandOption("--reference <REF>")]
-        [Description("mnist-test (default; the 1,000 held-out digits), mnist-train, a folder, a .npy array, or saved statistics (.safetensors; FID only).")]
+        [Description("mnist-test (default; the 1,000 held-out digits), mnist-train (or N of its digits, spread evenly: mnist-train:N), a folder, a .npy array, or saved statistics (.safetensors; FID only).")]
         public string Reference { get; init; } = ImageSets.MnistTest;
         [CommandOption("--features <NET>")][Description("Feature network: mnist (the project's classifier, default) or inception (standard FID; needs --inception-weights).")]
         public string Features { get; init; } = "mnist";

