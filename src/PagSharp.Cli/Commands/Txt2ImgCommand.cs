@@ -141,7 +141,7 @@ public sealed class Txt2ImgCommand : Command<Txt2ImgSettings>
         using var controlImage = controlNet is null ? null : LoadControlImage(s, sd, controlNet);
         var control = controlNet is null ? null : new SdControl(controlNet, controlImage!)
         {
-            ConditioningScale = s.ControlNetScale,
+            ConditioningScale = s.ControlNetScale ?? (mode switch { "inpaint" => 0.5, "img2img" => 0.8, _ => 1.0 }),
             GuidanceStart = s.ControlGuidanceStart,
             GuidanceEnd = s.ControlGuidanceEnd,
             GuessMode = s.GuessMode,

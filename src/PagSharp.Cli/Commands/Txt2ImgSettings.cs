@@ -221,8 +221,8 @@ public class Txt2ImgSettings : CommandSettings, IPerturbedBranchOptions
     public string? ControlNet { get; init; }
     [CommandOption("--control-image <FILE>")][Description("Control image: PNG/JPEG (converted to RGB, resized with Lanczos to the generation size, values 0..1, as diffusers), or a prepared tensor [[1 or N,C,H,W]] (FILE.npy or FILE.safetensors:KEY) at the generation size. The generation size defaults to the image's (rounded down to the VAE scale factor).")]
     public string? ControlImage { get; init; }
-    [CommandOption("--controlnet-scale|--controlnet-conditioning-scale <S>")][Description("controlnet_conditioning_scale: the ControlNet residuals are multiplied by S. Default 1.")]
-    public double ControlNetScale { get; init; } = 1.0;
+    [CommandOption("--controlnet-scale|--controlnet-conditioning-scale <S>")][Description("controlnet_conditioning_scale: the ControlNet residuals are multiplied by S. Defaults as diffusers' pipelines: 1 (txt2img), 0.5 (inpaint), 0.8 (SDXL img2img).")]
+    public double? ControlNetScale { get; init; }
     [CommandOption("--canny")][Description("Use the Canny edges of --control-image (an ordinary photo) instead of the image itself.")]
     public bool Canny { get; init; }
     [CommandOption("--canny-low <T>")][Description("Canny low threshold (default 100, as cv2.Canny(image, 100, 200)).")]
