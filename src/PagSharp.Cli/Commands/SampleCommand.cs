@@ -1,3 +1,4 @@
+using TorchSharp;
 using PagSharp.Runtime;
 using PagSharp.Runs;
 using PagSharp.Models.Adm;
@@ -33,14 +34,22 @@ public sealed class SampleCommand : Command<SampleCommand.Settings>
         public string? SaveTensor { get; init; }
         [CommandOption("--shard <K/N>")][Description("Produce only shard K (0-based) of N: batches b with b mod N = K.")]
         public string? Shard { get; init; }
+        [CommandOption("--device <DEVICE>")][Description("cpu (default), cuda or cuda:N. CUDA needs a TorchSharp CUDA backend; this build ships the CPU one, and only cpu is tested here. Noise is drawn on the CPU from each sample's seed and moved, so results do not depend on the device's RNG.")]
+        public string Device { get; init; } = "cpu";
     }
 
     public const string RunFile = RunFolder.ManifestFile;
 
     public override int Execute(CommandContext context, Settings s, CancellationToken cancellationToken)
     {
+        var device = PagSharp.Runtime.DeviceSpec.Parse(s.Device);
         using var loaded = s.LoadModel();
         using var guide = s.LoadGuide();
+        if (device.type != TorchSharp.DeviceType.CPU)
+        {
+            loaded.Net.to(device);
+            guide?.Net.to(device);
+        }
         var guidance = s.BuildGuidance(loaded.Net.AttentionLayers, loaded.Config.GuidanceDefaults);
         var options = s.BuildSampling(guidance);
         options.Validate();

@@ -1,3 +1,4 @@
+using TorchSharp;
 using PagSharp.Runtime;
 using PagSharp.Runs;
 using PagSharp.Guidance;
@@ -45,6 +46,7 @@ public sealed class Txt2ImgCommand : Command<Txt2ImgSettings>
         var ip = s as InpaintSettings;
         bool editing = e is not null;
         string output = s.Output ?? Path.Combine("out", mode);
+        var device = DeviceSpec.Parse(s.Device);
         if (s.Model is null) throw new PagSharpException($"pag {mode} needs --model DIR (a diffusers Stable Diffusion or SDXL folder)");
         if (editing && e!.Image is null) throw new PagSharpException($"pag {mode} needs --image IMAGE (PNG/JPEG, or a tensor)");
         if (ip is not null && ip.MaskImage is null) throw new PagSharpException("pag inpaint needs --mask-image MASK (white = repaint)");
@@ -125,6 +127,7 @@ public sealed class Txt2ImgCommand : Command<Txt2ImgSettings>
             AnsiConsole.MarkupLine($"LoRA {Markup.Escape(Path.GetFileName(file))} merged at scale {scale.ToString(System.Globalization.CultureInfo.InvariantCulture)}: {merged.Count} weights");
         }
         if (sd.Vae is not null) sd.Vae.Tiling = s.VaeTiling;
+        if (device.type != TorchSharp.DeviceType.CPU) sd.ToDevice(device);
         string scheduler = s.Scheduler ?? sd.Folder.NativeSchedulerName ?? "ddim";
         sd.KarrasSigmas = s.KarrasSigmas;
         ComputeType.Apply(sd.Unet, computeType); // already in that type: built so by the loader
@@ -132,12 +135,13 @@ public sealed class Txt2ImgCommand : Command<Txt2ImgSettings>
         {
             sd.LoadGuide(s.GuidanceModel);
             ComputeType.Apply(sd.Guide!, computeType);
+            if (device.type != TorchSharp.DeviceType.CPU) sd.Guide!.to(device);
         }
         // With --compare each column builds (and checks) its own settings; the --seg-*/--slg-* layer options serve its tokens.
         var guidance = methods is null ? s.BuildGuidance(sd.Unet.AttentionLayers)
             : methods.Select(m => m.Apply(s.BuildGuidance(sd.Unet.AttentionLayers, m.Cfg, m.Pag, m.Sag, m.Seg, m.Slg), s.ApgFromOptions())).ToArray()[0];
         using var controlNet = controlNetPath is null ? null : LoadControlNet(controlNetPath, sd);
-        if (controlNet is not null) ComputeType.Apply(controlNet, computeType);
+        if (controlNet is not null) { ComputeType.Apply(controlNet, computeType); if (device.type != TorchSharp.DeviceType.CPU) controlNet.to(device); }
         using var controlImage = controlNet is null ? null : LoadControlImage(s, sd, controlNet);
         var control = controlNet is null ? null : new SdControl(controlNet, controlImage!)
         {

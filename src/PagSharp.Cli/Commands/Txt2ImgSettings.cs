@@ -119,6 +119,8 @@ public class Txt2ImgSettings : CommandSettings, IPerturbedBranchOptions
     public int Steps { get; init; } = 50;
     [CommandOption("--scheduler <NAME>")][Description("ddpm, ddim, euler, euler-a, dpmpp-2m or unipc (diffusers semantics, settings from scheduler/scheduler_config.json). Default: the folder's own when it is one of these, else ddim.")]
     public string? Scheduler { get; init; }
+    [CommandOption("--device <DEVICE>")][Description("cpu (default), cuda or cuda:N. CUDA needs a TorchSharp CUDA backend; this build ships the CPU one, and only cpu is tested here. Noise is drawn on the CPU from each image's seed and moved, as diffusers does with CPU generators.")]
+    public string Device { get; init; } = "cpu";
     [CommandOption("--dtype <TYPE>")][Description("Type the U-Net (and ControlNet) compute in: float32 (default), bfloat16, float16; text encoder, VAE, guidance and scheduler stay float32.")]
     public string Dtype { get; init; } = "float32";
     [CommandOption("--karras-sigmas")][Description("Karras noise levels (use_karras_sigmas) for euler, dpmpp-2m and unipc, as \"DPM++ 2M Karras\" in A1111/ComfyUI. A folder whose scheduler config sets use_karras_sigmas uses them without this flag.")]

@@ -27,6 +27,7 @@ public sealed class UNetDenoiser : IDenoiserModel, IDisposable
     private readonly SdXlConditioning? _xl;
     private readonly Tensor? _extra;
     private readonly ScalarType _dtype;
+    private readonly Device _device;
 
     /// <param name="unet">The U-Net.</param>
     /// <param name="promptEmbeds">Text conditioning [B, S, D].</param>
@@ -64,10 +65,11 @@ public sealed class UNetDenoiser : IDenoiserModel, IDisposable
             throw new PagSharpException($"negative prompt embeddings have shape [{string.Join(",", negativeEmbeds.shape)}] but the prompt embeddings [{string.Join(",", promptEmbeds.shape)}]; they must match (as diffusers requires)");
         _prompt = promptEmbeds;
         _dtype = unet.parameters().First().dtype;
+        _device = unet.parameters().First().device;
         _negative = negativeEmbeds;
         _control = control;
         _xl = xl;
-        _extra = extraInput?.alias().DetachFromDisposeScope();
+        _extra = extraInput is null ? null : (extraInput.device == _device ? extraInput.alias() : extraInput.to(_device)).DetachFromDisposeScope();
         if (xl is not null) CheckXl(xl, latentShape[0]);
         if (control is not null) _controlImage = PrepareControl(unet, control, latentShape).DetachFromDisposeScope();
         BatchSize = latentShape[0];
@@ -84,7 +86,7 @@ public sealed class UNetDenoiser : IDenoiserModel, IDisposable
         var emb = EmbeddingsFor(blocks);
         var dtype = _dtype;
         var xIn = x.dtype == dtype ? x : x.to_type(dtype);
-        using var tt = tensor((float)step.Timestep);
+        using var tt = tensor((float)step.Timestep, device: _device);
         ControlNetResiduals? residuals = null;
         try
         {
@@ -131,6 +133,7 @@ public sealed class UNetDenoiser : IDenoiserModel, IDisposable
         var parts = blocks.Select(k => k == Branch.Conditional ? _prompt : _negative!).ToArray();
         var joined = parts.Length == 1 ? parts[0].alias() : cat(parts, 0);
         if (joined.dtype != _dtype) joined = joined.to_type(_dtype);
+        if (joined.device != _device) joined = joined.to(_device);
         return _embeddings[key] = joined.DetachFromDisposeScope();
     }
 
@@ -144,7 +147,7 @@ public sealed class UNetDenoiser : IDenoiserModel, IDisposable
         Tensor Rows(Tensor t) => t.shape[0] == b ? t : t.expand(b, -1);
         Tensor Join(Func<Branch, Tensor> pick)
         {
-            var parts = blocks.Select(k => Rows(pick(k)).to_type(_dtype)).ToArray();
+            var parts = blocks.Select(k => Rows(pick(k)).to_type(_dtype).to(_device)).ToArray();
             return (parts.Length == 1 ? parts[0].clone() : cat(parts, 0)).DetachFromDisposeScope();
         }
         var text = Join(k => k == Branch.Conditional ? _xl.PooledEmbeds : _xl.NegativePooledEmbeds
@@ -192,7 +195,7 @@ public sealed class UNetDenoiser : IDenoiserModel, IDisposable
             throw new PagSharpException($"the control image is {img.shape[3]}×{img.shape[2]} but latents of {latentShape[3]}×{latentShape[2]} need a {latentShape[3] * f}×{latentShape[2] * f} control image (width×height; this ControlNet downsamples by {f}); resize it to the generation size");
         if (!img.is_floating_point())
             throw new PagSharpException($"the control image holds {img.dtype} values; expected floating-point values (0..1 for the standard SD ControlNets)");
-        img = img.to_type(control.Net.parameters().First().dtype);
+        img = img.to_type(control.Net.parameters().First().dtype).to(control.Net.parameters().First().device);
         return img.shape[0] == b ? img.alias() : img.expand(b, -1, -1, -1).contiguous();
     }
 

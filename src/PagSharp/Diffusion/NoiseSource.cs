@@ -18,6 +18,9 @@ public sealed class NoiseSource : IDisposable
 
     public int Count => _gens.Length;
 
+    /// <summary>Where drawn noise is placed (drawn on the CPU from the per-sample generators, then moved). Default: CPU.</summary>
+    public Device Device { get; set; } = CPU;
+
     /// <summary>randn of shape [Count, ..sampleShape], each row from its own generator.</summary>
     public Tensor Randn(params long[] sampleShape)
     {
@@ -28,7 +31,10 @@ public sealed class NoiseSource : IDisposable
         for (int i = 0; i < rows.Length; i++) rows[i] = randn(shape, generator: _gens[i]);
         var result = cat(rows, 0);
         foreach (var r in rows) r.Dispose();
-        return result;
+        if (Device.type == DeviceType.CPU) return result;
+        var moved = result.to(Device);
+        result.Dispose();
+        return moved;
     }
 
     /// <summary>The generator of sample <paramref name="row"/> (for draws of one sample, such as a VAE posterior sample, in the stream's order).</summary>

@@ -46,6 +46,7 @@ public static class Sampler
         int forward = PlanMemory(net, options).ForwardBatch;
         if (forward < options.BatchSize) options = options with { BatchSize = forward };
         var diffusion = GaussianDiffusion.Create(spec.NoiseSchedule, spec.DiffusionSteps, options.ResolvedRespacing(spec.DiffusionSteps), spec.Variance);
+        var device = net.parameters().First().device;
 
         // Inference mode: no autograd bookkeeping at all (cheaper than no_grad). The concatenation (or copy) below
         // runs outside it, so the caller gets an ordinary tensor (in-place ops on it stay allowed); cat of a single
@@ -58,13 +59,13 @@ public static class Sampler
             {
                 var batch = indices.Skip(bi * options.BatchSize).Take(options.BatchSize).ToArray();
                 using var scope = NewDisposeScope();
-                using var noise = new NoiseSource(batch.Select(options.SampleSeed));
+                using var noise = new NoiseSource(batch.Select(options.SampleSeed)) { Device = device };
                 var xT = initNoise is not null
-                    ? initNoise.narrow(0, bi * options.BatchSize, batch.Length).to_type(ScalarType.Float32)
+                    ? initNoise.narrow(0, bi * options.BatchSize, batch.Length).to_type(ScalarType.Float32).to(device)
                     : noise.Randn(sampleShape);
                 Tensor? labels = null;
                 if (net.IsClassConditional)
-                    labels = tensor(batch.Select(i => (long)(options.Labels is { } l ? l[(int)(i % l.Count)] : cfg.NullClass!.Value)).ToArray());
+                    labels = tensor(batch.Select(i => (long)(options.Labels is { } l ? l[(int)(i % l.Count)] : cfg.NullClass!.Value)).ToArray(), device: device);
                 using var policyGen = new Generator((ulong)options.SampleSeed(batch[0]) ^ 0x5bd1e995UL);
                 var model = new AdmDenoiser(net, labels, batch.Length);
                 var denoiser = CreateDenoiser(model, spec, options, policyGen, null, guide is null ? null : new AdmDenoiser(guide, labels, batch.Length));
@@ -74,7 +75,8 @@ public static class Sampler
                 try
                 {
                     var x = SamplingLoop.Run(scheduler, denoiser, xT, noise, Report, cancellation);
-                    results.Add(x.MoveToOuterDisposeScope());
+                    // Samples are returned on the CPU, whatever device the network is on.
+                    results.Add((x.device.type == TorchSharp.DeviceType.CPU ? x : x.cpu()).MoveToOuterDisposeScope());
                 }
                 finally
                 {

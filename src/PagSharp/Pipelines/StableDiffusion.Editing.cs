@@ -96,6 +96,8 @@ public sealed partial class StableDiffusion
         var vae = Vae ?? throw new PagSharpException("this call was loaded without the VAE; give image latents");
         using var _ = no_grad();
         using var scope = NewDisposeScope();
+        var vaeDevice = vae.parameters().First().device;
+        if (x.device != vaeDevice) x = x.to(vaeDevice);
         var rows = new List<Tensor>();
         for (int i = 0; i < x.shape[0]; i++)
         {
@@ -124,6 +126,7 @@ public sealed partial class StableDiffusion
         var s = Schedulers.Create(scheduler, SchedulerFor(control), steps, eta);
         using var policyGen = new Generator((ulong)policySeed ^ 0x5bd1e995UL);
         using var scope = NewDisposeScope();
+        source.Device = Device;
         try
         {
             var (start, end) = EditSteps(s.Timesteps, SchedulerFor(control).NumTrainTimesteps, edit.Strength, edit.DenoisingStart, edit.DenoisingEnd);
@@ -150,7 +153,7 @@ public sealed partial class StableDiffusion
             throw new PagSharpException($"this UNet takes {unetC} input channels (an inpainting UNet): image-to-image needs a {latentC}-channel UNet; use inpainting with a mask");
         if (inpaint && unetC != latentC && unetC != 2 * latentC + 1)
             throw new PagSharpException($"this UNet takes {unetC} input channels; inpainting needs {latentC} (latents) or {2 * latentC + 1} (latents, mask, masked-image latents)");
-        var img = edit.Image;
+        var img = edit.Image.device == Device ? edit.Image : edit.Image.to(Device);
         if (img.dim() != 4 || (img.shape[1] != 3 && img.shape[1] != latentC))
             throw new PagSharpException($"the image has shape [{string.Join(",", img.shape)}]; expected [B,3,H,W] (pixels in [0, 1]) or [B,{latentC},h,w] (image latents)");
         if (img.shape[0] != b) throw new PagSharpException($"{img.shape[0]} images for {b} samples; give one per sample");
@@ -171,7 +174,8 @@ public sealed partial class StableDiffusion
 
         // 2. Noise (drawn unless given; image-to-image after a denoising_start draws none).
         long[] shape = [latentC, h, w];
-        Tensor? noise = edit.Noise?.to_type(ScalarType.Float32);
+        Tensor? noise = edit.Noise?.to_type(ScalarType.Float32).to(Device);
+        if (imageLatents is not null && imageLatents.device != Device) imageLatents = imageLatents.to(Device);
         if (noise is not null && !noise.shape.SequenceEqual(new[] { b, latentC, h, w }))
             throw new PagSharpException($"the noise has shape [{string.Join(",", noise.shape)}]; expected [{b},{latentC},{h},{w}]");
         if (noise is null && (addNoise || inpaint)) noise = source.Randn(shape);
@@ -184,7 +188,7 @@ public sealed partial class StableDiffusion
         if (!inpaint) return new PreparedEdit(startLatents, null, new LoopRange(start, end, ScaleInitialNoise: false));
 
         // 4. Mask at image resolution, binarised (diffusers' mask processor), then nearest-resized to the latents.
-        var m = edit.Mask!;
+        var m = edit.Mask!.to(Device);
         if (m.dim() == 3) m = m.unsqueeze(1);
         long H = isLatents ? h * f : img.shape[2], W = isLatents ? w * f : img.shape[3];
         if (m.dim() != 4 || m.shape[1] != 1 || (m.shape[0] != 1 && m.shape[0] != b) || m.shape[2] != H || m.shape[3] != W)
@@ -194,7 +198,7 @@ public sealed partial class StableDiffusion
         var maskLatent = nn.functional.interpolate(maskFull, new long[] { h, w }, mode: InterpolationMode.Nearest);
 
         // 5. Masked-image latents (drawn after the noise, as diffusers; a 4-channel UNet does not use them).
-        Tensor? maskedLatents = edit.MaskedImageLatents?.to_type(ScalarType.Float32);
+        Tensor? maskedLatents = edit.MaskedImageLatents?.to_type(ScalarType.Float32).to(Device);
         if (maskedLatents is null)
         {
             if (isLatents)
@@ -205,9 +209,9 @@ public sealed partial class StableDiffusion
             {
                 // diffusers encodes image · (mask < 0.5) here too (unused by a 4-channel UNet); only its draws matter,
                 // for stochastic schedulers that continue the generators' streams.
-                for (int i = 0; i < b; i++) randn(new long[] { 1, latentC, h, w }, generator: source[i]).Dispose();
+                for (int i = 0; i < b; i++) randn(new long[] { 1, latentC, h, w }, generator: source[i]).Dispose(); // CPU draws: only the streams matter
             }
-            else maskedLatents = EncodeNormalized(Normalize(img) * (maskFull < 0.5), source);
+            else maskedLatents = EncodeNormalized(Normalize(img) * (maskFull < 0.5), source).to(Device);
         }
         if (maskedLatents is not null && !maskedLatents.shape.SequenceEqual(new[] { b, latentC, h, w }))
             throw new PagSharpException($"the masked-image latents have shape [{string.Join(",", maskedLatents.shape)}]; expected [{b},{latentC},{h},{w}]");

@@ -34,6 +34,19 @@ public sealed partial class StableDiffusion : IDisposable
     public ClipTokenizer? Tokenizer2 { get; init; }
     public required SchedulerConfig Scheduler { get; init; }
 
+    /// <summary>The device the U-Net is on (see <see cref="ToDevice"/>); what the pipeline makes follows it.</summary>
+    public Device Device => Unet.parameters().First().device;
+
+    /// <summary>Moves every loaded network (U-Net, guide, VAE, text encoders) to <paramref name="device"/>.</summary>
+    public void ToDevice(Device device)
+    {
+        Unet.to(device);
+        Guide?.to(device);
+        Vae?.to(device);
+        TextEncoder?.to(device);
+        TextEncoder2?.to(device);
+    }
+
     /// <summary>An SDXL model (its U-Net takes pooled embeddings and time ids).</summary>
     public bool IsXl => Unet.Config.UsesTextTime;
 
@@ -171,7 +184,7 @@ public sealed partial class StableDiffusion : IDisposable
             var tokens = tok.Encode(text);
             if (tokens.Truncated)
                 warning = $"The following part of your input was truncated because CLIP can only handle sequences up to {tok.MaxLength} tokens: {tokens.Dropped}";
-            using var ids = tensor(tokens.Ids.Select(i => (long)i).ToArray()).unsqueeze(0);
+            using var ids = tensor(tokens.Ids.Select(i => (long)i).ToArray(), device: te.parameters().First().device).unsqueeze(0);
             var (hidden, p) = te.EncodeWithPooled(ids, 1 + clipSkip);
             parts.Add(hidden);
             if (ReferenceEquals(te, TextEncoder2)) pooled = p; else p.Dispose();
@@ -205,7 +218,7 @@ public sealed partial class StableDiffusion : IDisposable
         warning = tokens.Truncated
             ? $"The following part of your input was truncated because CLIP can only handle sequences up to {Tokenizer.MaxLength} tokens: {tokens.Dropped}"
             : null;
-        using var ids = tensor(tokens.Ids.Select(i => (long)i).ToArray()).unsqueeze(0);
+        using var ids = tensor(tokens.Ids.Select(i => (long)i).ToArray(), device: TextEncoder.parameters().First().device).unsqueeze(0);
         using var _ = no_grad();
         return TextEncoder.Encode(ids, clipSkip);
     }
@@ -233,7 +246,9 @@ public sealed partial class StableDiffusion : IDisposable
         if (Vae is null) throw new PagSharpException("this call was loaded without the VAE; use latent output");
         using var _ = no_grad();
         using var scope = NewDisposeScope();
-        return AutoencoderKL.ToUnitRange(Vae.DecodeLatents(latents)).MoveToOuterDisposeScope();
+        var device = Vae.parameters().First().device;
+        // Images come back on the CPU (where they are saved).
+        return AutoencoderKL.ToUnitRange(Vae.DecodeLatents(latents.device == device ? latents : latents.to(device))).cpu().MoveToOuterDisposeScope();
     }
 
     /// <summary>
@@ -248,6 +263,8 @@ public sealed partial class StableDiffusion : IDisposable
     {
         var s = Schedulers.Create(scheduler, SchedulerFor(control), steps, eta);
         using var policyGen = new Generator((ulong)policySeed ^ 0x5bd1e995UL);
+        source.Device = Device;
+        if (noise.device != Device) noise = noise.to(Device);
         try
         {
             return StableDiffusionPipeline.Denoise(Unet, s, noise, promptEmbeds, negativeEmbeds, guidance, source, onStep, policyGen, cancellation, control, SchedulerFor(control), Guide, xl, null, range);

@@ -234,4 +234,30 @@ public class SampleCommandTests(SampleRunFixture fx) : IClassFixture<SampleRunFi
         Assert.True(exit == 0, output);
         Assert.True(File.Exists(Path.Combine(dir.File("out"), "grid.png")));
     }
+
+    [Theory]
+    [InlineData("sample")]
+    [InlineData("txt2img")]
+    public void Device_CpuIsTheDefault_AndAnUnavailableCudaIsRefusedBeforeAnythingIsWritten(string command)
+    {
+        using var dir = new TempDir();
+        // cpu gives the same samples as no --device.
+        if (command == "sample")
+        {
+            var (e1, o1) = Pag.Run("sample", "--count", "2", "--steps", "5", "--save-tensor", dir.File("a.npy"), "--output", dir.File("a"));
+            var (e2, o2) = Pag.Run("sample", "--count", "2", "--steps", "5", "--device", "cpu", "--save-tensor", dir.File("b.npy"), "--output", dir.File("b"));
+            Assert.True(e1 == 0 && e2 == 0, o1 + o2);
+            using var a = PagSharp.IO.Npy.Load(dir.File("a.npy"));
+            using var b = PagSharp.IO.Npy.Load(dir.File("b.npy"));
+            Assert.True(a.eq(b).all().item<bool>());
+        }
+        // This build has only TorchSharp's CPU backend: cuda is refused with the reason; a bad name lists the valid ones.
+        var (exit, output) = Pag.Run(command, "--device", "cuda:0", "--output", dir.File("c"));
+        Assert.NotEqual(0, exit);
+        Assert.Contains("device 'cuda:0' is not available", output);
+        Assert.False(Directory.Exists(dir.File("c")));
+        (exit, output) = Pag.Run(command, "--device", "tpu", "--output", dir.File("d"));
+        Assert.NotEqual(0, exit);
+        Assert.Contains("valid: cpu, cuda, cuda:N", output);
+    }
 }

@@ -128,7 +128,9 @@ public sealed record LatentDistribution(Tensor Mean, Tensor LogVar)
     /// <summary>mean + exp(½·logvar)·ε with ε = randn from <paramref name="generator"/> (the global generator when null).</summary>
     public Tensor Sample(Generator? generator = null)
     {
-        using var eps = randn(Mean.shape, Mean.dtype, Mean.device, generator: generator);
+        // A CPU generator draws on the CPU; the noise then moves to the mean's device (diffusers' randn_tensor).
+        using var drawn = generator is null ? randn(Mean.shape, Mean.dtype, Mean.device) : randn(Mean.shape, Mean.dtype, generator: generator);
+        using var eps = drawn.device == Mean.device ? drawn.alias() : drawn.to(Mean.device);
         return Mean + exp(0.5 * LogVar) * eps;
     }
 
