@@ -41,7 +41,8 @@ public sealed class BenchCommand : Command<BenchCommand.Settings>
     }
 
     /// <summary>One benchmark configuration: model, batch, steps per run, guidance.</summary>
-    public sealed record Case(string Model, int Batch, int Steps, string Method);
+    /// <param name="Dtype">The type the network's weights are held and computed in (Stable Diffusion rows; default float32).</param>
+    public sealed record Case(string Model, int Batch, int Steps, string Method, string Dtype = "float32");
 
     private static readonly string[] Methods =
     {

@@ -42,9 +42,9 @@ internal static class SdBench
     /// The UNet of a benchmark model; with <paramref name="structureOnly"/> its parameters live on the meta device
     /// (shapes without storage: enough for <see cref="SdCost"/>, and instant even for SDXL's 10 GB of float32 weights).
     /// </summary>
-    public static SdUNet Create(string model, bool structureOnly = false)
+    public static SdUNet Create(string model, bool structureOnly = false, ScalarType dtype = ScalarType.Float32)
     {
-        if (!structureOnly) return model == XlModel ? new SdUNet(XlConfig) : CreateUNet();
+        if (!structureOnly) return SdLoader.Create(() => model == XlModel ? new SdUNet(XlConfig) : CreateUNet(), dtype);
         set_default_device(new Device("meta"));
         try { return model == XlModel ? new SdUNet(XlConfig) : CreateUNet(); }
         finally { set_default_device(CPU); }
@@ -76,7 +76,7 @@ internal static class SdBench
     public static List<double> Time(BenchCommand.Case c, string method, bool cache, int runs)
     {
         bool xl = c.Model == XlModel;
-        using var unet = Create(c.Model);
+        using var unet = Create(c.Model, dtype: PagSharp.Runtime.ComputeType.Parse(c.Dtype));
         unet.eval();
         var (cfg, pag, shared) = Branches(unet, method);
         var guidance = new GuidanceSettings
