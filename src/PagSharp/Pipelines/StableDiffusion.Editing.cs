@@ -36,6 +36,32 @@ public sealed record SdImageEdit
 public sealed partial class StableDiffusion
 {
     /// <summary>
+    /// Image-to-image, or inpainting when <paramref name="mask"/> is given, in one call (diffusers'
+    /// <c>…PAGImg2ImgPipeline(prompt, image, strength, …)</c> / <c>…PAGInpaintPipeline(prompt, image, mask_image, …)</c>
+    /// with <c>generator=[Generator().manual_seed(s) for s in seeds]</c>): one result per seed from
+    /// <paramref name="image"/> ([1 or N, 3, H, W] in [0, 1]) and <paramref name="mask"/> ([1 or N, 1, H, W], white =
+    /// repaint). Returns images in [0, 1] ([N, 3, H, W]), or the final latents when <paramref name="decode"/> is false.
+    /// </summary>
+    public Tensor ImageToImage(string prompt, Tensor image, IReadOnlyList<long> seeds, GuidanceSettings guidance, double strength = 0.8,
+                               Tensor? mask = null, string? negativePrompt = null, string scheduler = "ddim", int steps = 50, double eta = 0,
+                               int clipSkip = 0, bool decode = true, SdXlMicroConditioning? micro = null, CancellationToken cancellation = default)
+    {
+        if (seeds.Count == 0) throw new PagSharpException("give at least one seed");
+        if (image.dim() != 4 || (image.shape[0] != 1 && image.shape[0] != seeds.Count))
+            throw new PagSharpException($"the image has shape [{string.Join(",", image.shape)}]; expected [1 or {seeds.Count},3,H,W] (one, or one per seed)");
+        int n = seeds.Count;
+        Tensor Rows(Tensor t) => t.shape[0] == n ? t : t.expand(t.shape.Select((v, i) => i == 0 ? (long)n : v).ToArray()).contiguous();
+        using var scope = NewDisposeScope();
+        bool latents = image.shape[1] != 3;
+        int h = (int)image.shape[2] * (latents ? VaeScaleFactor : 1), w = (int)image.shape[3] * (latents ? VaeScaleFactor : 1);
+        var (pe, ne, xl) = EncodeForGeneration(prompt, negativePrompt, clipSkip, guidance.UsesCfg, n, h, w, micro, imageToImage: true);
+        using var source = new NoiseSource(seeds);
+        var edit = new SdImageEdit { Image = Rows(image), Mask = mask is null ? null : Rows(mask), Strength = strength };
+        var result = Edit(scheduler, steps, eta, edit, source, pe, ne, guidance, seeds[0], xl, null, cancellation);
+        return (decode ? Decode(result) : result).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
     /// The first and end (exclusive) step indices of an edit on <paramref name="timesteps"/>: diffusers'
     /// <c>get_timesteps</c> (t_start = steps − min(⌊steps·strength⌋, steps); with denoising_start the steps whose
     /// timestep is below round(T − denoising_start·T)) and SDXL's denoising_end cut (timesteps ≥ round(T − end·T)).

@@ -231,4 +231,27 @@ public sealed class EditCliTests : IDisposable
         Assert.Equal(0, changedOutside);
         Assert.True(changed > 20 * 30 / 2, $"only {changed} of the {20 * 30} masked pixels changed");
     }
+
+    [Fact]
+    public void TheLibrarysOneCall_GivesWhatTheCliGives()
+    {
+        // StableDiffusion.ImageToImage (prompt encoding in the library) and pag img2img (the CLI's own) on the same
+        // prompt, image, seeds and guidance: identical latents.
+        string image = Latents(out _);
+        string t = _sd.Dir.File("cli.npy");
+        var (exit, log) = Pag.Run("img2img", "--model", _sd.Root, "--prompt", "hello cat", "--image", image, "--strength", "0.6",
+            "--guidance-scale", "5", "--pag-scale", "3", "--steps", "5", "--scheduler", "ddim", "--seed", "3", "--count", "2",
+            "--output-type", "latent", "--save-tensor", t, "--output", _sd.Dir.File("o_cli"));
+        Assert.True(exit == 0, log);
+        using var sd = PagSharp.Pipelines.StableDiffusion.Load(_sd.Root, new PagSharp.Pipelines.SdComponents(Vae: true, TextEncoder: true));
+        var g = new PagSharp.Guidance.GuidanceSettings
+        {
+            GuidanceScale = 5, PagScale = new PagSharp.Guidance.ScaleSchedule.Constant(3),
+            PagLayers = PagSharp.Attention.DiffusersLayerSpec.Resolve("mid", sd.Unet.AttentionLayers),
+        };
+        using var img = Npy.Load(image);
+        using var lib = sd.ImageToImage("hello cat", img, [3, 4], g, strength: 0.6, steps: 5, decode: false);
+        using var cli = Npy.Load(t);
+        Assert.True(lib.eq(cli).all().item<bool>(), "library and CLI differ");
+    }
 }
