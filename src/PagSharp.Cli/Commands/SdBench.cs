@@ -26,6 +26,9 @@ internal static class SdBench
     /// <summary>The SDXL rows (timed only with <c>pag bench --sdxl</c>: about a minute per UNet pass on two cores).</summary>
     public static readonly string[] XlMethods = { "none", "pag-mid", "cfg", "cfg+pag-mid", "naive-cfg+pag-mid" };
 
+    /// <summary>Guidance branches as separate UNet calls (GuidanceSettings.SplitBatch): the methods' names with this prefix.</summary>
+    public const string SplitPrefix = "split-";
+
     public static SdUNet CreateUNet() => new(new SdUNetConfig { SampleSize = 64, CrossAttentionDim = new[] { 768, 768, 768, 768 } });
 
     /// <summary>stabilityai/stable-diffusion-xl-base-1.0's unet/config.json.</summary>
@@ -78,9 +81,12 @@ internal static class SdBench
         bool xl = c.Model == XlModel;
         using var unet = Create(c.Model, dtype: PagSharp.Runtime.ComputeType.Parse(c.Dtype));
         unet.eval();
+        bool split = method.StartsWith(SplitPrefix, StringComparison.Ordinal);
+        if (split) method = method[SplitPrefix.Length..];
         var (cfg, pag, shared) = Branches(unet, method);
         var guidance = new GuidanceSettings
         {
+            SplitBatch = split,
             GuidanceScale = cfg ? 7.5 : 1, PagScale = pag is null ? null : new ScaleSchedule.Constant(3), PagLayers = pag ?? Array.Empty<string>(),
             SharedPrefix = shared, PagCacheInterval = cache ? 2 : 1,
         };
