@@ -320,4 +320,24 @@ public sealed class Txt2ImgCliTests : IDisposable
         Close.AssertDiffer(grid[0], grid[1], 1e-4, "apg column = plain CFG");
         Close.AssertDiffer(grid[0], grid[2], 1e-4, "cfgzero column = plain CFG");
     }
+
+    [Fact]
+    public void SplitBatch_GivesTheBatchedResult()
+    {
+        Tensor Run(string name, params string[] extra)
+        {
+            string t = _sd.Dir.File(name + ".npy");
+            var (exit, log) = Pag.Run([.. new[] { "txt2img", "--model", _sd.Root, "--prompt-embeds", Sampling + ":prompt_embeds",
+                "--negative-prompt-embeds", Sampling + ":negative_prompt_embeds", "--init-noise", Sampling + ":latents_T",
+                "--guidance-scale", "5", "--pag-scale", "3", "--steps", "5", "--scheduler", "ddim", "--output-type", "latent",
+                "--save-tensor", t, "--output", _sd.Dir.File("o_" + name) }, .. extra]);
+            Assert.True(exit == 0, log);
+            return Npy.Load(t);
+        }
+        using var batched = Run("batched");
+        using var split = Run("split", "--split-batch");
+        SdFixtures.AssertRelative(batched, split, 1e-5, "--split-batch");
+        using var expected = SafeTensors.LoadTensor(Sampling, "final_cfg5_pag3_mid");
+        SdFixtures.AssertRelative(expected, split, 1e-4, "--split-batch against diffusers");
+    }
 }
