@@ -52,8 +52,11 @@ internal sealed class ResnetBlock2D : Module
 
     public Tensor Forward(Tensor x, Tensor? temb)
     {
+        // TorchSharp frees a tensor when it is disposed, not when the last reference goes: without this scope every
+        // intermediate of the block would live until the end of the sampling step.
+        using var scope = NewDisposeScope();
         var h = conv1.forward(SdNn.Activation(_act, norm1.forward(x)));
-        return Finish(conv_shortcut is null ? x : conv_shortcut.forward(x), h, temb);
+        return Finish(conv_shortcut is null ? x : conv_shortcut.forward(x), h, temb).MoveToOuterDisposeScope();
     }
 
     /// <summary>

@@ -73,6 +73,8 @@ internal sealed class BasicTransformerBlock : Module
 
     public Tensor Forward(Tensor h, Tensor context, int height, int width, PerturbationPlan? plan)
     {
+        // Intermediates are freed at the end of the block (TorchSharp frees on dispose, not on the last reference).
+        using var scope = NewDisposeScope();
         var input = h;
         h = attn1.Forward(norm1.forward(h), null, height, width, plan) + h;
         h = attn2.Forward(norm2.forward(h), context, height, width, null) + h;
@@ -83,7 +85,7 @@ internal sealed class BasicTransformerBlock : Module
             using var idx = tensor(skipped, device: input.device);
             outp = outp.index_copy(0, idx, input.index_select(0, idx));
         }
-        return outp;
+        return outp.MoveToOuterDisposeScope();
     }
 }
 
@@ -125,6 +127,7 @@ internal sealed class Transformer2D : Module
 
     public Tensor Forward(Tensor x, Tensor context, PerturbationPlan? plan)
     {
+        using var scope = NewDisposeScope();
         long b = x.shape[0], hh = x.shape[2], ww = x.shape[3];
         var residual = x;
         var h = norm.forward(x);
@@ -138,6 +141,6 @@ internal sealed class Transformer2D : Module
             h = proj_out.forward(h.reshape(b, hh, ww, _inner).permute(0, 3, 1, 2).contiguous());
         else
             h = proj_out.forward(h).reshape(b, hh, ww, -1).permute(0, 3, 1, 2).contiguous();
-        return h + residual;
+        return (h + residual).MoveToOuterDisposeScope();
     }
 }
