@@ -302,27 +302,3 @@ public class Txt2ImgSettings : CommandSettings, IPerturbedBranchOptions
         return g;
     }
 }
-
-/// <summary>Options of <c>pag img2img</c> (diffusers' StableDiffusion(XL)PAGImg2ImgPipeline arguments in kebab-case).</summary>
-public class Img2ImgSettings : Txt2ImgSettings
-{
-    [CommandOption("--image <IMAGE>")][Description("The input image: PNG/JPEG (RGB, resized with Lanczos to --width/--height when given, else its size rounded down to the VAE scale factor) or a tensor FILE.npy / FILE.safetensors:KEY: [[1 or N,3,H,W]] in [[0, 1]], or image latents [[1 or N,C,h,w]] (C = the VAE's latent channels), used as they are.")]
-    public string? Image { get; init; }
-    [CommandOption("--strength <F>")][Description("How much of the schedule runs, in (0, 1]]: the first steps·(1 - F) steps are skipped and the image is noised to that level. Defaults as diffusers: img2img 0.8 (SDXL 0.3), inpaint 1 (SDXL 0.9999).")]
-    public double? Strength { get; init; }
-    [CommandOption("--denoising-start <F>")][Description("SDXL refiner hand-off: start where the timesteps fall below (1 - F)·T, adding no noise (--image holds the base's latents). Overrides --strength.")]
-    public double? DenoisingStart { get; init; }
-}
-
-/// <summary>Options of <c>pag inpaint</c> (diffusers' StableDiffusion(XL)PAGInpaintPipeline arguments in kebab-case).</summary>
-public sealed class InpaintSettings : Img2ImgSettings
-{
-    [CommandOption("--mask-image <MASK>")][Description("The mask: PNG/JPEG (converted to grey, resized to the image size) or a tensor [[1 or N,1,H,W]] in [[0, 1]] at the image size; white (>= 0.5) is repainted, black kept (binarised, as diffusers).")]
-    public string? MaskImage { get; init; }
-    [CommandOption("--masked-image-latents <TENSOR>")][Description("Latents of the masked image [[N,C,h,w]] for 9-channel inpainting UNets, instead of encoding image·(mask < 0.5) (needed when --image holds latents).")]
-    public string? MaskedImageLatents { get; init; }
-    [CommandOption("--padding-mask-crop <N>")][Description("Inpaint only a crop around the mask, widened by N pixels and grown to the generation's aspect ratio, at the generation size; the result is pasted back into the full image, the original kept where the mask is black (diffusers' padding_mask_crop; PNG/JPEG image and mask, image output).")]
-    public int? PaddingMaskCrop { get; init; }
-    [CommandOption("--mask-blur <SIGMA>")][Description("Blur the mask with a Gaussian of this sigma (pixels) before it is binarised, which rounds its outline (diffusers: mask_processor.blur). Default 0 = none.")]
-    public double MaskBlur { get; init; }
-}
