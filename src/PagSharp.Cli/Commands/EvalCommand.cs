@@ -39,6 +39,9 @@ public sealed class EvalCommand : Command<EvalCommand.Settings>
         public int Splits { get; init; } = InceptionScore.DefaultSplits;
         [CommandOption("--is-shuffle <SEED>")][Description("Split a fixed random permutation of the generated images for the Inception Score (for class-ordered sets).")]
         public long? IsShuffle { get; init; }
+        [CommandOption("--labels-from <RUN_JSON>")]
+        [Description("Labels of the generated images from a pag sample run.json, in its sample order (for a .npy written by --save-tensor; a folder with its own run.json needs nothing).")]
+        public string? LabelsFrom { get; init; }
         [CommandOption("-k|--neighbours <N>")][Description("Neighbourhood size k of precision/recall (default 3).")]
         public int K { get; init; } = PrecisionRecall.DefaultK;
     }
@@ -62,31 +65,55 @@ public sealed class EvalCommand : Command<EvalCommand.Settings>
         if (s.SaveStats is not null) genStats.Save(s.SaveStats);
         if (s.SaveReferenceStats is not null) refStats.Save(s.SaveReferenceStats);
 
-        var result = Evaluation.Evaluate(genStats, refStats, genFeatures, refFeatures, s.K, s.Splits, s.IsShuffle, GeneratedLabels(s, network));
+        var result = Evaluation.Evaluate(genStats, refStats, genFeatures, refFeatures, s.K, s.Splits, s.IsShuffle, GeneratedLabels(s, network, genStats.Count));
         PrintTable(result);
         if (s.Json is not null) AtomicFile.WriteAllText(s.Json, ToJson(result, s) + "\n");
         return 0;
     }
 
     /// <summary>
-    /// Per-image labels of one generated run folder of the MNIST model, read from its run.json (the label of each
-    /// sample file; the null class counts as unlabelled), in the order the folder's images are read; else null.
+    /// Per-image labels of the generated images of the MNIST model, read from a pag sample run.json (the label of each
+    /// sample; the null class counts as unlabelled): <see cref="Settings.LabelsFrom"/> in the manifest's sample order,
+    /// else the run.json of one generated folder, in the order the folder's images are read; else null.
     /// </summary>
-    private static IReadOnlyList<long?>? GeneratedLabels(Settings s, IFeatureNetwork network)
+    private static IReadOnlyList<long?>? GeneratedLabels(Settings s, IFeatureNetwork network, long generatedCount)
     {
-        if (s.Generated.Length != 1 || network is not MnistFeatureNetwork || !Directory.Exists(s.Generated[0])) return null;
+        if (network is not MnistFeatureNetwork)
+        {
+            if (s.LabelsFrom is not null) throw new PagSharpException("--labels-from needs --features mnist (label accuracy uses the MNIST classifier)");
+            return null;
+        }
+        if (s.LabelsFrom is { } explicitManifest)
+        {
+            if (!File.Exists(explicitManifest)) throw new PagSharpException($"--labels-from '{explicitManifest}' does not exist");
+            var labels = ReadLabels(explicitManifest, strict: true)!.Select(x => x.Label).ToArray();
+            if (labels.Length != generatedCount)
+                throw new PagSharpException($"--labels-from '{explicitManifest}' lists {labels.Length} samples but {generatedCount} images were generated");
+            return labels;
+        }
+        if (s.Generated.Length != 1 || !Directory.Exists(s.Generated[0])) return null;
         string manifest = Path.Combine(s.Generated[0], "run.json");
-        if (!File.Exists(manifest)) return null;
+        if (!File.Exists(manifest) || ReadLabels(manifest, strict: false) is not { Count: > 0 } samples) return null;
+        var byFile = new Dictionary<string, long?>(StringComparer.Ordinal);
+        foreach (var (file, label) in samples) byFile[file] = label;
+        return ImageSets.FolderFiles(s.Generated[0]).Select(f => byFile.GetValueOrDefault(f)).ToArray();
+    }
+
+    /// <summary>(file, label) of each sample listed in a run.json; null (or, when strict, an error) if it cannot be read.</summary>
+    private static List<(string File, long? Label)>? ReadLabels(string manifest, bool strict)
+    {
         JsonNode? run;
         try { run = JsonNode.Parse(File.ReadAllText(manifest)); }
-        catch (System.Text.Json.JsonException) { return null; }
-        int? nullClass = (int?)run?["settings"]?["model_config"]?["null_class"];
-        var byFile = new Dictionary<string, long?>(StringComparer.Ordinal);
-        foreach (var sample in run?["samples"]?.AsArray() ?? [])
+        catch (JsonException e) when (!strict) { _ = e; return null; }
+        catch (JsonException e) { throw new PagSharpException($"--labels-from '{manifest}' is not valid JSON: {e.Message}"); }
+        if (run?["samples"] is not JsonArray list)
+            return strict ? throw new PagSharpException($"--labels-from '{manifest}' has no \"samples\" list (is it a pag sample run.json?)") : null;
+        int? nullClass = (int?)run["settings"]?["model_config"]?["null_class"];
+        var result = new List<(string, long?)>();
+        foreach (var sample in list)
             if (sample?["file"]?.GetValue<string>() is { } file)
-                byFile[file] = sample["label"] is JsonValue v && v.TryGetValue<long>(out long l) && l != nullClass ? l : null;
-        if (byFile.Count == 0) return null;
-        return ImageSets.FolderFiles(s.Generated[0]).Select(f => byFile.GetValueOrDefault(f)).ToArray();
+                result.Add((file, sample["label"] is JsonValue v && v.TryGetValue<long>(out long l) && l != nullClass ? l : null));
+        return result;
     }
 
     private static IFeatureNetwork LoadNetwork(Settings s)

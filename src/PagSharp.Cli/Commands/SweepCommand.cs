@@ -122,12 +122,16 @@ public sealed class SweepCommand : Command<SweepCommand.Settings>
             if (!IsSampled(plan, id, output)) Sample(plan, id, output);
             if (run.ReferenceRun is { } rr && !IsSampled(plan, rr, output)) return null; // evaluated on a later pass
             if (!Fresh(json, npy) || (run.ReferenceRun is not null && !Fresh(json, reference)))
-                Invoke(["eval", "--generated", npy, "--reference", reference, "--json", json, .. plan.EvalArgs], id, "eval");
+                Invoke(["eval", "--generated", npy, "--reference", reference, "--json", json, .. LabelArgs(output, id), .. plan.EvalArgs], id, "eval");
         }
         var t = JsonNode.Parse(File.ReadAllText(TimingFile(output, id)))!;
         return new RunResult(id, run, t["seconds"]!.GetValue<double>(), t["resumed"]!.GetValue<bool>(), t["threads"]?.GetValue<int>(),
             JsonNode.Parse(File.ReadAllText(json))!.AsObject());
     }
+
+    /// <summary>The run's labels for <c>pag eval</c> (label accuracy of class-conditional runs on the MNIST classifier).</summary>
+    private static string[] LabelArgs(string output, string id) =>
+        File.Exists(Path.Combine(RunDir(output, id), "samples", "run.json")) ? ["--labels-from", Path.Combine(RunDir(output, id), "samples", "run.json")] : [];
 
     private static bool Fresh(string derived, string source) => File.Exists(derived) && File.GetLastWriteTimeUtc(derived) >= File.GetLastWriteTimeUtc(source);
 
@@ -177,6 +181,8 @@ public sealed class SweepCommand : Command<SweepCommand.Settings>
     private static string Quote(IEnumerable<string> args) =>
         string.Join(" ", args.Select(a => a.Length > 0 && a.All(ch => char.IsAsciiLetterOrDigit(ch) || "-_.,:/@=*".Contains(ch)) ? a : $"'{a}'"));
 
+    private static string Percent(double? v) => v is double d ? (100 * d).ToString("F1", CultureInfo.InvariantCulture) + "%" : "–";
+
     private static string F(double? v, string format) => v is double d ? d.ToString(format, CultureInfo.InvariantCulture) : "–";
 
     private static void WriteReport(SweepPlan plan, Settings s, string report, Dictionary<string, RunResult> results)
@@ -192,14 +198,17 @@ public sealed class SweepCommand : Command<SweepCommand.Settings>
         foreach (var t in plan.Tables)
         {
             md.AppendLine($"#### {t.Title}").AppendLine();
-            md.AppendLine("| run | FID ↓ | IS ↑ | precision ↑ | recall ↑ | seconds | options |");
-            md.AppendLine("|---|---:|---:|---:|---:|---:|---|");
+            bool recognised = t.Runs.Any(id => results[id].Metric("recognised") is not null);
+            bool asLabel = t.Runs.Any(id => results[id].Metric("label_accuracy") is not null);
+            md.AppendLine("| run | FID ↓ | IS ↑ | precision ↑ | recall ↑ |" + (recognised ? " recognised ↑ |" : "") + (asLabel ? " as label ↑ |" : "") + " seconds | options |");
+            md.AppendLine("|---|---:|---:|---:|---:|" + (recognised ? "---:|" : "") + (asLabel ? "---:|" : "") + "---:|---|");
             for (int row = 0; row < t.Runs.Count; row++)
             {
                 var r = results[t.Runs[row]];
                 string vs = r.Run.ReferenceRun is { } rr ? $" (FID vs `{rr}`)" : "";
                 md.AppendLine($"| {t.LabelOf(plan, row)}{vs} | {F(r.Metric("fid"), "F2")} | {F(r.Metric("inception_score"), "F2")} | {F(r.Metric("precision"), "F3")} | " +
-                              $"{F(r.Metric("recall"), "F3")} | {r.Seconds:F0}{(r.Resumed ? "†" : "")} | {(r.Run.Args.Count == 0 ? "(none)" : $"`{Quote(r.Run.Args)}`")} |");
+                              $"{F(r.Metric("recall"), "F3")} |" + (recognised ? $" {Percent(r.Metric("recognised"))} |" : "") +
+                              (asLabel ? $" {Percent(r.Metric("label_accuracy"))} |" : "") + $" {r.Seconds:F0}{(r.Resumed ? "†" : "")} | {(r.Run.Args.Count == 0 ? "(none)" : $"`{Quote(r.Run.Args)}`")} |");
             }
             md.AppendLine();
             if (t.Grid is { } g)

@@ -23,9 +23,10 @@ public sealed class SweepCommandTests : IDisposable
           "runs": {
             "a": { "label": "none", "args": [] },
             "b": { "label": "PAG s=2", "args": ["--pag-scale", "2"] },
-            "floor": { "label": "none, other seeds", "args": ["--seed", "100"], "reference_run": "a" }
+            "floor": { "label": "none, other seeds", "args": ["--seed", "100"], "reference_run": "a" },
+            "c": { "label": "labels 3,7", "args": ["--labels", "3,7"] }
           },
-          "tables": [ { "title": "T", "runs": ["a", "b"], "grid": "t.png" }, { "title": "Floor", "runs": ["floor"] } ],
+          "tables": [ { "title": "T", "runs": ["a", "b"], "grid": "t.png" }, { "title": "Floor", "runs": ["floor"] }, { "title": "Cond", "runs": ["c"] } ],
           "charts": [ { "file": "c.png", "title": "FID", "x_label": "s", "metric": "fid",
                         "series": [ { "name": "uncond", "runs": ["a", "b"], "x": [0, 2] } ] } ]
         }
@@ -58,6 +59,11 @@ public sealed class SweepCommandTests : IDisposable
         Assert.Contains("`--pag-scale 2`", report);
         Assert.Contains("| none, other seeds (FID vs `a`) |", report);
         Assert.Contains("![T](t.png)", report);
+        // Recognised digits in every table; label accuracy only in the table with a class-conditional run.
+        Assert.Contains("| run | FID ↓ | IS ↑ | precision ↑ | recall ↑ | recognised ↑ | seconds | options |", report);
+        Assert.Contains("| run | FID ↓ | IS ↑ | precision ↑ | recall ↑ | recognised ↑ | as label ↑ | seconds | options |", report);
+        Assert.Equal(4, (long)Read("c", "eval.json")["labelled_count"]!);
+        Assert.Null(Read("a", "eval.json")["label_accuracy"]);
         Assert.Contains("![FID](c.png)", report);
         using (var grid = Png.Load(_dir.File("report/t.png"))) Assert.True(grid.shape[1] > 2 * 32 && grid.shape[2] > 3 * 32);
         Assert.True(File.Exists(_dir.File("report/c.png")));
@@ -67,7 +73,7 @@ public sealed class SweepCommandTests : IDisposable
         Assert.Equal("mnist-test", (string)Read("b", "eval.json")["reference"]!);
         var summary = JsonNode.Parse(File.ReadAllText(_dir.File("report/report.json")))!;
         Assert.Equal((double)Read("b", "eval.json")["fid"]!, (double)summary["b"]!["eval"]!["fid"]!);
-        Assert.Equal(["a", "b", "floor"], summary.AsObject().Select(p => p.Key)); // plan order
+        Assert.Equal(["a", "b", "floor", "c"], summary.AsObject().Select(p => p.Key)); // plan order
         Assert.InRange((int)summary["b"]!["threads"]!, 1, 1024);
         Assert.Contains("torch threads per run: ", report);
         Assert.NotEqual((double)Read("a", "eval.json")["fid"]!, (double)Read("b", "eval.json")["fid"]!);

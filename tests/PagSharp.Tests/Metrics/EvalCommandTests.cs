@@ -158,6 +158,24 @@ public sealed class EvalCommandTests : IDisposable
         Assert.InRange(r.GetProperty("label_accuracy").GetDouble(), 8.0 / 15 - 1e-9, 11.0 / 15 + 1e-9); // 10 right, 5 wrong, give or take a misread digit
         Assert.InRange(r.GetProperty("recognised").GetDouble(), 0.85, 1.0);
         Assert.Contains("classified as their label (15)", output);
+
+        // The same digits as a .npy in sample order (as pag sample --save-tensor writes it), labels from the run.json.
+        string npy = _dir.File("run.npy");
+        using (var stacked = stack(Enumerable.Range(0, 20).Select(i => _mnist.TestImages[i * 37]).ToArray()))
+            PagSharp.IO.Npy.Save(npy, stacked);
+        string json2 = _dir.File("run.npy.json");
+        (exit, output) = Pag.Run("eval", "--generated", npy, "--labels-from", Path.Combine(folder, "run.json"), "--json", json2);
+        Assert.True(exit == 0, output);
+        var r2 = Json(json2);
+        Assert.Equal(15, r2.GetProperty("labelled_count").GetInt64());
+        Assert.Equal(r.GetProperty("label_accuracy").GetDouble(), r2.GetProperty("label_accuracy").GetDouble(), 12);
+
+        // A manifest that does not match the images is refused.
+        samples.RemoveAt(19);
+        File.WriteAllText(_dir.File("short.json"), run.ToJsonString());
+        (exit, output) = Pag.Run("eval", "--generated", npy, "--labels-from", _dir.File("short.json"));
+        Assert.Equal(2, exit);
+        Assert.Contains("lists 19 samples but 20 images", output);
     }
 
     [Fact]
