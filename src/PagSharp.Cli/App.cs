@@ -1,4 +1,5 @@
 using PagSharp.Cli.Commands;
+using PagSharp.Cli.Hosting;
 using Spectre.Console;
 using Spectre.Console.Cli;
 using PagSharp.Runtime;
@@ -8,8 +9,8 @@ namespace PagSharp.Cli;
 /// <summary>The <c>pag</c> command line.</summary>
 public static class App
 {
-    public const int ExitBadInput = 2;
-    public const int ExitCancelled = 130;
+    public const int ExitBadInput = ExitCodes.BadInput;
+    public const int ExitCancelled = ExitCodes.Cancelled;
 
     public static int Run(string[] args)
     {
@@ -40,7 +41,7 @@ public static class App
             Add<RestoreCommand>(c, commands, "restore").WithDescription("Inpainting, super-resolution and deblurring with DPS, with or without PAG.");
             Add<TrainCommand>(c, commands, "train").WithDescription("Train an ADM U-Net (improved-DDPM hybrid loss, EMA, checkpoints, resume).");
             Add<EvalCommand>(c, commands, "eval").WithDescription("FID, Inception Score, precision and recall of generated images against a reference set or saved statistics.");
-            Add<SweepCommand>(c, commands, "sweep").WithDescription("Run a plan of sampling configurations, evaluate each (FID, IS, precision, recall) and write a report with tables, grids and charts.");
+            Add<SweepCommand>(c, commands, "sweep").WithData(new SweepCommand.Runner(Run)).WithDescription("Run a plan of sampling configurations, evaluate each (FID, IS, precision, recall) and write a report with tables, grids and charts.");
             Add<ServeCommand>(c, commands, "serve").WithDescription("A local web page (and JSON API) to compare guidance methods side by side: rows = seeds, columns = none / CFG / PAG / SAG / SEG / SLG / APG / CFG-Zero*.");
             Add<TrainClassifierCommand>(c, commands, "train-classifier").WithDescription("Train the MNIST classifier that pag eval uses as its feature network.");
             c.SetExceptionHandler((ex, _) =>
@@ -105,18 +106,5 @@ public static class App
     {
         commands[name] = typeof(T);
         return c.AddCommand<T>(name);
-    }
-
-    /// <summary>A token cancelled by Ctrl-C (the first press; a second press ends the process).</summary>
-    public static CancellationToken CtrlC()
-    {
-        var cts = new CancellationTokenSource();
-        Console.CancelKeyPress += (_, e) =>
-        {
-            if (cts.IsCancellationRequested) return;
-            e.Cancel = true;
-            cts.Cancel();
-        };
-        return cts.Token;
     }
 }

@@ -1,3 +1,5 @@
+using PagSharp.Cli.Hosting;
+using PagSharp.Cli.Methods;
 using PagSharp.Guidance;
 using PagSharp.IO;
 using PagSharp.Pipelines;
@@ -30,54 +32,6 @@ public sealed class CompareCommand : Command<CompareCommand.Settings>
         public int Scale { get; init; } = 2;
     }
 
-    /// <summary>One column: CFG scale (plain, APG or CFG-Zero* combination), PAG, SAG, autoguidance, SEG and SLG scales.</summary>
-    public sealed record Method(string Label, double Cfg, double Pag, double Sag = 0, double Auto = 0, bool Apg = false, bool ZeroStar = false,
-                                double Seg = 0, double Slg = 0)
-    {
-        /// <summary>
-        /// <paramref name="g"/> (built with this column's scales) with the column's CFG combination and autoguidance:
-        /// APG with the command line's --apg-* settings (<paramref name="apg"/>), CFG-Zero*, auto:S.
-        /// </summary>
-        public GuidanceSettings Apply(GuidanceSettings g, ApgSettings apg) => g with
-        {
-            Apg = Apg ? apg : null,
-            CfgZeroStar = ZeroStar,
-            AutoguidanceScale = Auto > 0 ? new ScaleSchedule.Constant(Auto) : null,
-        };
-    }
-
-    public static IReadOnlyList<Method> ParseMethods(string spec) =>
-        spec.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries).Select(item =>
-        {
-            double cfg = 1, pag = 0, sag = 0, auto = 0, seg = 0, slg = 0;
-            bool apg = false, zero = false;
-            foreach (var part in item.Split('+', StringSplitOptions.TrimEntries))
-            {
-                if (part == "none") continue;
-                var kv = part.Split(':', '=');
-                if (kv.Length != 2 || !double.TryParse(kv[1], NumberStyles.Float, CultureInfo.InvariantCulture, out double v) || double.IsNaN(v) || v < 0)
-                    throw new PagSharpException($"--methods item '{item}': expected none, pag:S, sag:S, seg:S, slg:S, auto:S, cfg:W, apg:W, cfgzero:W and their + combinations (cfg:W+pag:S) with numbers ≥ 0");
-                switch (kv[0])
-                {
-                    case "pag": pag = v; break;
-                    case "sag": sag = v; break;
-                    case "cfg": cfg = v; break;
-                    case "apg": cfg = v; apg = true; break;
-                    case "cfgzero": cfg = v; zero = true; break;
-                    case "auto": auto = v; break;
-                    case "seg": seg = v; break;
-                    case "slg": slg = v; break;
-                    default: throw new PagSharpException($"--methods item '{item}': unknown method '{kv[0]}'; valid: none, pag, sag, seg, slg, cfg, apg, cfgzero, auto");
-                }
-            }
-            if (pag > 0 && sag > 0)
-                throw new PagSharpException($"--methods item '{item}': PAG and SAG cannot be combined in one column");
-            if (sag > 0 && (seg > 0 || slg > 0))
-                throw new PagSharpException($"--methods item '{item}': SEG/SLG cannot be combined with SAG in one column");
-            if (apg && zero) throw new PagSharpException($"--methods item '{item}': apg and cfgzero are alternative CFG combinations");
-            return new Method(item, cfg, pag, sag, auto, apg, zero, seg, slg);
-        }).ToArray();
-
     public override int Execute(CommandContext context, Settings s, CancellationToken cancellationToken)
     {
         if (s.Rows < 1) throw new PagSharpException($"--rows must be ≥ 1 (got {s.Rows})");
@@ -85,7 +39,7 @@ public sealed class CompareCommand : Command<CompareCommand.Settings>
         using var loaded = s.LoadModel();
         var labels = s.ParseLabels();
         bool cfgPossible = loaded.Config.NullClass is not null && labels is not null;
-        var methods = ParseMethods(s.Methods ?? (cfgPossible ? "none,pag:1,pag:2,pag:3,cfg:3,cfg:3+pag:2" : "none,pag:1,pag:2,pag:3"));
+        var methods = MethodTokens.Parse(s.Methods ?? (cfgPossible ? "none,pag:1,pag:2,pag:3,cfg:3,cfg:3+pag:2" : "none,pag:1,pag:2,pag:3"));
         if (methods.Count == 0) throw new PagSharpException("--methods is empty");
         if (methods.Any(m => m.Cfg > 1) && labels is null)
             throw new PagSharpException("CFG columns need class labels: give --label N or --labels A,B,…");
@@ -98,7 +52,7 @@ public sealed class CompareCommand : Command<CompareCommand.Settings>
             m.Apply(s.BuildGuidance(loaded.Net.AttentionLayers, loaded.Config.GuidanceDefaults, m.Pag, m.Cfg, m.Sag, m.Seg, m.Slg), s.ApgFromOptions()))).ToArray();
         foreach (var c in columns) Sampler.Validate(loaded.Net, c, guide?.Net);
 
-        var ct = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, App.CtrlC()).Token;
+        var ct = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, ConsoleCancellation.CtrlC()).Token;
         var results = new Tensor[columns.Length];
         AnsiConsole.Progress().Start(ctx =>
         {

@@ -7,6 +7,7 @@ using PagSharp.Metrics;
 using Spectre.Console;
 using Spectre.Console.Cli;
 using static TorchSharp.torch;
+using PagSharp.Cli.Hosting;
 
 namespace PagSharp.Cli.Commands;
 
@@ -52,7 +53,7 @@ public sealed class EvalCommand : Command<EvalCommand.Settings>
         if (s.BatchSize is < 1) throw new PagSharpException($"--batch-size must be at least 1 (got {s.BatchSize})");
         if (s.Splits < 1) throw new PagSharpException($"--splits must be at least 1 (got {s.Splits})");
         if (s.K < 1) throw new PagSharpException($"--k must be at least 1 (got {s.K})");
-        var ct = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, App.CtrlC()).Token;
+        var ct = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, ConsoleCancellation.CtrlC()).Token;
         using var network = LoadNetwork(s);
         int batchSize = s.BatchSize ?? (network is InceptionFeatureNetwork ? 16 : 100);
 

@@ -16,6 +16,7 @@ using Spectre.Console;
 using Spectre.Console.Cli;
 using static TorchSharp.torch;
 using Grid = PagSharp.Imaging.Grid;
+using PagSharp.Cli.Hosting;
 
 namespace PagSharp.Cli.Commands;
 
@@ -101,7 +102,7 @@ public sealed class RestoreCommand : Command<RestoreCommand.Settings>
         if (s.SaveTensor is not null) OutputPath.Check(s.SaveTensor, "--save-tensor", isFolder: false);
         var dps = new DpsOptions { StepSize = s.Zeta, GradientFrom = gradFrom, Clip = !s.NoClip };
         int steps = Sampler.StepCount(options, cfg);
-        var ct = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, App.CtrlC()).Token;
+        var ct = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, ConsoleCancellation.CtrlC()).Token;
         var started = DateTime.UtcNow;
         Tensor restored = null!;
         AnsiConsole.Progress()

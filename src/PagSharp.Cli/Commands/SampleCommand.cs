@@ -13,6 +13,7 @@ using PagSharp.Sampling;
 using Spectre.Console;
 using Spectre.Console.Cli;
 using static TorchSharp.torch;
+using PagSharp.Cli.Hosting;
 
 namespace PagSharp.Cli.Commands;
 
@@ -99,7 +100,7 @@ public sealed class SampleCommand : Command<SampleCommand.Settings>
         });
         if (guidance.PagLayers.Count > 0)
             AnsiConsole.MarkupLine($"PAG layers ({guidance.Perturbation.Spec}): {Markup.Escape(string.Join(", ", guidance.PagLayers))}");
-        var ct = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, App.CtrlC()).Token;
+        var ct = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, ConsoleCancellation.CtrlC()).Token;
         int written = 0, skipped = 0;
         var myBatches = run.Batches;
         try
@@ -140,7 +141,7 @@ public sealed class SampleCommand : Command<SampleCommand.Settings>
         catch (OperationCanceledException)
         {
             AnsiConsole.MarkupLine($"[yellow]stopped: {written} samples written this time ({skipped} were already there); rerun the same command to resume[/]");
-            return App.ExitCancelled;
+            return ExitCodes.Cancelled;
         }
 
         run.SaveGrid(loaded.Config.InChannels);

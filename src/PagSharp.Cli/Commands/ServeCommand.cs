@@ -3,6 +3,7 @@ using PagSharp.Cli.Serve;
 using PagSharp.IO;
 using Spectre.Console;
 using Spectre.Console.Cli;
+using PagSharp.Cli.Hosting;
 
 namespace PagSharp.Cli.Commands;
 
@@ -58,7 +59,7 @@ public sealed class ServeCommand : Command<ServeCommand.Settings>
         OutputPath.Check(options.Output, "--output", isFolder: true);
         using var models = ModelRegistry.Create(settings.Preset, settings.Config, settings.Checkpoint, settings.Model ?? [],
             w => AnsiConsole.MarkupLine($"[yellow]warning:[/] {Markup.Escape(w)}"));
-        var stop = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, App.CtrlC());
+        var stop = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, ConsoleCancellation.CtrlC());
         return Run(options, models, stop.Token, m => AnsiConsole.MarkupLine(Markup.Escape(m))).GetAwaiter().GetResult();
     }
 
@@ -72,7 +73,7 @@ public sealed class ServeCommand : Command<ServeCommand.Settings>
             foreach (var url in serve.Urls) log($"pag serve: {BrowserUrl(url)}");
             log($"models: {string.Join(", ", models.Models.Select(m => m.Id))}; finished jobs go to {Path.GetFullPath(options.Output)}. Ctrl-C stops.");
             // Ctrl-C, or the host's own stop (SIGTERM: a service manager, a container runtime).
-            using var either = CancellationTokenSource.CreateLinkedTokenSource(stop, serve.App.Lifetime.ApplicationStopping);
+            using var either = CancellationTokenSource.CreateLinkedTokenSource(stop, serve.Web.Lifetime.ApplicationStopping);
             try { await Task.Delay(Timeout.Infinite, either.Token).ConfigureAwait(false); }
             catch (OperationCanceledException) { }
             log("stopping (a running job is cancelled and leaves no files)…");

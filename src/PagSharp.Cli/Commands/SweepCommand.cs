@@ -11,6 +11,7 @@ using PagSharp.Metrics;
 using Spectre.Console;
 using Spectre.Console.Cli;
 using static TorchSharp.torch;
+using PagSharp.Cli.Hosting;
 
 namespace PagSharp.Cli.Commands;
 
@@ -38,8 +39,12 @@ public sealed class SweepCommand : Command<SweepCommand.Settings>
         public double? Metric(string name) => Eval[name]?.GetValue<double?>();
     }
 
+    /// <summary>Runs one <c>pag</c> command line in this process and returns its exit code (the command's data).</summary>
+    public delegate int Runner(string[] args);
+
     public override int Execute(CommandContext context, Settings s, CancellationToken cancellationToken)
     {
+        var run = context.Data as Runner ?? throw new InvalidOperationException("pag sweep is registered without its command runner");
         if (s.Plan is null) throw new PagSharpException("pag sweep needs --plan FILE.json");
         var plan = SweepPlan.Load(s.Plan);
         if (s.Count is int c) plan = plan with { Count = c };
@@ -58,7 +63,7 @@ public sealed class SweepCommand : Command<SweepCommand.Settings>
             progress = false;
             foreach (var id in plan.Runs.Keys.Where(id => !results.ContainsKey(id)))
             {
-                if (TryEvaluate(plan, id, s.Output) is not { } r) continue;
+                if (TryEvaluate(run, plan, id, s.Output) is not { } r) continue;
                 results[id] = r;
                 progress = true;
                 AnsiConsole.MarkupLine($"[bold]{results.Count}/{plan.Runs.Count} done: {Markup.Escape(id)}[/] ({Markup.Escape(plan.Runs[id].Label)})");
@@ -100,17 +105,17 @@ public sealed class SweepCommand : Command<SweepCommand.Settings>
         return File.Exists(timing) && File.Exists(SamplesNpy(output, id)) && JsonNode.Parse(File.ReadAllText(timing))?["count"]?.GetValue<int>() == plan.Count;
     }
 
-    private static void Sample(SweepPlan plan, string id, string output)
+    private static void Sample(Runner run, SweepPlan plan, string id, string output)
     {
         string dir = RunDir(output, id);
         bool resumed = Directory.Exists(Path.Combine(dir, "samples"));
         var sw = Stopwatch.StartNew();
-        Invoke(SampleArgs(plan, id, output), id, "sample");
+        Invoke(run, SampleArgs(plan, id, output), id, "sample");
         AtomicFile.WriteAllText(TimingFile(output, id), new JsonObject { ["seconds"] = sw.Elapsed.TotalSeconds, ["resumed"] = resumed, ["count"] = plan.Count, ["threads"] = get_num_threads() }.ToJsonString() + "\n");
     }
 
     /// <summary>The run's evaluation, sampling and evaluating it first if needed; null while another process holds it.</summary>
-    private static RunResult? TryEvaluate(SweepPlan plan, string id, string output)
+    private static RunResult? TryEvaluate(Runner runner, SweepPlan plan, string id, string output)
     {
         var run = plan.Runs[id];
         string reference = run.ReferenceRun is { } r ? SamplesNpy(output, r) : ImageSets.MnistTest;
@@ -119,10 +124,10 @@ public sealed class SweepCommand : Command<SweepCommand.Settings>
         {
             using var claim = Claim.TryTake(RunDir(output, id));
             if (claim is null) return null;
-            if (!IsSampled(plan, id, output)) Sample(plan, id, output);
+            if (!IsSampled(plan, id, output)) Sample(runner, plan, id, output);
             if (run.ReferenceRun is { } rr && !IsSampled(plan, rr, output)) return null; // evaluated on a later pass
             if (!Fresh(json, npy) || (run.ReferenceRun is not null && !Fresh(json, reference)))
-                Invoke(["eval", "--generated", npy, "--reference", reference, "--json", json, .. LabelArgs(output, id), .. plan.EvalArgs], id, "eval");
+                Invoke(runner, ["eval", "--generated", npy, "--reference", reference, "--json", json, .. LabelArgs(output, id), .. plan.EvalArgs], id, "eval");
         }
         var t = JsonNode.Parse(File.ReadAllText(TimingFile(output, id)))!;
         return new RunResult(id, run, t["seconds"]!.GetValue<double>(), t["resumed"]!.GetValue<bool>(), t["threads"]?.GetValue<int>(),
@@ -171,10 +176,10 @@ public sealed class SweepCommand : Command<SweepCommand.Settings>
         public void Dispose() => File.Delete(_path);
     }
 
-    private static void Invoke(List<string> args, string id, string what)
+    private static void Invoke(Runner run, List<string> args, string id, string what)
     {
-        int exit = App.Run(args.ToArray());
-        if (exit == App.ExitCancelled) throw new OperationCanceledException();
+        int exit = run(args.ToArray());
+        if (exit == ExitCodes.Cancelled) throw new OperationCanceledException();
         if (exit != 0) throw new PagSharpException($"run '{id}': pag {what} failed (exit {exit}); command: pag {Quote(args)}");
     }
 

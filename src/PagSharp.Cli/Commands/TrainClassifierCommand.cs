@@ -8,6 +8,7 @@ using PagSharp.Models;
 using PagSharp.Training.Datasets;
 using Spectre.Console;
 using Spectre.Console.Cli;
+using PagSharp.Cli.Hosting;
 
 namespace PagSharp.Cli.Commands;
 
@@ -32,7 +33,7 @@ public sealed class TrainClassifierCommand : Command<TrainClassifierCommand.Sett
     {
         var options = new ClassifierTrainOptions { Epochs = s.Epochs, Seed = s.Seed, BatchSize = s.BatchSize, LearningRate = s.LearningRate };
         using var mnist = MnistDataset.Load();
-        var ct = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, App.CtrlC()).Token;
+        var ct = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, ConsoleCancellation.CtrlC()).Token;
         AnsiConsole.MarkupLine($"training the MNIST classifier on {mnist.TrainImages.shape[0]} digits: {options.Epochs} epochs, batch {options.BatchSize}, seed {options.Seed}");
         long lastPrinted = 0;
         double seconds = 0;

@@ -12,6 +12,7 @@ using PagSharp.Training.Datasets;
 using Spectre.Console;
 using Spectre.Console.Cli;
 using static TorchSharp.torch;
+using PagSharp.Cli.Hosting;
 
 namespace PagSharp.Cli.Commands;
 
@@ -95,7 +96,7 @@ public sealed class TrainCommand : Command<TrainCommand.Settings>
         long parameters = trainer.Model.parameters().Sum(p => p.numel());
         AnsiConsole.MarkupLine($"training {parameters:N0} parameters on {images.shape[0]} images, batch {s.BatchSize}, to step {s.Steps}");
 
-        var ct = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, App.CtrlC()).Token;
+        var ct = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, ConsoleCancellation.CtrlC()).Token;
         void OnSample(Trainer t) => WriteArtifacts(t, s.Output, cfg, writeGrid: true);
         void Checkpointed(Trainer t) => WriteArtifacts(t, s.Output, cfg, writeGrid: false);
 
@@ -122,7 +123,7 @@ public sealed class TrainCommand : Command<TrainCommand.Settings>
         AnsiConsole.MarkupLine(ct.IsCancellationRequested
             ? $"[yellow]stopped at step {trainer.Step}; checkpoint saved — rerun with --resume to continue[/]"
             : $"done: step {trainer.Step}; EMA weights in {Path.Combine(s.Output, ModelStore.WeightsFile)}");
-        return ct.IsCancellationRequested ? App.ExitCancelled : 0;
+        return ct.IsCancellationRequested ? ExitCodes.Cancelled : 0;
     }
 
     private static (Tensor Images, Tensor? Labels) LoadData(Settings s, AdmConfig cfg)

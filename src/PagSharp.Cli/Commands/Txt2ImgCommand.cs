@@ -16,6 +16,8 @@ using Spectre.Console;
 using Spectre.Console.Cli;
 using static TorchSharp.torch;
 using Grid = PagSharp.Imaging.Grid;
+using PagSharp.Cli.Hosting;
+using PagSharp.Cli.Methods;
 
 namespace PagSharp.Cli.Commands;
 
@@ -231,7 +233,7 @@ public sealed partial class Txt2ImgCommand : Command<Txt2ImgSettings>
         var myBatches = run.Batches;
         int stepsRun = endStep - firstStep;
 
-        var ct = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, App.CtrlC()).Token;
+        var ct = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, ConsoleCancellation.CtrlC()).Token;
         int written = 0, skipped = 0;
         bool keepTensor = latentOut || s.SaveTensor is not null;
         try
@@ -279,7 +281,7 @@ public sealed partial class Txt2ImgCommand : Command<Txt2ImgSettings>
         catch (OperationCanceledException)
         {
             AnsiConsole.MarkupLine($"[yellow]stopped: {written} images written this time ({skipped} were already there); rerun the same command to resume[/]");
-            return App.ExitCancelled;
+            return ExitCodes.Cancelled;
         }
 
         if (!latentOut) run.SaveGrid(3);
@@ -296,9 +298,9 @@ public sealed partial class Txt2ImgCommand : Command<Txt2ImgSettings>
     }
 
     /// <summary>--compare methods: none, cfg:W, pag:S, sag:S, seg:S, slg:S, apg:W, cfgzero:W and their + combinations.</summary>
-    private static IReadOnlyList<CompareCommand.Method> CompareMethods(string spec)
+    private static IReadOnlyList<MethodToken> CompareMethods(string spec)
     {
-        var methods = CompareCommand.ParseMethods(spec);
+        var methods = MethodTokens.Parse(spec);
         if (methods.Count == 0) throw new PagSharpException("--compare is empty; give methods such as none,cfg:7.5,pag:3,cfg:7.5+pag:3");
         return methods;
     }
@@ -308,14 +310,14 @@ public sealed partial class Txt2ImgCommand : Command<Txt2ImgSettings>
     /// first column is the input image (img2img, inpaint) or the control image when there is one. Writes
     /// OUTPUT/compare.png (and --save-tensor: the images in [0, 1], row-major).
     /// </summary>
-    private static int RunCompare(Txt2ImgSettings s, StableDiffusion sd, string output, IReadOnlyList<CompareCommand.Method> methods, int count,
+    private static int RunCompare(Txt2ImgSettings s, StableDiffusion sd, string output, IReadOnlyList<MethodToken> methods, int count,
                                   Func<int[], NoiseSource, GuidanceSettings, Action<LoopStep>?, CancellationToken, Tensor> generate,
                                   Tensor? inputColumn, SdControl? control, CancellationToken cancellationToken)
     {
         var guidances = methods.Select(m => m.Apply(s.BuildGuidance(sd.Unet.AttentionLayers, m.Cfg, m.Pag, m.Sag, m.Seg, m.Slg), s.ApgFromOptions())).ToArray();
         var idx = Enumerable.Range(0, count).ToArray();
         var seeds = idx.Select(i => s.Seed + i).ToArray();
-        var ct = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, App.CtrlC()).Token;
+        var ct = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, ConsoleCancellation.CtrlC()).Token;
         var columns = new List<Tensor>();
         var labels = new List<string>();
         if (inputColumn is not null)
@@ -348,7 +350,7 @@ public sealed partial class Txt2ImgCommand : Command<Txt2ImgSettings>
         {
             foreach (var t in columns) t.Dispose();
             AnsiConsole.MarkupLine("[yellow]stopped: nothing written[/]");
-            return App.ExitCancelled;
+            return ExitCodes.Cancelled;
         }
         Directory.CreateDirectory(output);
         using var grid = stack(columns.ToArray(), 1).flatten(0, 1); // row-major: (seed r, column c) at r * cols + c

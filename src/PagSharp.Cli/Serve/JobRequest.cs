@@ -2,12 +2,12 @@ using System.Globalization;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using PagSharp.Attention;
-using PagSharp.Cli.Commands;
 using PagSharp.Diffusion.Schedulers;
 using PagSharp.Guidance;
 using PagSharp.Models.Sd;
 using PagSharp.Pipelines;
 using PagSharp.Runtime;
+using PagSharp.Cli.Methods;
 
 namespace PagSharp.Cli.Serve;
 
@@ -18,7 +18,7 @@ public sealed class ServeError(int status, string message) : Exception(message)
 }
 
 /// <summary>One column of a job: the method token as given (<c>pag compare</c>'s syntax) and the guidance it means.</summary>
-public sealed record ColumnPlan(string Token, CompareCommand.Method Method, GuidanceSettings Guidance);
+public sealed record ColumnPlan(string Token, MethodToken Method, GuidanceSettings Guidance);
 
 /// <summary>A checked job: everything the runner needs, nothing left to validate.</summary>
 public sealed record JobPlan
@@ -186,7 +186,7 @@ public static class JobRequest
     /// The guidance of one column: CFG w (plain, APG or CFG-Zero*), PAG s at <paramref name="layers"/>, SAG s, SEG s
     /// (query blur σ 10) and SLG s (the self-attention skipped on steps 1%–20%, SD 3.5's recipe) at the same layers.
     /// </summary>
-    public static GuidanceSettings Guidance(CompareCommand.Method m, IReadOnlyList<string> layers, SagSettings sag)
+    public static GuidanceSettings Guidance(MethodToken m, IReadOnlyList<string> layers, SagSettings sag)
     {
         var perturbed = new List<PerturbedGuidance>();
         if (m.Seg > 0) perturbed.Add(PerturbedGuidance.Seg(m.Seg, 10, layers));
@@ -204,10 +204,10 @@ public static class JobRequest
         return g;
     }
 
-    private static CompareCommand.Method Method(string token)
+    private static MethodToken Method(string token)
     {
-        IReadOnlyList<CompareCommand.Method> parsed;
-        try { parsed = CompareCommand.ParseMethods(token); }
+        IReadOnlyList<MethodToken> parsed;
+        try { parsed = MethodTokens.Parse(token); }
         catch (PagSharpException e) { throw Bad(e.Message.Replace("--methods item", "method", StringComparison.Ordinal)); }
         if (parsed.Count != 1) throw Bad($"method '{token}': one method per item (give a list: [\"none\", \"pag:2\"])");
         var m = parsed[0];

@@ -36,14 +36,14 @@ public sealed partial class ServeApp : IAsyncDisposable
 
     private ServeApp(WebApplication app, ServeOptions options, ModelRegistry models, JobQueue queue, Action<string> log)
     {
-        App = app;
+        Web = app;
         Options = options;
         Models = models;
         Queue = queue;
         _log = log;
     }
 
-    public WebApplication App { get; }
+    public WebApplication Web { get; }
     public ServeOptions Options { get; }
     public ModelRegistry Models { get; }
     public JobQueue Queue { get; }
@@ -87,7 +87,7 @@ public sealed partial class ServeApp : IAsyncDisposable
         Queue.Start();
         try
         {
-            await App.StartAsync(cancellation).ConfigureAwait(false);
+            await Web.StartAsync(cancellation).ConfigureAwait(false);
         }
         catch (IOException e) when (e.InnerException is Microsoft.AspNetCore.Connections.AddressInUseException || e.Message.Contains("address already in use", StringComparison.OrdinalIgnoreCase))
         {
@@ -98,19 +98,19 @@ public sealed partial class ServeApp : IAsyncDisposable
 
     /// <summary>The addresses the server listens on (with the port Kestrel picked for --port 0).</summary>
     public IReadOnlyList<string> Urls =>
-        App.Services.GetService<Microsoft.AspNetCore.Hosting.Server.IServer>()?.Features.Get<IServerAddressesFeature>()?.Addresses.ToArray() ?? [];
+        Web.Services.GetService<Microsoft.AspNetCore.Hosting.Server.IServer>()?.Features.Get<IServerAddressesFeature>()?.Addresses.ToArray() ?? [];
 
     public async ValueTask DisposeAsync()
     {
         Queue.Stop(); // the running job stops after its step and leaves nothing behind
-        await App.StopAsync().ConfigureAwait(false);
-        await App.DisposeAsync().ConfigureAwait(false);
+        await Web.StopAsync().ConfigureAwait(false);
+        await Web.DisposeAsync().ConfigureAwait(false);
         Queue.Dispose();
     }
 
     private void Map()
     {
-        var app = App;
+        var app = Web;
         app.Use(Guard);
         foreach (var (path, _) in StaticFiles) app.MapGet(path, ServeStatic);
         app.MapGet("/api/models", ListModels);

@@ -4,19 +4,33 @@ using System.Reflection.Emit;
 namespace PagSharp.Tests.Architecture;
 
 /// <summary>
-/// Dependencies between the library's namespaces point one way (README "Architecture"): the graph of which namespace
-/// uses which — from signatures, fields, base types and every type, method and field a method body touches (read from
+/// Dependencies between the namespaces of the library and of the <c>pag</c> tool point one way (README "Architecture"):
+/// the graph of which namespace uses which — from signatures, fields, base types and every type, method and field a method body touches (read from
 /// its IL) — has no cycle.
 /// </summary>
 public sealed class NamespaceCycleTests
 {
     private static readonly Assembly Library = typeof(PagSharpException).Assembly;
+    private static readonly Assembly Tool = typeof(PagSharp.Cli.App).Assembly;
 
     [Fact]
     public void TheLibraryHasNoNamespaceCycle()
     {
-        var graph = Graph();
+        var graph = Graph(Library);
         Assert.True(graph.Count > 10, $"only {graph.Count} namespaces found");
+        var cycle = FindCycle(graph);
+        Assert.True(cycle is null, "namespace cycle: " + string.Join(" → ", cycle ?? []));
+    }
+
+    [Fact]
+    public void TheToolHasNoNamespaceCycle()
+    {
+        var graph = Graph(Tool);
+        Assert.True(graph.Count >= 5, $"only {graph.Count} namespaces found");
+        // Commands sit above the web server, the method tokens and the hosting helpers; the app registers the commands.
+        Assert.Contains("PagSharp.Cli.Commands", graph["PagSharp.Cli"]);
+        Assert.Contains("PagSharp.Cli.Serve", graph["PagSharp.Cli.Commands"]);
+        Assert.Contains("PagSharp.Cli.Methods", graph["PagSharp.Cli.Serve"]);
         var cycle = FindCycle(graph);
         Assert.True(cycle is null, "namespace cycle: " + string.Join(" → ", cycle ?? []));
     }
@@ -37,32 +51,32 @@ public sealed class NamespaceCycleTests
     [Fact]
     public void TheGraphHoldsKnownEdges()
     {
-        var graph = Graph();
+        var graph = Graph(Library);
         Assert.Contains("PagSharp.Denoisers", graph["PagSharp.Guidance"]);
         Assert.Contains("PagSharp.Models.Adm", graph["PagSharp.Denoisers"]);
         Assert.DoesNotContain("PagSharp.Guidance", graph["PagSharp.Denoisers"]);
     }
 
-    private static Dictionary<string, HashSet<string>> Graph()
+    private static Dictionary<string, HashSet<string>> Graph(Assembly assembly)
     {
         var graph = new Dictionary<string, HashSet<string>>(StringComparer.Ordinal);
-        foreach (var type in Library.GetTypes())
+        foreach (var type in assembly.GetTypes())
         {
-            string? from = NamespaceOf(type);
+            string? from = NamespaceOf(type, assembly);
             if (from is null) continue;
             var edges = graph.TryGetValue(from, out var e) ? e : graph[from] = new HashSet<string>(StringComparer.Ordinal);
             foreach (var used in UsedTypes(type))
-                if (NamespaceOf(used) is { } to && to != from) edges.Add(to);
+                if (NamespaceOf(used, assembly) is { } to && to != from) edges.Add(to);
         }
         return graph;
     }
 
-    /// <summary>The library namespace of a type (generic arguments and nesting resolved), or null for other assemblies.</summary>
-    private static string? NamespaceOf(Type t)
+    /// <summary>The namespace of a type of <paramref name="assembly"/> (generic arguments and nesting resolved), or null for other assemblies.</summary>
+    private static string? NamespaceOf(Type t, Assembly assembly)
     {
         while (t.HasElementType) t = t.GetElementType()!;
         while (t.DeclaringType is not null) t = t.DeclaringType;
-        if (t.Assembly != Library || t.Namespace is null || t.Name.StartsWith('<')) return null;
+        if (t.Assembly != assembly || t.Namespace is null || t.Name.StartsWith('<')) return null;
         return t.Namespace.StartsWith("PagSharp", StringComparison.Ordinal) ? t.Namespace : null;
     }
 

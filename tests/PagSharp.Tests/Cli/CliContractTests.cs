@@ -218,16 +218,16 @@ public sealed class CompareTokensTests
     [Fact]
     public void ApgCfgZeroAndAutoTokensParse()
     {
-        var m = PagSharp.Cli.Commands.CompareCommand.ParseMethods("apg:3,cfgzero:2+pag:1,auto:1.5+cfg:4");
+        var m = PagSharp.Cli.Methods.MethodTokens.Parse("apg:3,cfgzero:2+pag:1,auto:1.5+cfg:4");
         Assert.Equal((3.0, true, false), (m[0].Cfg, m[0].Apg, m[0].ZeroStar));
         Assert.Equal((2.0, 1.0, true), (m[1].Cfg, m[1].Pag, m[1].ZeroStar));
         Assert.Equal((4.0, 1.5), (m[2].Cfg, m[2].Auto));
-        Assert.Contains("alternative", Assert.Throws<PagSharpException>(() => PagSharp.Cli.Commands.CompareCommand.ParseMethods("apg:3+cfgzero:3")).Message);
-        Assert.Contains("valid: none, pag, sag, seg, slg, cfg, apg, cfgzero, auto", Assert.Throws<PagSharpException>(() => PagSharp.Cli.Commands.CompareCommand.ParseMethods("seq:1")).Message);
-        var branches = PagSharp.Cli.Commands.CompareCommand.ParseMethods("seg:3,slg:2+pag:1,cfg:5+seg:2+slg:1");
+        Assert.Contains("alternative", Assert.Throws<PagSharpException>(() => PagSharp.Cli.Methods.MethodTokens.Parse("apg:3+cfgzero:3")).Message);
+        Assert.Contains("valid: none, pag, sag, seg, slg, cfg, apg, cfgzero, auto", Assert.Throws<PagSharpException>(() => PagSharp.Cli.Methods.MethodTokens.Parse("seq:1")).Message);
+        var branches = PagSharp.Cli.Methods.MethodTokens.Parse("seg:3,slg:2+pag:1,cfg:5+seg:2+slg:1");
         Assert.Equal((3.0, 0.0, 0.0), (branches[0].Seg, branches[0].Slg, branches[0].Pag));
         Assert.Equal((0.0, 2.0, 1.0), (branches[1].Seg, branches[1].Slg, branches[1].Pag));
         Assert.Equal((5.0, 2.0, 1.0), (branches[2].Cfg, branches[2].Seg, branches[2].Slg));
-        Assert.Contains("SEG/SLG cannot be combined with SAG", Assert.Throws<PagSharpException>(() => PagSharp.Cli.Commands.CompareCommand.ParseMethods("sag:1+seg:1")).Message);
+        Assert.Contains("SEG/SLG cannot be combined with SAG", Assert.Throws<PagSharpException>(() => PagSharp.Cli.Methods.MethodTokens.Parse("sag:1+seg:1")).Message);
     }
 }

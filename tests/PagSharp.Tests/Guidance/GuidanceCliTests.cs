@@ -92,12 +92,12 @@ public class GuidanceCliTests
     [Fact]
     public void CompareMethods_AcceptSagColumns()
     {
-        var m = CompareCommand.ParseMethods("none,sag:0.5,cfg:3+sag:0.25,pag:2");
+        var m = PagSharp.Cli.Methods.MethodTokens.Parse("none,sag:0.5,cfg:3+sag:0.25,pag:2");
         Assert.Equal(new[] { 0, 0.5, 0.25, 0 }, m.Select(x => x.Sag));
         Assert.Equal(new[] { 1, 1, 3.0, 1 }, m.Select(x => x.Cfg));
         Assert.Equal(new[] { 0, 0, 0, 2.0 }, m.Select(x => x.Pag));
-        Assert.Contains("cannot be combined", Assert.Throws<PagSharpException>(() => CompareCommand.ParseMethods("pag:1+sag:1")).Message);
-        Assert.Contains("valid: none, pag, sag, seg, slg, cfg", Assert.Throws<PagSharpException>(() => CompareCommand.ParseMethods("sega:1")).Message);
+        Assert.Contains("cannot be combined", Assert.Throws<PagSharpException>(() => PagSharp.Cli.Methods.MethodTokens.Parse("pag:1+sag:1")).Message);
+        Assert.Contains("valid: none, pag, sag, seg, slg, cfg", Assert.Throws<PagSharpException>(() => PagSharp.Cli.Methods.MethodTokens.Parse("sega:1")).Message);
 
         // A column's override turns SAG on without --method sag, with the --sag-* options of the command line.
         var s = new CompareCommand.Settings { SagKernel = 5 };

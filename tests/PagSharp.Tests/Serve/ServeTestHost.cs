@@ -50,7 +50,7 @@ internal sealed class ServeTestHost : IAsyncDisposable
         if (kestrel) client = new HttpClient { BaseAddress = new Uri(app.Urls.Single()), Timeout = TimeSpan.FromSeconds(60) };
         else
         {
-            client = app.App.GetTestClient();
+            client = app.Web.GetTestClient();
             client.Timeout = TimeSpan.FromSeconds(60);
         }
         var host = new ServeTestHost(app, dir, client, owns);
