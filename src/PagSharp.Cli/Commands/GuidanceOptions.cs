@@ -13,10 +13,10 @@ namespace PagSharp.Cli.Commands;
 /// <summary>Sampler and guidance options shared by <c>sample</c> and <c>compare</c> (diffusers names in kebab-case).</summary>
 public class GuidanceOptionSettings : ModelSettings, IPerturbedBranchOptions
 {
-    [CommandOption("--scheduler|--sampler <NAME>")][Description("ddim (default) or ddpm (guided-diffusion's samplers on the respaced process), or euler, euler-a, dpmpp-2m, unipc (diffusers' schedulers over the model's noise schedule).")]
+    [CommandOption("--scheduler|--sampler <NAME>")][Description("ddpm or ddim (guided-diffusion's samplers on the respaced process), or euler, euler-a, dpmpp-2m, unipc (diffusers' schedulers over the model's noise schedule). Default: the model's recommended sampler (sampling_defaults in its config; built-in model: ddpm, 100 steps), else ddim.")]
     public string? Sampler { get; init; }
-    [CommandOption("--steps|--num-inference-steps <N>")][Description("Sampling steps (ddpm/ddim: respaced from the model's diffusion steps). Default 50.")]
-    public int Steps { get; init; } = 50;
+    [CommandOption("--steps|--num-inference-steps <N>")][Description("Sampling steps (ddpm/ddim: respaced from the model's diffusion steps). Default: the model's recommended steps when --scheduler is not given (built-in model: 100), else 50.")]
+    public int? Steps { get; init; }
     [CommandOption("--timestep-respacing <SPEC>")][Description("guided-diffusion respacing: ddimN, N, or \"10,10,10\" (overrides --steps).")]
     public string? TimestepRespacing { get; init; }
     [CommandOption("--karras-sigmas")][Description("Karras noise levels for euler, dpmpp-2m and unipc (\"DPM++ 2M Karras\").")]
@@ -276,12 +276,16 @@ public class GuidanceOptionSettings : ModelSettings, IPerturbedBranchOptions
         return loaded;
     }
 
-    public SamplingOptions BuildSampling(GuidanceSettings guidance) => new()
+    /// <summary>
+    /// The sampling options of the command line. Without --scheduler, the model's recommended sampler
+    /// (<paramref name="defaults"/>) and, without --steps, its step count; else DDIM and 50 steps.
+    /// </summary>
+    public SamplingOptions BuildSampling(GuidanceSettings guidance, SamplingDefaults? defaults = null) => new()
     {
-        Scheduler = Diffusion.Schedulers.Schedulers.Check(Sampler ?? "ddim"),
+        Scheduler = Diffusion.Schedulers.Schedulers.Check(Sampler ?? defaults?.Scheduler ?? "ddim"),
         KarrasSigmas = KarrasSigmas,
         MemoryLimitBytes = MemoryLimitMb is long mb ? (mb >= 1 ? mb * 1_000_000 : throw new PagSharpException($"--memory-limit must be ≥ 1 MB (got {mb})")) : null,
-        Steps = Steps,
+        Steps = Steps ?? (Sampler is null ? defaults?.Steps : null) ?? 50,
         TimestepRespacing = TimestepRespacing,
         Eta = Eta,
         ClipDenoised = !NoClip,

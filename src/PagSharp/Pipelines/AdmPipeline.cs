@@ -50,13 +50,20 @@ public sealed class AdmPipeline : IDisposable
         : null;
 
     /// <summary>
+    /// Sampling options with the model's recommended scheduler and steps (<see cref="AdmConfig.SamplingDefaults"/>; the
+    /// built-in model: DDPM-100), else DDIM-50; no guidance, unconditional. Set <c>Guidance</c>, <c>Labels</c>, … with <c>with</c>.
+    /// </summary>
+    public SamplingOptions DefaultOptions => Config.SamplingDefaults is { } d ? new SamplingOptions { Scheduler = d.Scheduler, Steps = d.Steps } : new SamplingOptions();
+
+    /// <summary>
     /// Generates samples 0 … <paramref name="count"/> − 1 of a run (sample i from seed <c>options.Seed + i</c>) and
-    /// returns them as float32 [N,C,H,W] in [−1, 1]. Defaults: DDIM-50, no guidance, unconditional.
+    /// returns them as float32 [N,C,H,W] in [−1, 1]. Defaults: <see cref="DefaultOptions"/> (the model's recommended
+    /// sampler, else DDIM-50; no guidance, unconditional).
     /// </summary>
     public Tensor Generate(int count, SamplingOptions? options = null, IProgress<SamplingProgress>? progress = null, CancellationToken cancellation = default)
     {
         if (count < 1) throw new PagSharpException($"count must be ≥ 1 (got {count})");
-        return Sampler.Sample(Net, options ?? new SamplingOptions(), Enumerable.Range(0, count).Select(i => (long)i).ToArray(), null, progress, cancellation);
+        return Sampler.Sample(Net, options ?? DefaultOptions, Enumerable.Range(0, count).Select(i => (long)i).ToArray(), null, progress, cancellation);
     }
 
     public void Dispose() => Loaded.Dispose();

@@ -100,7 +100,7 @@ public static class Sampler
     {
         if (options.Guidance.UsesAutoguidance && guide is null)
             throw new PagSharpException("autoguidance (AutoguidanceScale) needs a guide model: a weaker version of the same model");
-        if (guide is not null && guide.Config with { GuidanceDefaults = null } != net.Config with { GuidanceDefaults = null })
+        if (guide is not null && guide.Config.WithoutRecommendations() != net.Config.WithoutRecommendations())
             throw new PagSharpException("the guide model of autoguidance must have the same config as the model");
         options.Validate();
         var cfg = net.Config;

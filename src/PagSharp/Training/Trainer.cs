@@ -238,7 +238,7 @@ public sealed class Trainer : IDisposable
         string path = Path.Combine(dir, CheckpointName);
         var meta = SafeTensors.ReadMetadata(path);
         var saved = AdmConfig.FromJson(meta["config"], path);
-        if (saved with { GuidanceDefaults = null } != _o.Model with { GuidanceDefaults = null })
+        if (saved.WithoutRecommendations() != _o.Model.WithoutRecommendations())
             throw new PagSharpException($"{path} was trained with a different model config; resume with the same config or start a new output folder.\n saved: {saved.ToJson()}\n now: {_o.Model.ToJson()}");
         if (meta.TryGetValue("options", out var optJson))
         {

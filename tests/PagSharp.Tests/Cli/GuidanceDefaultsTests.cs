@@ -80,6 +80,70 @@ public sealed class GuidanceDefaultsTests : IDisposable
     }
 }
 
+/// <summary>A model's recommended sampler (config <c>sampling_defaults</c>) as pag sample and the library use it.</summary>
+[Collection(CliCollection.Name)]
+public sealed class SamplingDefaultsTests : IDisposable
+{
+    private readonly AdmACli _adm = new();
+    private readonly string _withDefaults;
+
+    public SamplingDefaultsTests()
+    {
+        var cfg = JsonNode.Parse(AdmA.ArgsJson())!.AsObject();
+        cfg["sampling_defaults"] = new JsonObject { ["scheduler"] = "ddpm", ["steps"] = 3 };
+        _withDefaults = _adm.Dir.File("with_sampling_defaults.json");
+        File.WriteAllText(_withDefaults, cfg.ToJsonString());
+    }
+
+    public void Dispose() => _adm.Dispose();
+
+    private (int Exit, string Output, JsonNode? Settings) Sample(string config, string name, params string[] extra)
+    {
+        string dir = _adm.Dir.File(name);
+        var (exit, output) = Pag.Run(["sample", "--config", config, "--checkpoint", _adm.Weights, "--init-noise", _adm.InitNoise, "--output", dir, .. extra]);
+        return (exit, output, exit == 0 ? JsonNode.Parse(File.ReadAllText(Path.Combine(dir, "run.json")))!["settings"] : null);
+    }
+
+    [Fact]
+    public void TheModelsSamplerIsTheDefault_StepsAloneKeepIt_ASamplerAloneTakesItsOwnDefaultSteps()
+    {
+        var (exit, output, s) = Sample(_withDefaults, "defaults");
+        Assert.True(exit == 0, output);
+        Assert.Equal("ddpm", (string?)s!["sampler"]);
+        Assert.Equal(3, (int?)s["steps"]);
+        (exit, output, s) = Sample(_withDefaults, "steps", "--steps", "2");
+        Assert.True(exit == 0, output);
+        Assert.Equal(("ddpm", 2), ((string?)s!["sampler"], (int?)s["steps"]));
+        (exit, output, s) = Sample(_withDefaults, "other", "--scheduler", "ddim", "--steps", "4");
+        Assert.True(exit == 0, output);
+        Assert.Equal(("ddim", 4), ((string?)s!["sampler"], (int?)s["steps"]));
+        // Without sampling_defaults: DDIM-50.
+        (exit, output, s) = Sample(_adm.Config, "plain", "--timestep-respacing", "ddim2");
+        Assert.True(exit == 0, output);
+        Assert.Equal("ddim", (string?)s!["sampler"]);
+    }
+
+    [Fact]
+    public void TheLibrarysDefaultOptionsFollowTheConfig_AndABadSchedulerIsNamed()
+    {
+        var cfg = PagSharp.Models.Adm.AdmConfig.FromJson(File.ReadAllText(_withDefaults), _withDefaults);
+        Assert.Equal(("ddpm", 3), (cfg.SamplingDefaults!.Scheduler, cfg.SamplingDefaults.Steps));
+        Assert.Equal(cfg with { SamplingDefaults = null }, cfg.WithoutRecommendations());
+        using (var pipe = PagSharp.Pipelines.AdmPipeline.FromConfig(_withDefaults, _adm.Weights))
+            Assert.Equal(("ddpm", 3), (pipe.DefaultOptions.Scheduler, pipe.DefaultOptions.Steps));
+        using (var pipe = PagSharp.Pipelines.AdmPipeline.FromConfig(_adm.Config, _adm.Weights))
+            Assert.Equal(("ddim", 50), (pipe.DefaultOptions.Scheduler, pipe.DefaultOptions.Steps));
+
+        var bad = JsonNode.Parse(AdmA.ArgsJson())!.AsObject();
+        bad["sampling_defaults"] = new JsonObject { ["scheduler"] = "heun", ["steps"] = 3 };
+        string badPath = _adm.Dir.File("bad.json");
+        File.WriteAllText(badPath, bad.ToJsonString());
+        var (exit, output, _) = Sample(badPath, "bad");
+        Assert.Equal(2, exit);
+        Assert.Contains("heun", output);
+    }
+}
+
 /// <summary>pag sample --guidance-model / --autoguidance-scale.</summary>
 [Collection(CliCollection.Name)]
 public sealed class AutoguidanceCliTests : IDisposable

@@ -38,6 +38,12 @@ public sealed record AdmConfig
     /// <summary>The guidance the model's authors recommend (built-in model: chosen by a sweep on validation seeds), or null.</summary>
     [JsonPropertyName("guidance_defaults")] public GuidanceDefaults? GuidanceDefaults { get; init; }
 
+    /// <summary>The sampler and step count the model's authors recommend (built-in model: chosen by a sweep), or null.</summary>
+    [JsonPropertyName("sampling_defaults")] public SamplingDefaults? SamplingDefaults { get; init; }
+
+    /// <summary>This config without the recommendations (<see cref="GuidanceDefaults"/>, <see cref="SamplingDefaults"/>): the network and process only.</summary>
+    public AdmConfig WithoutRecommendations() => this with { GuidanceDefaults = null, SamplingDefaults = null };
+
     // Diffusion keys.
     [JsonPropertyName("learn_sigma")] public bool LearnSigma { get; init; }
     [JsonPropertyName("diffusion_steps")] public int DiffusionSteps { get; init; } = 1000;
@@ -142,4 +148,14 @@ public sealed record GuidanceDefaults
     [JsonPropertyName("pag_scale")] public double PagScale { get; init; }
     [JsonPropertyName("pag_layers")] public string PagLayers { get; init; } = "middle";
     [JsonPropertyName("guidance_scale")] public double GuidanceScale { get; init; } = 1;
+}
+
+/// <summary>
+/// A model's recommended sampler (config key <c>sampling_defaults</c>): the scheduler name (ddpm, ddim, euler, euler-a,
+/// dpmpp-2m, unipc) and its number of steps.
+/// </summary>
+public sealed record SamplingDefaults
+{
+    [JsonPropertyName("scheduler")] public string Scheduler { get; init; } = "ddim";
+    [JsonPropertyName("steps")] public int Steps { get; init; } = 50;
 }
