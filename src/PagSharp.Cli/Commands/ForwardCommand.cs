@@ -21,7 +21,7 @@ public sealed class ForwardCommand : Command<ForwardCommand.Settings>
         public string? Labels { get; init; }
         [CommandOption("--perturb <SPEC>")][Description("Layers whose attention is perturbed (all batch entries) with --perturbation.")]
         public string? Perturb { get; init; }
-        [CommandOption("--perturbation <POLICY>")][Description("What the --perturb layers compute, as pag sample: identity (PAG, default), mask:R, mask-nodiag:R, noise:S, noise-logits:S, blur:S, soft:L, seg:S, seg:inf.")]
+        [CommandOption("--perturbation <POLICY>")][Description("What the --perturb layers compute, as pag sample: identity (PAG, default), mask:R, mask-nodiag:R, noise:S, noise-logits:S, blur:S, soft:L, seg:S, seg:inf, skip, skip-block, skip-resblock (SLG: the self-attention, its transformer block, or the ResBlock feeding it skipped).")]
         public string Perturbation { get; init; } = "identity";
         [CommandOption("--output <FILE>")][Description("Output .npy (or .safetensors, key 'out').")]
         public string? Output { get; init; }

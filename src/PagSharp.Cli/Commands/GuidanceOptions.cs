@@ -95,7 +95,7 @@ public class GuidanceOptionSettings : ModelSettings, IPerturbedBranchOptions
     public double? SlgScale { get; init; }
     [CommandOption("--slg-layers <SPEC>")][Description("SLG: attention layers to skip (same syntax as --pag-layers; default: the middle block).")]
     public string? SlgLayers { get; init; }
-    [CommandOption("--slg-skip <WHAT>")][Description("SLG: what is skipped at each layer: attention (the self-attention, default) or block (the whole transformer block: self-attention, cross-attention, feed-forward; the same on ADM).")]
+    [CommandOption("--slg-skip <WHAT>")][Description("SLG: what is skipped at each layer: attention (the self-attention, default), block (the whole transformer block: self-attention, cross-attention, feed-forward; the same on ADM) or resblock (the ResBlock feeding the layer in its block, which then outputs its skip connection; the attention runs normally).")]
     public string? SlgSkip { get; init; }
     [CommandOption("--slg-start <F>")][Description("Apply SLG from this fraction of the steps on (default 0.01, SD 3.5).")]
     public double? SlgStart { get; init; }

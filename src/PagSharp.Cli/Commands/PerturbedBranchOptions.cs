@@ -1,4 +1,5 @@
 using System.Globalization;
+using PagSharp.Attention;
 using PagSharp.Guidance;
 
 namespace PagSharp.Cli.Commands;
@@ -32,11 +33,12 @@ public static class PerturbedBranchOptions
             throw new PagSharpException("--seg-blur-sigma and --seg-layers need --seg-scale S");
         if (o.SlgScale is null && slgScale is null && (o.SlgLayers is not null || o.SlgStart is not null || o.SlgStop is not null || o.SlgSkip is not null))
             throw new PagSharpException("--slg-layers, --slg-skip, --slg-start and --slg-stop need --slg-scale S");
-        bool wholeBlock = (o.SlgSkip ?? "attention").Trim().ToLowerInvariant() switch
+        var skip = (o.SlgSkip ?? "attention").Trim().ToLowerInvariant() switch
         {
-            "attention" => false,
-            "block" => true,
-            _ => throw new PagSharpException($"--slg-skip '{o.SlgSkip}': valid: attention, block"),
+            "attention" => SkipTarget.Attention,
+            "block" => SkipTarget.Block,
+            "resblock" => SkipTarget.ResBlock,
+            _ => throw new PagSharpException($"--slg-skip '{o.SlgSkip}': valid: attention, block, resblock"),
         };
         if ((segScale ?? o.SegScale) is double seg && seg != 0)
         {
@@ -50,7 +52,7 @@ public static class PerturbedBranchOptions
             list.Add(PerturbedGuidance.Seg(seg, sigma, ResolveNonEmpty(o.SegLayers ?? defaultLayers, resolve, "--seg-layers")));
         }
         if ((slgScale ?? o.SlgScale) is double slg && slg != 0)
-            list.Add(PerturbedGuidance.Slg(slg, ResolveNonEmpty(o.SlgLayers ?? defaultLayers, resolve, "--slg-layers"), o.SlgStart ?? 0.01, o.SlgStop ?? 0.2, wholeBlock));
+            list.Add(PerturbedGuidance.Slg(slg, ResolveNonEmpty(o.SlgLayers ?? defaultLayers, resolve, "--slg-layers"), o.SlgStart ?? 0.01, o.SlgStop ?? 0.2, skip));
         return list;
     }
 

@@ -12,6 +12,8 @@ public sealed class HeadSubsetPerturbation : IAttentionPerturbation
     {
         if (heads.Count == 0) throw new PagSharpException("a per-head perturbation needs at least one head");
         if (heads.Any(h => h < 0)) throw new PagSharpException($"head indices must be ≥ 0 (got {string.Join(",", heads)})");
+        if (inner is SkipPerturbation { PerturbsAttention: false })
+            throw new PagSharpException($"'{inner.Spec}' skips a ResBlock, not attention heads: it cannot be limited to heads");
         Inner = inner;
         Heads = heads.Distinct().Order().ToArray();
     }

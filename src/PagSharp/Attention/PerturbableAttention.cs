@@ -5,7 +5,8 @@ namespace PagSharp.Attention;
 
 /// <summary>
 /// The dispatch every self-attention layer goes through: normal attention for unperturbed batch entries, the plan's
-/// policy for perturbed ones, and optional capture of the attention map.
+/// policy for perturbed ones, and optional capture of the attention map. Entries that skip the ResBlock before the
+/// layer (<see cref="SkipTarget.ResBlock"/>) get normal attention: they are no attention perturbation.
 /// </summary>
 public static class PerturbableAttention
 {
@@ -17,14 +18,16 @@ public static class PerturbableAttention
             return normal(q, k, v, false, out _);
 
         bool capture = plan.WantsCapture(layer);
-        var entries = plan.EntriesOf(layer);
+        // ResBlock skips (skip-layer guidance on the ResBlock before this layer) leave the attention itself alone.
+        var entries = plan.AttentionEntriesOf(layer);
         if (entries.Count > 1) return AttendGathered(layer, q, k, v, height, width, plan, entries, capture, normal);
-        if (!plan.TryGet(layer, out var entry))
+        if (entries.Count == 0)
         {
             var a = normal(q, k, v, capture, out var map);
             if (capture) plan.Store(layer, map!);
             return a;
         }
+        var entry = entries[0];
 
         var ctx = new AttentionContext(layer, height, width, plan.Generator);
         long batch = q.shape[0];

@@ -61,20 +61,47 @@ public sealed class PerturbationPlan
     }
 
     /// <summary>
-    /// The batch entries (of <paramref name="batch"/>) for which <paramref name="layer"/> is skipped
-    /// (<see cref="SkipPerturbation"/>), or null when it is not.
+    /// The perturbations of <paramref name="layer"/> its attention applies: <see cref="EntriesOf"/> without the
+    /// ResBlock skips (<see cref="SkipTarget.ResBlock"/>), which leave the attention itself alone.
     /// </summary>
-    public long[]? SkippedEntries(string layer, long batch) => Skipped(layer, batch, wholeBlockOnly: false);
+    public IReadOnlyList<Entry> AttentionEntriesOf(string layer)
+    {
+        var all = EntriesOf(layer);
+        return all.Any(e => IsResBlockSkip(e.Policy)) ? all.Where(e => !IsResBlockSkip(e.Policy)).ToList() : all;
+    }
+
+    /// <summary>
+    /// The batch entries (of <paramref name="batch"/>) for which <paramref name="layer"/> is skipped
+    /// (<see cref="SkipPerturbation"/> on the attention or the whole block), or null when it is not.
+    /// </summary>
+    public long[]? SkippedEntries(string layer, long batch) => Skipped([layer], batch, t => t != SkipTarget.ResBlock);
 
     /// <summary>
     /// The batch entries for which the whole transformer block of <paramref name="layer"/> is skipped
     /// (<see cref="SkipPerturbation.Block"/>), or null when it is not.
     /// </summary>
-    public long[]? SkippedBlockEntries(string layer, long batch) => Skipped(layer, batch, wholeBlockOnly: true);
+    public long[]? SkippedBlockEntries(string layer, long batch) => Skipped([layer], batch, t => t == SkipTarget.Block);
 
-    private long[]? Skipped(string layer, long batch, bool wholeBlockOnly)
+    /// <summary>
+    /// The batch entries for which the ResBlock feeding <paramref name="attentionLayer"/> is skipped
+    /// (<see cref="SkipPerturbation.ResBlock"/>), or null when it is not.
+    /// </summary>
+    public long[]? SkippedResBlockEntries(string attentionLayer, long batch) => SkippedResBlockEntries([attentionLayer], batch);
+
+    /// <summary>
+    /// The batch entries for which the ResBlock feeding any of <paramref name="attentionLayers"/> (the self-attention
+    /// layers of one attention module, which one ResBlock feeds) is skipped, each entry once; null when none is.
+    /// </summary>
+    public long[]? SkippedResBlockEntries(IEnumerable<string> attentionLayers, long batch) => Skipped(attentionLayers, batch, t => t == SkipTarget.ResBlock);
+
+    /// <summary>Whether the ResBlock feeding any of <paramref name="attentionLayers"/> is skipped on some entries (before the batch is known, e.g. to fork ahead of it).</summary>
+    public bool SkipsResBlockOf(IEnumerable<string> attentionLayers) => attentionLayers.Any(l => EntriesOf(l).Any(e => IsResBlockSkip(e.Policy)));
+
+    private static bool IsResBlockSkip(IAttentionPerturbation p) => p is SkipPerturbation { Target: SkipTarget.ResBlock };
+
+    private long[]? Skipped(IEnumerable<string> layers, long batch, Func<SkipTarget, bool> which)
     {
-        var skips = EntriesOf(layer).Where(e => e.Policy is SkipPerturbation s && (s.WholeBlock || !wholeBlockOnly)).ToList();
+        var skips = layers.SelectMany(EntriesOf).Where(e => e.Policy is SkipPerturbation s && which(s.Target)).ToList();
         if (skips.Count == 0) return null;
         return skips.SelectMany(e => e.BatchIndices ?? Enumerable.Range(0, (int)batch).Select(i => (long)i)).Distinct().Order().ToArray();
     }

@@ -12,7 +12,8 @@ public static class PerturbationSpec
         "noise-logits:S (the same on the logits), blur:S (Gaussian blur over the query grid, σ=S > 0 tokens), " +
         "soft:L ((1−L)·A + L·I, L in [0,1]), seg:S (SEG: Gaussian blur of the queries over the token grid, σ=S ≥ 0 tokens, or seg:inf for the mean query), " +
         "skip (SLG: the layer contributes nothing, its block passes its input on), " +
-        "skip-block (SLG on the whole transformer block: self-attention, cross-attention and feed-forward)";
+        "skip-block (SLG on the whole transformer block: self-attention, cross-attention and feed-forward), " +
+        "skip-resblock (SLG on the ResBlock feeding the layer: it outputs its skip connection; the attention runs normally)";
 
     /// <summary>
     /// <c>identity | mask:R | mask-nodiag:R | noise:S | noise-logits:S | blur:S | soft:L</c> → the policy.
@@ -26,6 +27,7 @@ public static class PerturbationSpec
         if (s == "identity") return IdentityPerturbation.Instance;
         if (s == "skip") return SkipPerturbation.Instance;
         if (s == "skip-block") return SkipPerturbation.Block;
+        if (s == "skip-resblock") return SkipPerturbation.ResBlock;
         int colon = s.IndexOf(':');
         if (colon < 0)
             throw new PagSharpException(Known(s)

@@ -5,7 +5,7 @@ namespace PagSharp.Guidance;
 /// <summary>
 /// A guidance branch next to PAG that perturbs attention layers of the conditional pass and pushes away from it:
 /// ε + s·(ε − ε̃) — Smoothed Energy Guidance (queries blurred, <see cref="SegPerturbation"/>) and skip-layer guidance
-/// (layers skipped, <see cref="SkipPerturbation"/>). It shares the batch, the shared-prefix fork and the split skips
+/// (layers, their transformer blocks or the ResBlocks feeding them skipped, <see cref="SkipPerturbation"/>). It shares the batch, the shared-prefix fork and the split skips
 /// with PAG; each branch is its own block of entries.
 /// </summary>
 /// <param name="Name">Short name (seg, slg) for messages and run.json.</param>
@@ -22,11 +22,17 @@ public sealed record PerturbedGuidance(string Name, ScaleSchedule Scale, IReadOn
         new("seg", new ScaleSchedule.Constant(scale), layers, new SegPerturbation(sigma));
 
     /// <summary>
-    /// Skip-layer guidance at <paramref name="layers"/>, by default on the steps of SD 3.5's recipe (1%–20%): the
-    /// self-attention skipped, or with <paramref name="wholeBlock"/> its whole transformer block (<see cref="SkipPerturbation.Block"/>).
+    /// Skip-layer guidance at <paramref name="layers"/>, by default on the steps of SD 3.5's recipe (1%–20%): at each
+    /// layer <paramref name="skip"/> is skipped — the self-attention (default), its whole transformer block
+    /// (<see cref="SkipPerturbation.Block"/>), or the ResBlock that feeds it (<see cref="SkipPerturbation.ResBlock"/>;
+    /// the layers still name the self-attention layers).
     /// </summary>
-    public static PerturbedGuidance Slg(double scale, IReadOnlyList<string> layers, double start = 0.01, double stop = 0.2, bool wholeBlock = false) =>
-        new("slg", new ScaleSchedule.Constant(scale), layers, wholeBlock ? SkipPerturbation.Block : SkipPerturbation.Instance) { Steps = (start, stop) };
+    public static PerturbedGuidance Slg(double scale, IReadOnlyList<string> layers, double start = 0.01, double stop = 0.2, SkipTarget skip = SkipTarget.Attention) =>
+        new("slg", new ScaleSchedule.Constant(scale), layers, SkipPerturbation.Of(skip)) { Steps = (start, stop) };
+
+    /// <summary>The earlier form: <paramref name="wholeBlock"/> = <see cref="SkipTarget.Block"/>, else <see cref="SkipTarget.Attention"/>.</summary>
+    public static PerturbedGuidance Slg(double scale, IReadOnlyList<string> layers, double start, double stop, bool wholeBlock) =>
+        Slg(scale, layers, start, stop, wholeBlock ? SkipTarget.Block : SkipTarget.Attention);
 
     public void Validate()
     {

@@ -6,7 +6,8 @@ namespace PagSharp.Models;
 /// <summary>
 /// Per-call state of a network forward with a shared-prefix fork, written once for every network: the embedding the
 /// blocks receive, the plan, and the fork (<see cref="PerturbationPlan.ForkSource"/>). The network names its fork
-/// point (the block where the first perturbed layer sits); there the batch, the embedding and any conditioning get
+/// point (the block where the first perturbed layer sits; before the ResBlock feeding it when skip-layer guidance
+/// skips that ResBlock); there the batch, the embedding and any conditioning get
 /// the fork's copies appended, and skip connections stored earlier are widened when they are used.
 /// </summary>
 public abstract class ForkState : IDisposable
@@ -42,6 +43,15 @@ public abstract class ForkState : IDisposable
         OnFork(outlivesScope);
         return forked;
     }
+
+    /// <summary>
+    /// Before the ResBlock that feeds the attention module at fork point <paramref name="path"/> (holding the
+    /// self-attention layers <paramref name="attentionLayers"/>): forks there when the plan skips that ResBlock on some
+    /// entries (skip-layer guidance, <see cref="SkipTarget.ResBlock"/>), so the skipped copies exist when it runs.
+    /// Otherwise (or away from the fork point) h unchanged: the fork stays at the attention module.
+    /// </summary>
+    protected Tensor ForkBeforeResBlock(string path, IEnumerable<string> attentionLayers, Tensor h, bool outlivesScope) =>
+        Fork.HasForked || path != _forkAt || Plan is null || !Plan.SkipsResBlockOf(attentionLayers) ? h : ForkAt(path, h, outlivesScope);
 
     /// <summary>Widens whatever else the network's blocks read per entry (text conditioning, …) at the fork.</summary>
     private protected virtual void OnFork(bool outlivesScope) { }

@@ -35,6 +35,44 @@ public sealed class LayersAndForwardTests : IDisposable
         Assert.Contains("unknown perturbation", badLog);
     }
 
+    /// <summary>--perturbation skip-resblock: the ResBlock before the layer outputs its skip connection (= the network with that ResBlock's residual branch zeroed).</summary>
+    [Fact]
+    public void Forward_SkipResblock_SkipsTheResBlockFeedingTheLayer()
+    {
+        string output = _adm.Dir.File("skip_resblock.npy");
+        var (exit, log) = Pag.Run("forward", "--config", _adm.Config, "--checkpoint", _adm.Weights, "--input", _adm.Cases + ":x",
+            "--timesteps", "0,250,500,999", "--perturb", "middle_block.1", "--perturbation", "skip-resblock", "--output", output);
+        Assert.True(exit == 0, log);
+        using var actual = Npy.Load(output);
+        using var _ = TorchSharp.torch.no_grad();
+        using var net = AdmA.Load();
+        foreach (var (name, p) in net.named_parameters())
+            if (name.StartsWith("middle_block.0.out_layers.3.", StringComparison.Ordinal)) p.zero_();
+        using var x = SafeTensors.LoadTensor(_adm.Cases, "x");
+        using var t = TorchSharp.torch.tensor(new long[] { 0, 250, 500, 999 });
+        using var expected = net.Forward(x, t);
+        Close.Assert(expected, actual, 1e-4, "pag forward --perturbation skip-resblock vs middle_block.0 without its residual branch");
+        using var none = SafeTensors.LoadTensor(_adm.Cases, "out_none");
+        Close.AssertDiffer(none, actual, 1e-3, "skip-resblock vs none");
+    }
+
+    /// <summary>pag sample --slg-skip: resblock is accepted and recorded in run.json; a bad value lists the three modes.</summary>
+    [Fact]
+    public void Sample_SlgSkipResblock_IsAcceptedAndRecorded_ABadValueListsTheModes()
+    {
+        string[] Args(string skip, string dir) => ["sample", "--config", _adm.Config, "--checkpoint", _adm.Weights, "--count", "1", "--steps", "1",
+            "--slg-scale", "1", "--slg-start", "0", "--slg-stop", "1", "--slg-skip", skip, "--output", dir];
+        string bad = _adm.Dir.File("slg-bad");
+        var (badExit, badLog) = Pag.Run(Args("resnet", bad));
+        Assert.True(badExit == 2, badLog);
+        Assert.Contains("valid: attention, block, resblock", badLog);
+        string dir = _adm.Dir.File("slg-resblock");
+        var (exit, log) = Pag.Run(Args("resblock", dir));
+        Assert.True(exit == 0, log);
+        var run = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(dir, "run.json")))!["settings"]!;
+        Assert.Equal("skip-resblock", (string?)run["slg"]!["perturbation"]);
+    }
+
     [Fact]
     public void Layers_ListsEveryAttentionBlock()
     {

@@ -126,8 +126,29 @@ public class GuidanceCliTests
         Assert.Empty(Build(new SampleCommand.Settings { SegScale = 0 }).Perturbed);
         Assert.Contains("need --slg-scale", Assert.Throws<PagSharpException>(() => Build(new SampleCommand.Settings { SlgStart = 0.1 })).Message);
         Assert.Same(SkipPerturbation.Block, Build(new SampleCommand.Settings { SlgScale = 1, SlgSkip = "block" }).Perturbed[0].Policy);
-        Assert.Contains("valid: attention, block", Assert.Throws<PagSharpException>(() => Build(new SampleCommand.Settings { SlgScale = 1, SlgSkip = "resblock" })).Message);
+        Assert.Contains("valid: attention, block, resblock", Assert.Throws<PagSharpException>(() => Build(new SampleCommand.Settings { SlgScale = 1, SlgSkip = "resnet" })).Message);
         Assert.Contains("'inf'", Assert.Throws<PagSharpException>(() => Build(new SampleCommand.Settings { SegScale = 1, SegBlurSigma = "-2" })).Message);
         Assert.Contains("matches no attention layer", Assert.Throws<PagSharpException>(() => Build(new SampleCommand.Settings { SegScale = 1, SegLayers = "@64" })).Message);
+    }
+
+    [Fact]
+    public void SlgSkipResblock_BuildsTheResBlockPolicy_ForSampleAndTxt2Img()
+    {
+        var g = Build(new SampleCommand.Settings { SlgScale = 2, SlgSkip = "resblock", SlgLayers = "middle_block.1" });
+        var slg = Assert.Single(g.Perturbed);
+        Assert.Same(SkipPerturbation.ResBlock, slg.Policy);
+        Assert.Equal(("slg", "skip-resblock"), (slg.Name, slg.Policy.Spec));
+        Assert.Equal(new[] { "middle_block.1" }, slg.Layers);
+        Assert.Same(SkipPerturbation.ResBlock, Build(new SampleCommand.Settings { SlgScale = 1, SlgSkip = " ResBlock " }).Perturbed[0].Policy);
+        // run.json records the mode.
+        var manifest = PagSharp.Runs.RunManifest.Guidance(g, Layers).ToDictionary(kv => kv.Key, kv => kv.Value);
+        Assert.Equal("skip-resblock", (string?)manifest["slg"]!["perturbation"]);
+
+        // pag txt2img / img2img / inpaint share the option (Txt2ImgSettings) and its parsing.
+        var sdLayers = new PagSharp.Models.Sd.SdUNet(PagSharp.Tests.Sd.SdFixtures.UnetConfig()).AttentionLayers;
+        var sd = new Txt2ImgSettings { SlgScale = 2, SlgSkip = "resblock" }.BuildGuidance(sdLayers);
+        Assert.Same(SkipPerturbation.ResBlock, Assert.Single(sd.Perturbed).Policy);
+        Assert.Contains("valid: attention, block, resblock", Assert.Throws<PagSharpException>(() =>
+            new Txt2ImgSettings { SlgScale = 2, SlgSkip = "res-block" }.BuildGuidance(sdLayers)).Message);
     }
 }

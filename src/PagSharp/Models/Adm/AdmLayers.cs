@@ -114,7 +114,14 @@ internal sealed class ResBlock : Module
     /// <summary>Resampling inside the block: −1 down (÷2), +1 up (×2), 0 none.</summary>
     internal int Resample => _hUpd switch { Downsample => -1, Upsample => 1, _ => 0 };
 
-    public Tensor Forward(Tensor x, Tensor emb)
+    /// <param name="x">The input.</param>
+    /// <param name="emb">The timestep embedding.</param>
+    /// <param name="skipped">
+    /// Batch entries for which the block is skipped (skip-layer guidance on the ResBlock, <see cref="Attention.SkipTarget.ResBlock"/>):
+    /// its residual branch contributes nothing there, so they get the skip-connection path alone,
+    /// <c>skip_connection(x)</c> (after the resampling of an up/down block). Null = none.
+    /// </param>
+    public Tensor Forward(Tensor x, Tensor emb, long[]? skipped = null)
     {
         Tensor h;
         if (_hUpd is not null)
@@ -125,19 +132,28 @@ internal sealed class ResBlock : Module
             x = _xUpd!.forward(x);
         }
         else h = in_layers.forward(x);
-        return (skip_connection is null ? x : skip_connection.forward(x)) + EmbedAndOut(h, emb);
+        return (skip_connection is null ? x : skip_connection.forward(x)) + Skip(EmbedAndOut(h, emb), skipped);
     }
 
     /// <summary>
-    /// The same result as <c>Forward(cat([h, widen(skip)], 1), emb)</c> for a decoder block after a shared-prefix fork,
-    /// with the skip-only part computed once on the pre-fork batch (<see cref="SplitSkip"/>). Null where this does not
-    /// apply (resampling blocks, an identity skip connection, no group of skip channels alone).
+    /// The same result as <c>Forward(cat([h, widen(skip)], 1), emb, skipped)</c> for a decoder block after a shared-prefix
+    /// fork, with the skip-only part computed once on the pre-fork batch (<see cref="SplitSkip"/>). Null where this does
+    /// not apply (resampling blocks, an identity skip connection, no group of skip channels alone). Skipped entries get
+    /// the skip connection of cat([h, widen(skip)]), as in <see cref="Forward"/>.
     /// </summary>
-    public Tensor? ForwardSplitSkip(Tensor h, Tensor skip, SkipWidening widen, Tensor emb)
+    public Tensor? ForwardSplitSkip(Tensor h, Tensor skip, SkipWidening widen, Tensor emb, long[]? skipped = null)
     {
         if (_hUpd is not null || skip_connection is not Conv2d sc) return null;
         var hIn = SplitSkip.NormActConv(h, skip, widen, (GroupNorm)in_layers[0], AdmNorm.Groups, 1e-5, x => functional.silu(x), (Conv2d)in_layers[2]);
-        return hIn is null ? null : SplitSkip.Conv(h, skip, widen, sc) + EmbedAndOut(hIn, emb);
+        return hIn is null ? null : SplitSkip.Conv(h, skip, widen, sc) + Skip(EmbedAndOut(hIn, emb), skipped);
+    }
+
+    /// <summary>The residual branch <paramref name="h"/> with the <paramref name="skipped"/> entries zeroed (skip + 0 = skip exactly).</summary>
+    private static Tensor Skip(Tensor h, long[]? skipped)
+    {
+        if (skipped is null) return h;
+        using var idx = tensor(skipped, device: h.device);
+        return h.index_fill(0, idx, 0);
     }
 
     /// <summary>The timestep-embedding injection (scale-shift norm or addition) and out_layers.</summary>

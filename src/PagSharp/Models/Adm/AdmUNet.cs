@@ -196,6 +196,13 @@ public sealed class ForwardState : ForkState
     /// <summary>Called before each attention block: at the fork layer, appends the copies to h and to the embedding.</summary>
     public Tensor BeforeAttention(string layer, Tensor h) => ForkAt(layer, h, outlivesScope: true); // inside a block's dispose scope
 
+    /// <summary>
+    /// Called before the ResBlock that feeds attention block <paramref name="layer"/>: when the plan skips that ResBlock
+    /// on some entries (<see cref="SkipTarget.ResBlock"/>) and <paramref name="layer"/> is the fork layer, the fork
+    /// happens here, before the ResBlock, so the skipped entries exist when it runs.
+    /// </summary>
+    public Tensor BeforeResBlock(string layer, Tensor h) => ForkBeforeResBlock(layer, [layer], h, outlivesScope: true);
+
     /// <summary>Whether the block consuming <paramref name="skip"/> computes its skip-only part once.</summary>
     public bool SharesSkip(Tensor h, Tensor skip) => SharesSkip(h, skip, AdmNorm.Groups);
 }
@@ -220,7 +227,11 @@ public sealed class TimestepBlock : Module
 
     public Tensor ForwardWithSkip(Tensor h, Tensor skip, ForwardState state)
     {
-        if (state.SharesSkip(h, skip) && _layers[0] is ResBlock r && r.ForwardSplitSkip(h, skip, state.Widening, state.Emb) is { } first)
+        // A skipped first ResBlock (skip-layer guidance, SkipTarget.ResBlock) may need the fork before it: fork h, then
+        // the skip (stored before the fork) is widened or split like any other.
+        if (FedAttention(0) is { } layer) h = state.BeforeResBlock(layer, h);
+        if (state.SharesSkip(h, skip) && _layers[0] is ResBlock r
+            && r.ForwardSplitSkip(h, skip, state.Widening, state.Emb, Skipped(0, h.shape[0], state)) is { } first)
             return Forward(first, state, 1);
         return Forward(cat(new[] { h, state.Widen(skip) }, 1), state);
     }
@@ -230,13 +241,24 @@ public sealed class TimestepBlock : Module
     private Tensor Forward(Tensor x, ForwardState state, int from)
     {
         for (int i = from; i < _layers.Length; i++)
+        {
+            if (FedAttention(i) is { } layer) x = state.BeforeResBlock(layer, x);
             x = _layers[i] switch
             {
-                ResBlock r => r.Forward(x, state.Emb),
+                ResBlock r => r.Forward(x, state.Emb, Skipped(i, x.shape[0], state)),
                 AttentionBlock a => a.Forward(state.BeforeAttention(a.Path, x), state.Plan),
                 Module<Tensor, Tensor> m => m.call(x),
                 _ => throw new InvalidOperationException($"unexpected layer {_layers[i].GetType().Name}"),
             };
+        }
         return x;
     }
+
+    /// <summary>The attention block layer <paramref name="i"/> feeds when it is a ResBlock followed by one (its SLG ResBlock skip is keyed by that layer), else null.</summary>
+    private string? FedAttention(int i) =>
+        _layers[i] is ResBlock && i + 1 < _layers.Length && _layers[i + 1] is AttentionBlock a ? a.Path : null;
+
+    /// <summary>The entries of a batch of <paramref name="batch"/> for which ResBlock <paramref name="i"/> is skipped, or null.</summary>
+    private long[]? Skipped(int i, long batch, ForwardState state) =>
+        FedAttention(i) is { } layer ? state.Plan?.SkippedResBlockEntries(layer, batch) : null;
 }

@@ -50,29 +50,36 @@ internal sealed class ResnetBlock2D : Module
         RegisterComponents();
     }
 
-    public Tensor Forward(Tensor x, Tensor? temb)
+    /// <param name="x">The input.</param>
+    /// <param name="temb">The time embedding (null in the VAE).</param>
+    /// <param name="skipped">
+    /// Batch entries for which the block is skipped (skip-layer guidance on the resnet, <see cref="Attention.SkipTarget.ResBlock"/>):
+    /// its residual branch h contributes nothing there, so they get <c>shortcut(x) / output_scale_factor</c> — the
+    /// block's output with h = 0 (shortcut = conv_shortcut or the identity; the scale is 1 in the SD UNets). Null = none.
+    /// </param>
+    public Tensor Forward(Tensor x, Tensor? temb, long[]? skipped = null)
     {
         // TorchSharp frees a tensor when it is disposed, not when the last reference goes: without this scope every
         // intermediate of the block would live until the end of the sampling step.
         using var scope = NewDisposeScope();
         var h = conv1.forward(SdNn.Activation(_act, norm1.forward(x)));
-        return Finish(conv_shortcut is null ? x : conv_shortcut.forward(x), h, temb).MoveToOuterDisposeScope();
+        return Finish(conv_shortcut is null ? x : conv_shortcut.forward(x), h, temb, skipped).MoveToOuterDisposeScope();
     }
 
     /// <summary>
-    /// The same result as <c>Forward(cat([h, widen(skip)], 1), temb)</c> in an up block after a shared-prefix fork, with
-    /// the skip-only part computed once on the pre-fork batch (<see cref="SplitSkip"/>). Null where this does not apply
-    /// (no conv_shortcut, no group of skip channels alone).
+    /// The same result as <c>Forward(cat([h, widen(skip)], 1), temb, skipped)</c> in an up block after a shared-prefix
+    /// fork, with the skip-only part computed once on the pre-fork batch (<see cref="SplitSkip"/>). Null where this does
+    /// not apply (no conv_shortcut, no group of skip channels alone).
     /// </summary>
-    public Tensor? ForwardSplitSkip(Tensor h, Tensor skip, SkipWidening widen, Tensor? temb)
+    public Tensor? ForwardSplitSkip(Tensor h, Tensor skip, SkipWidening widen, Tensor? temb, long[]? skipped = null)
     {
         if (conv_shortcut is null) return null;
         var hIn = SplitSkip.NormActConv(h, skip, widen, norm1, _groups, _eps, x => SdNn.Activation(_act, x), conv1);
-        return hIn is null ? null : Finish(SplitSkip.Conv(h, skip, widen, conv_shortcut), hIn, temb);
+        return hIn is null ? null : Finish(SplitSkip.Conv(h, skip, widen, conv_shortcut), hIn, temb, skipped);
     }
 
-    /// <summary>Time-embedding injection, norm2, conv2, and the shortcut sum.</summary>
-    private Tensor Finish(Tensor shortcut, Tensor h, Tensor? temb)
+    /// <summary>Time-embedding injection, norm2, conv2, and the shortcut sum (with h zeroed on the skipped entries).</summary>
+    private Tensor Finish(Tensor shortcut, Tensor h, Tensor? temb, long[]? skipped)
     {
         Tensor? t = null;
         if (time_emb_proj is not null && temb is not null)
@@ -89,6 +96,11 @@ internal sealed class ResnetBlock2D : Module
             h = norm2.forward(h) * (1 + ss[0]) + ss[1];
         }
         h = conv2.forward(dropout.forward(SdNn.Activation(_act, h)));
+        if (skipped is not null)
+        {
+            using var idx = tensor(skipped, device: h.device);
+            h = h.index_fill(0, idx, 0);
+        }
         var o = shortcut + h;
         return _outScale == 1 ? o : o / _outScale;
     }

@@ -5,7 +5,8 @@ namespace PagSharp.Models.Sd;
 
 /// <summary>
 /// Per-call state of an SD U-Net forward: the time embedding, the text conditioning, the plan, and the shared-prefix
-/// fork. The fork happens at the input of the <c>Transformer2DModel</c> that holds the first perturbed self-attention:
+/// fork. The fork happens at the input of the <c>Transformer2DModel</c> that holds the first perturbed self-attention
+/// (at the input of the resnet before it when skip-layer guidance skips that resnet, <see cref="SkipTarget.ResBlock"/>):
 /// there the batch, the time embedding and the text conditioning get the <see cref="PerturbationPlan.ForkSource"/>
 /// entries appended, and skip connections stored earlier are widened when they are used.
 /// </summary>
@@ -19,6 +20,21 @@ internal sealed class SdForwardState : ForkState
 
     /// <summary>Called before each Transformer2D: at the fork point, appends the copies to h, the embedding and the context.</summary>
     public Tensor BeforeTransformer(string path, Tensor h) => ForkAt(path, h, outlivesScope: false);
+
+    /// <summary>
+    /// Called before the resnet that feeds <paramref name="transformer"/> (null: none follows it): when the plan skips
+    /// that resnet on some entries (<see cref="SkipTarget.ResBlock"/>) and the transformer is the fork point, the fork
+    /// happens here, before the resnet.
+    /// </summary>
+    public Tensor BeforeResnet(Transformer2D? transformer, Tensor h) =>
+        transformer is null ? h : ForkBeforeResBlock(transformer.Path, transformer.SelfAttentionPaths, h, outlivesScope: false);
+
+    /// <summary>
+    /// The entries of a batch of <paramref name="batch"/> for which the resnet feeding <paramref name="transformer"/>
+    /// is skipped (for any of its self-attention layers, each entry once), or null.
+    /// </summary>
+    public long[]? SkippedResnetEntries(Transformer2D? transformer, long batch) =>
+        transformer is null ? null : Plan?.SkippedResBlockEntries(transformer.SelfAttentionPaths, batch);
 
     private protected override void OnFork(bool outlivesScope)
     {

@@ -64,12 +64,10 @@ internal sealed class SdDownBlock : Module
     {
         for (int i = 0; i < resnets.Count; i++)
         {
-            h = resnets[i].Forward(h, state.Emb);
-            if (attentions is not null)
-            {
-                var a = attentions[i];
-                h = a.Forward(state.BeforeTransformer(a.Path, h), state.Context, state.Plan);
-            }
+            var a = attentions?[i];
+            h = state.BeforeResnet(a, h);
+            h = resnets[i].Forward(h, state.Emb, state.SkippedResnetEntries(a, h.shape[0]));
+            if (a is not null) h = a.Forward(state.BeforeTransformer(a.Path, h), state.Context, state.Plan);
             skips.Add(h);
         }
         if (downsamplers is not null)
@@ -105,12 +103,17 @@ internal sealed class SdMidBlock : Module
 
     public Tensor Forward(Tensor h, SdForwardState state)
     {
-        h = resnets[0].Forward(h, state.Emb);
+        // Skip-layer guidance on a resnet (SkipTarget.ResBlock) skips the one before each attention: resnets[i] feeds attentions[i].
+        var first = attentions[0];
+        h = state.BeforeResnet(first, h);
+        h = resnets[0].Forward(h, state.Emb, state.SkippedResnetEntries(first, h.shape[0]));
         for (int i = 0; i < attentions.Count; i++)
         {
             var a = attentions[i];
             h = a.Forward(state.BeforeTransformer(a.Path, h), state.Context, state.Plan);
-            h = resnets[i + 1].Forward(h, state.Emb);
+            var next = i + 1 < attentions.Count ? attentions[i + 1] : null;
+            h = state.BeforeResnet(next, h);
+            h = resnets[i + 1].Forward(h, state.Emb, state.SkippedResnetEntries(next, h.shape[0]));
         }
         return h;
     }
@@ -158,13 +161,14 @@ internal sealed class SdUpBlock : Module
         {
             var skip = skips[^1];
             skips.RemoveAt(skips.Count - 1);
-            h = (state.SharesSkip(h, skip, resnets[i].Groups) ? resnets[i].ForwardSplitSkip(h, skip, state.Widening, state.Emb) : null)
-                ?? resnets[i].Forward(cat(new[] { h, state.Widen(skip) }, 1), state.Emb);
-            if (attentions is not null)
-            {
-                var a = attentions[i];
-                h = a.Forward(state.BeforeTransformer(a.Path, h), state.Context, state.Plan);
-            }
+            // A skipped resnet (skip-layer guidance, SkipTarget.ResBlock) may need the fork before it: fork h, then the
+            // skip (stored before the fork) is widened or split like any other.
+            var a = attentions?[i];
+            h = state.BeforeResnet(a, h);
+            var skipped = state.SkippedResnetEntries(a, h.shape[0]);
+            h = (state.SharesSkip(h, skip, resnets[i].Groups) ? resnets[i].ForwardSplitSkip(h, skip, state.Widening, state.Emb, skipped) : null)
+                ?? resnets[i].Forward(cat(new[] { h, state.Widen(skip) }, 1), state.Emb, skipped);
+            if (a is not null) h = a.Forward(state.BeforeTransformer(a.Path, h), state.Context, state.Plan);
         }
         return upsamplers is null ? h : upsamplers[0].Forward(h, upsampleSize);
     }
