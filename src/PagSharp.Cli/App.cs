@@ -14,6 +14,7 @@ public static class App
 
     public static int Run(string[] args)
     {
+        StartupTrace.Mark("main");
         int? threads;
         try { (args, threads) = TakeThreads(args); }
         catch (PagSharpException e)
@@ -22,6 +23,7 @@ public static class App
             return ExitBadInput;
         }
         CpuRuntime.Configure(threads);
+        StartupTrace.Mark("torch");
         var app = new CommandApp();
         var commands = new Dictionary<string, Type>(StringComparer.Ordinal);
         app.Configure(c =>

@@ -1,1 +1,3 @@
-return PagSharp.Cli.App.Run(args);
+int exit = PagSharp.Cli.App.Run(args);
+PagSharp.Cli.Hosting.StartupTrace.Mark("exit");
+return exit;

@@ -11,6 +11,7 @@ using PagSharp.Guidance;
 using PagSharp.IO;
 using PagSharp.Models;
 using PagSharp.Models.Adm;
+using PagSharp.Runtime;
 using PagSharp.Sampling;
 using Spectre.Console;
 using Spectre.Console.Cli;
@@ -20,7 +21,9 @@ namespace PagSharp.Cli.Commands;
 
 /// <summary>
 /// <c>pag bench</c>: seconds per sampling step and peak memory for each guidance method, each measured in its own
-/// child process (so peak RSS belongs to that configuration alone); writes a markdown report.
+/// child process (so peak RSS belongs to that configuration alone), and the machine's large-GEMM throughput
+/// (<see cref="GemmThroughput"/>, float32 and bfloat16) as the reference each row's multiply-adds per second are
+/// divided by; rewrites the generated part of a markdown report (<see cref="Splice"/>).
 /// </summary>
 public sealed class BenchCommand : Command<BenchCommand.Settings>
 {
@@ -36,6 +39,8 @@ public sealed class BenchCommand : Command<BenchCommand.Settings>
         public bool Sdxl { get; init; }
         [CommandOption("--quick")][Description("Skip the 256×256 ADM and the Stable Diffusion configurations.")]
         public bool Quick { get; init; }
+        [CommandOption("--gemm-size <N>")][Description("n of the GEMM reference, an n×n @ n×n matrix product timed in float32 and bfloat16 (default 2048).")]
+        public int GemmSize { get; init; } = 2048;
         [CommandOption("--child <SPEC>")][Description("Internal: measure one configuration and print JSON.")]
         public string? Child { get; init; }
     }
@@ -52,6 +57,12 @@ public sealed class BenchCommand : Command<BenchCommand.Settings>
         "pag-mid" + CacheSuffix, "cfg+pag-mid" + CacheSuffix,
     };
 
+    /// <summary>The model name of the GEMM reference cases (Batch = n, Method = the kernel: <see cref="GemmThroughput.Kernels"/>).</summary>
+    internal const string Gemm = "gemm";
+
+    /// <summary>The types the GEMM reference is timed in: each row's multiply-adds per second are divided by the peak of its type.</summary>
+    internal static readonly string[] GemmTypes = { "float32", "bfloat16" };
+
     /// <summary>A method name ending in this runs with channels-last (NHWC) weights and activations.</summary>
     private const string ChannelsLastSuffix = "+channels-last";
     /// <summary>A method name ending in this computes the decoder's skip-only part per branch (AdmUNet.SplitSkips off).</summary>
@@ -67,6 +78,7 @@ public sealed class BenchCommand : Command<BenchCommand.Settings>
         if (s.Child is not null) return RunChild(JsonSerializer.Deserialize<Case>(s.Child)!, s.Runs);
         var cases = new List<Case>();
         foreach (var m in Methods) cases.Add(new Case("mnist", 16, m.EndsWith(CacheSuffix, StringComparison.Ordinal) ? 6 : 5, m));
+        foreach (var m in new[] { "none", "cfg+pag-mid" }) cases.Add(new Case("mnist", 16, 5, m, "bfloat16"));
         cases.Add(new Case("mnist", 64, 2, "cfg+pag-mid"));
         if (!s.Quick)
         {
@@ -75,6 +87,8 @@ public sealed class BenchCommand : Command<BenchCommand.Settings>
         }
         if (s.Sdxl) foreach (var m in SdBench.XlMethods) cases.Add(new Case(SdBench.XlModel, 1, 1, m));
         if (s.Runs < 1 || s.Rounds < 1) throw new PagSharpException($"--runs and --rounds must be ≥ 1 (got {s.Runs}, {s.Rounds})");
+        if (s.GemmSize < 1) throw new PagSharpException($"--gemm-size must be ≥ 1 (got {s.GemmSize})");
+        var gemmCases = GemmTypes.SelectMany(t => GemmThroughput.Kernels.Select(k => new Case(Gemm, s.GemmSize, 1, k, t))).ToList();
         // Multiply-adds per step, from each model's structure (random weights; nothing is run), first: a bad case fails at once.
         var macs = new Dictionary<Case, double>();
         foreach (var group in cases.GroupBy(c => c.Model))
@@ -92,29 +106,106 @@ public sealed class BenchCommand : Command<BenchCommand.Settings>
             using var net = new AdmUNet(ConfigOf(group.First()));
             foreach (var c in group) macs[c] = StepMacs(net, c);
         }
-        var measured = cases.ToDictionary(c => c, _ => new List<(double Sec, double PeakMb)>());
+        foreach (var c in gemmCases) macs[c] = (double)c.Batch * c.Batch * c.Batch;
+        var measured = gemmCases.Concat(cases).ToDictionary(c => c, _ => new List<Measurement>());
         for (int round = 0; round < s.Rounds; round++)
-            foreach (var c in cases)
+            foreach (var c in gemmCases.Concat(cases)) // the GEMM reference first in every round, so drift hits it as the rows
             {
-                bool big = c.Model != "mnist";
+                bool big = c.Model is not ("mnist" or Gemm);
                 if (big && round >= 2) continue;
-                AnsiConsole.MarkupLine($"round {round + 1}/{s.Rounds}: {c.Model} batch {c.Batch} {c.Method} …");
-                var (sec, mb) = Spawn(c, big ? 1 : s.Runs);
-                measured[c].Add((sec, mb));
-                AnsiConsole.MarkupLine($"  {sec:F3} s/step, peak RSS {mb:F0} MB");
+                AnsiConsole.MarkupLine(c.Model == Gemm
+                    ? $"round {round + 1}/{s.Rounds}: GEMM {c.Batch}×{c.Batch} @ {c.Batch}×{c.Batch} {c.Dtype} {c.Method} …"
+                    : $"round {round + 1}/{s.Rounds}: {c.Model} batch {c.Batch} {Label(c)} …");
+                var m = Spawn(c, big ? 1 : s.Runs);
+                measured[c].Add(m);
+                AnsiConsole.MarkupLine(c.Model == Gemm
+                    ? $"  {m.Sec:F3} s/product, {macs[c] / m.Sec / 1e9:F1} GMAC/s, peak RSS {m.PeakMb:F0} MB"
+                    : $"  {m.Sec:F3} s/step, peak RSS {m.PeakMb:F0} MB");
             }
-        var results = cases.Select(c =>
+        Row Summarize(Case c)
         {
-            var secs = measured[c].Select(m => m.Sec).OrderBy(v => v).ToArray();
-            double median = secs.Length % 2 == 1 ? secs[secs.Length / 2] : (secs[secs.Length / 2 - 1] + secs[secs.Length / 2]) / 2;
-            return (c, median, (secs[^1] - secs[0]) / median, measured[c].Max(m => m.PeakMb), macs[c]);
-        }).ToList();
-        AtomicFile.WriteAllText(s.Output, Report(results, s.Runs, s.Rounds) + (s.Sdxl ? "" : XlWorkRatios()));
-        AnsiConsole.MarkupLine($"wrote {Markup.Escape(s.Output)}");
+            var secs = measured[c].Select(m => m.Sec).ToArray();
+            double median = GemmThroughput.Median(secs);
+            return new Row(c, median, (secs.Max() - secs.Min()) / median, measured[c].Max(m => m.PeakMb), macs[c]);
+        }
+        var threads = measured.Values.SelectMany(v => v).Select(m => m.Threads).Distinct().Order().ToArray();
+        var bench = new Results(gemmCases.Select(Summarize).ToList(), cases.Select(Summarize).ToList(), CpuInfo.Current(), threads, s.Runs, s.Rounds);
+        foreach (var line in bench.ConsoleSummary()) AnsiConsole.MarkupLine(Markup.Escape(line));
+        string existing = File.Exists(s.Output) ? File.ReadAllText(s.Output) : "";
+        AtomicFile.WriteAllText(s.Output, Splice(existing, Report(bench) + (s.Sdxl ? "" : XlWorkRatios())));
+        AnsiConsole.MarkupLine($"wrote {Markup.Escape(s.Output)} (its generated part; the text outside the markers is kept)");
         return 0;
     }
 
-    private static (double Sec, double PeakMb) Spawn(Case c, int runs)
+    /// <summary>One child's answer: seconds per step (GEMM: per product), its peak RSS and its torch threads.</summary>
+    internal sealed record Measurement(double Sec, double PeakMb, int Threads);
+
+    /// <summary>One table row: a case, the median over rounds, the spread of the rounds, the largest peak RSS and multiply-adds per step.</summary>
+    internal sealed record Row(Case Case, double Sec, double Spread, double PeakMb, double Macs)
+    {
+        /// <summary>Multiply-adds per second achieved.</summary>
+        public double MacsPerSecond => Macs / Sec;
+    }
+
+    /// <summary>Everything a report is made of: the GEMM reference rows (one per type and kernel), the benchmark rows and the machine.</summary>
+    internal sealed record Results(IReadOnlyList<Row> Gemm, IReadOnlyList<Row> Rows, CpuInfo Cpu, IReadOnlyList<int> Threads, int Runs, int Rounds)
+    {
+        /// <summary>The GEMM reference's multiply-adds per second in <paramref name="dtype"/>: its fastest kernel; null if it was not timed.</summary>
+        public double? Peak(string dtype) => Gemm.Where(g => g.Case.Dtype == dtype).Select(g => (double?)g.MacsPerSecond).Max();
+
+        /// <summary>A row's multiply-adds per second as a fraction of the GEMM peak of its type (null where that type has none).</summary>
+        public double? OfPeak(Row r) => Peak(r.Case.Dtype) is { } p ? r.MacsPerSecond / p : null;
+
+        public IEnumerable<string> ConsoleSummary()
+        {
+            yield return $"CPU: {Cpu}; torch threads {string.Join(", ", Threads)}";
+            foreach (var g in Gemm)
+                yield return $"GEMM {g.Case.Dtype} {g.Case.Method}: {g.MacsPerSecond / 1e9:F1} GMAC/s ({g.Case.Batch}×{g.Case.Batch} @ {g.Case.Batch}×{g.Case.Batch}, {g.Sec:F4} s/product)";
+            foreach (var t in Gemm.Select(g => g.Case.Dtype).Distinct())
+                yield return $"GEMM peak {t}: {Peak(t)!.Value / 1e9:F1} GMAC/s";
+            foreach (var r in Rows)
+                yield return $"{r.Case.Model} batch {r.Case.Batch} {Label(r.Case)}: {r.Sec:F4} s/step, {r.MacsPerSecond / 1e9:F1} GMAC/s = {Percent(OfPeak(r))} of the {r.Case.Dtype} GEMM peak";
+        }
+    }
+
+    /// <summary>A row's method, with its type where that is not float32.</summary>
+    internal static string Label(Case c) => c.Dtype == "float32" ? c.Method : $"{c.Method} ({c.Dtype})";
+
+    internal static string Percent(double? fraction) => fraction is { } f ? (f * 100).ToString("F1", CultureInfo.InvariantCulture) + "%" : "–";
+
+    /// <summary>The line before <c>pag bench</c>'s generated part of the report.</summary>
+    internal const string BeginMarker = "<!-- pag bench: generated part, from here to the end marker (rewritten by each run; write notes outside it) -->";
+    /// <summary>The line after it.</summary>
+    internal const string EndMarker = "<!-- pag bench: end of the generated part -->";
+
+    /// <summary>
+    /// The report file with its generated part replaced by <paramref name="generated"/>: the text between the markers
+    /// where <paramref name="existing"/> has them, everything outside them kept. A file without markers keeps all its
+    /// text after the new generated part (below its first line when that is a level-1 title); an empty one gets a title.
+    /// </summary>
+    internal static string Splice(string existing, string generated)
+    {
+        string block = BeginMarker + "\n\n" + generated.TrimEnd('\n') + "\n\n" + EndMarker + "\n";
+        int begin = existing.IndexOf(BeginMarker, StringComparison.Ordinal);
+        int end = begin < 0 ? -1 : existing.IndexOf(EndMarker, begin, StringComparison.Ordinal);
+        if (begin >= 0 && end >= 0)
+        {
+            int after = end + EndMarker.Length;
+            if (after < existing.Length && existing[after] == '\n') after++;
+            return existing[..begin] + block + existing[after..];
+        }
+        if (existing.Trim().Length == 0) return "# Performance\n\n" + block;
+        if (existing.StartsWith("# ", StringComparison.Ordinal))
+        {
+            int eol = existing.IndexOf('\n');
+            string title = eol < 0 ? existing : existing[..(eol + 1)];
+            string rest = eol < 0 ? "" : existing[(eol + 1)..].TrimStart('\n');
+            return title.TrimEnd('\n') + "\n\n" + block + (rest.Length > 0 ? "\n" + rest : "");
+        }
+        return block + "\n" + existing;
+    }
+
+    private static Measurement Spawn(Case c, int runs)
     {
         var self = Environment.ProcessPath!;
         var psi = new ProcessStartInfo(self) { RedirectStandardOutput = true, UseShellExecute = false };
@@ -127,7 +218,8 @@ public sealed class BenchCommand : Command<BenchCommand.Settings>
         var line = output.Split('\n').LastOrDefault(l => l.StartsWith("{", StringComparison.Ordinal))
             ?? throw new PagSharpException($"benchmark child failed for {c}: {output}");
         var doc = JsonDocument.Parse(line).RootElement;
-        return (doc.GetProperty("sec_per_step").GetDouble(), doc.GetProperty("peak_mb").GetDouble());
+        return new Measurement(doc.GetProperty("sec_per_step").GetDouble(), doc.GetProperty("peak_mb").GetDouble(),
+            doc.TryGetProperty("threads", out var t) ? t.GetInt32() : 0);
     }
 
     /// <summary>A method name split into its guidance method and suffixes.</summary>
@@ -163,7 +255,7 @@ public sealed class BenchCommand : Command<BenchCommand.Settings>
     /// Multiply-adds of one step of <paramref name="c"/> as PagSharp runs it (<see cref="AdmCost"/>); SAG is its two
     /// passes, a <c>+cache2</c> step the mean of a step with and one without the perturbed branch.
     /// </summary>
-    private static double StepMacs(AdmUNet net, Case c)
+    internal static double StepMacs(AdmUNet net, Case c)
     {
         var v = Variant.Parse(c.Method);
         net.SplitSkips = !v.NoSplit;
@@ -192,6 +284,8 @@ public sealed class BenchCommand : Command<BenchCommand.Settings>
 
     private static int RunChild(Case c, int runs)
     {
+        if (c.Model == Gemm)
+            return Answer(GemmThroughput.Measure(ComputeType.Parse(c.Dtype), c.Batch, warmup: 2, repetitions: runs, kernel: c.Method).Seconds.ToList());
         if (c.Model is SdBench.Model or SdBench.XlModel)
         {
             var v = Variant.Parse(c.Method);
@@ -200,6 +294,7 @@ public sealed class BenchCommand : Command<BenchCommand.Settings>
         var cfg = ConfigOf(c);
         using var net = new AdmUNet(cfg);
         net.eval();
+        ComputeType.Apply(net, ComputeType.Parse(c.Dtype)); // the denoiser casts its input in and its output back to float32
         var (method, channelsLast, noSplit, cache) = Variant.Parse(c.Method);
         if (channelsLast) MemoryLayout.ToChannelsLast(net);
         net.SplitSkips = !noSplit;
@@ -241,11 +336,11 @@ public sealed class BenchCommand : Command<BenchCommand.Settings>
         return Answer(times.Skip(1).ToList()); // first run is warm-up
     }
 
-    /// <summary>A child's answer: the median of its timed runs and its peak RSS, as one JSON line.</summary>
+    /// <summary>A child's answer: the median of its timed runs, its peak RSS and torch's threads, as one JSON line.</summary>
     private static int Answer(List<double> timed)
     {
         double median = timed.OrderBy(v => v).ElementAt(timed.Count / 2);
-        Console.WriteLine(JsonSerializer.Serialize(new { sec_per_step = median, peak_mb = PeakRssMb() }));
+        Console.WriteLine(JsonSerializer.Serialize(new { sec_per_step = median, peak_mb = PeakRssMb(), threads = get_num_threads() }));
         return 0;
     }
 
@@ -280,22 +375,41 @@ public sealed class BenchCommand : Command<BenchCommand.Settings>
         return sb.ToString();
     }
 
-    private static string Report(List<(Case Case, double Sec, double Spread, double PeakMb, double Macs)> results, int runs, int rounds)
+    /// <summary>The generated part of the report (markdown): the machine and its GEMM peaks, then one table per model and batch.</summary>
+    internal static string Report(Results bench)
     {
         var sb = new StringBuilder();
-        string cpu = File.Exists("/proc/cpuinfo")
-            ? File.ReadLines("/proc/cpuinfo").FirstOrDefault(l => l.StartsWith("model name", StringComparison.Ordinal))?.Split(':')[1].Trim() ?? "?" : "?";
-        sb.AppendLine("# Performance");
-        sb.AppendLine();
-        sb.AppendLine($"Generated by `pag bench` on {DateTime.UtcNow:yyyy-MM-dd}: {cpu}, {Environment.ProcessorCount} cores, torch threads = {Environment.ProcessorCount}, TorchSharp-cpu 0.107.0 (libtorch 2.10). " +
+        int runs = bench.Runs, rounds = bench.Rounds;
+        string threads = bench.Threads.Count == 0 ? "?" : string.Join(", ", bench.Threads);
+        sb.AppendLine($"Generated by `pag bench` on {DateTime.UtcNow:yyyy-MM-dd}: {bench.Cpu}, {Environment.ProcessorCount} cores, torch threads = {threads}, TorchSharp-cpu 0.107.0 (libtorch 2.10). " +
                       $"Seconds per DDIM step: each configuration runs in its own process, once per round and in turn ({rounds} rounds; ADM 256×256 and SD: {Math.Min(rounds, 2)}), " +
                       $"a round's value being the median of {runs} runs of 5 steps after one warm-up run (ADM 256×256 and SD: a run of one step after a warm-up run; `+cache2` rows 6 and 2 steps, half of them running the perturbed branch); the table gives the median over rounds, " +
                       "the spread (max − min of the rounds ÷ median) and the largest peak RSS (the process's VmHWM). The allocator is tuned as in every `pag` command (`CpuRuntime`). " +
                       "GMACs/step: multiply-adds of the step as PagSharp runs it, counted from the model's structure (`AdmCost`, `SdCost`: convolutions, linears and attention products, " +
                       "with the shared prefix, split skips and identity attention; SAG as its two passes; `+cache2` the mean of a step with and one without the perturbed branch). " +
-                      "Its ratios are the work ratios; the measured ones differ from them only as far as this CPU runs the parts of a step at different speeds (the forked part, for one, runs at a larger batch).");
+                      "Its ratios are the work ratios; the measured ones differ from them only as far as this CPU runs the parts of a step at different speeds (the forked part, for one, runs at a larger batch). " +
+                      "GMAC/s: GMACs/step ÷ s/step; ÷ GEMM: that as a fraction of the GEMM peak of the row's type (below), i.e. how close the step comes to the fastest this machine multiplies. " +
+                      "Rows marked (bfloat16) hold the network in bfloat16 (`--dtype bfloat16`; guidance and sampler float32).");
         sb.AppendLine();
-        foreach (var group in results.GroupBy(r => (r.Case.Model, r.Case.Batch)))
+        if (bench.Gemm.Count > 0)
+        {
+            int n = bench.Gemm[0].Case.Batch;
+            var peaks = bench.Gemm.Select(g => g.Case.Dtype).Distinct().Select(t => $"{t} {bench.Peak(t)!.Value / 1e9:F1} GMAC/s").ToList();
+            sb.AppendLine($"## GEMM peak: {string.Join(", ", peaks)} ({n}×{n} @ {n}×{n} matrix product, `GemmThroughput`)");
+            sb.AppendLine();
+            sb.AppendLine($"The reference for the ÷ GEMM column: {n}³ = {(double)n * n * n / 1e9:F2} G multiply-adds per product, through libtorch's two CPU GEMM paths: " +
+                          $"`mm` (its BLAS; bfloat16 goes to oneDNN) and the same product as a 1×1 convolution of {n} channels over {n} pixels (oneDNN, as the networks' convolutions); " +
+                          $"a type's peak is its faster kernel. Each kernel and type runs in its own process like every row, first in each round; " +
+                          $"a round's value is the median of {runs} products after 2 warm-up ones. CPU: {bench.Cpu}.");
+            sb.AppendLine();
+            sb.AppendLine("| type | kernel | s/product | spread | GMAC/s | ÷ peak of the type | peak RSS (MB) |");
+            sb.AppendLine("|---|---|---:|---:|---:|---:|---:|");
+            foreach (var g in bench.Gemm)
+                sb.AppendLine($"| {g.Case.Dtype} | {g.Case.Method} | {g.Sec:F4} | {g.Spread * 100:F0}% | {g.MacsPerSecond / 1e9:F1} | " +
+                              $"{(g.MacsPerSecond / bench.Peak(g.Case.Dtype)!.Value).ToString("F2", CultureInfo.InvariantCulture)} | {g.PeakMb:F0} |");
+            sb.AppendLine();
+        }
+        foreach (var group in bench.Rows.GroupBy(r => (r.Case.Model, r.Case.Batch)))
         {
             var none = group.FirstOrDefault(r => r.Case.Method == "none");
             var cfg = group.FirstOrDefault(r => r.Case.Method == "cfg");
@@ -309,13 +423,14 @@ public sealed class BenchCommand : Command<BenchCommand.Settings>
             };
             sb.AppendLine($"## {title}, batch {group.Key.Batch}");
             sb.AppendLine();
-            sb.AppendLine("| method | s/step | spread | ÷ none | ÷ CFG | GMACs/step | MACs ÷ none | MACs ÷ CFG | peak RSS (MB) |");
-            sb.AppendLine("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+            sb.AppendLine("| method | s/step | spread | ÷ none | ÷ CFG | GMACs/step | MACs ÷ none | MACs ÷ CFG | GMAC/s | ÷ GEMM | peak RSS (MB) |");
+            sb.AppendLine("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
             foreach (var r in group)
             {
                 bool withCfg = r.Case.Method.Contains("cfg", StringComparison.Ordinal);
-                sb.AppendLine($"| {r.Case.Method} | {r.Sec:F4} | {r.Spread * 100:F0}% | {Ratio(r.Sec, none.Sec)} | {(withCfg ? Ratio(r.Sec, cfg.Sec) : "–")} | " +
-                              $"{r.Macs / 1e9:F1} | {Ratio(r.Macs, none.Macs)} | {(withCfg ? Ratio(r.Macs, cfg.Macs) : "–")} | {r.PeakMb:F0} |");
+                sb.AppendLine($"| {Label(r.Case)} | {r.Sec:F4} | {r.Spread * 100:F0}% | {Ratio(r.Sec, none?.Sec ?? 0)} | {(withCfg ? Ratio(r.Sec, cfg?.Sec ?? 0) : "–")} | " +
+                              $"{r.Macs / 1e9:F1} | {Ratio(r.Macs, none?.Macs ?? 0)} | {(withCfg ? Ratio(r.Macs, cfg?.Macs ?? 0) : "–")} | " +
+                              $"{r.MacsPerSecond / 1e9:F1} | {Percent(bench.OfPeak(r))} | {r.PeakMb:F0} |");
             }
             sb.AppendLine();
         }

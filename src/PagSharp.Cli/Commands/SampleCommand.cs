@@ -46,6 +46,7 @@ public sealed class SampleCommand : Command<SampleCommand.Settings>
         var device = PagSharp.Runtime.DeviceSpec.Parse(s.Device);
         using var loaded = s.LoadModel();
         using var guide = s.LoadGuide();
+        StartupTrace.Mark("model-loaded");
         if (device.type != TorchSharp.DeviceType.CPU)
         {
             loaded.Net.to(device);
@@ -127,6 +128,7 @@ public sealed class SampleCommand : Command<SampleCommand.Settings>
                         int batchNo = done;
                         var progress = new SyncProgress<SamplingProgress>(p =>
                         {
+                            StartupTrace.FirstStep();
                             task.Value = batchNo * steps + p.Step;
                             task.Description = $"batch {batchNo + 1}/{myBatches.Count} step {p.Step}/{p.StepsPerBatch} {p.StepsPerSecond:F2} it/s";
                         });

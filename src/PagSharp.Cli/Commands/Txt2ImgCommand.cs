@@ -128,6 +128,7 @@ public sealed partial class Txt2ImgCommand : Command<Txt2ImgSettings>
             var merged = lora.Merge(scale, sd.Unet, sd.TextEncoder, sd.TextEncoder2);
             AnsiConsole.MarkupLine($"LoRA {Markup.Escape(Path.GetFileName(file))} merged at scale {scale.ToString(System.Globalization.CultureInfo.InvariantCulture)}: {merged.Count} weights");
         }
+        StartupTrace.Mark("model-loaded"); // and LoRA merged; a guide model or ControlNet loads below
         if (sd.Vae is not null) sd.Vae.Tiling = s.VaeTiling;
         if (device.type != TorchSharp.DeviceType.CPU) sd.ToDevice(device);
         string scheduler = s.Scheduler ?? sd.Folder.NativeSchedulerName ?? "ddim";
@@ -259,6 +260,7 @@ public sealed partial class Txt2ImgCommand : Command<Txt2ImgSettings>
                         int batchNo = bi;
                         var latents = Generate(idx, source, guidance, st =>
                         {
+                            StartupTrace.FirstStep();
                             int done = st.Index + 1 - firstStep;
                             task.Value = batchNo * stepsRun + done;
                             task.Description = $"batch {batchNo + 1}/{myBatches.Count} step {done}/{stepsRun} {done / Math.Max(sw.Elapsed.TotalSeconds, 1e-9):F2} it/s";

@@ -1,5 +1,9 @@
+using System.Globalization;
 using System.Text.Json;
 using PagSharp.Cli.Commands;
+using PagSharp.Models;
+using PagSharp.Models.Adm;
+using PagSharp.Runtime;
 
 namespace PagSharp.Tests.Cli;
 
@@ -25,6 +29,136 @@ public sealed class BenchCommandTests
         var json = JsonDocument.Parse(output.Split('\n').Last(l => l.StartsWith('{'))).RootElement;
         Assert.True(json.GetProperty("sec_per_step").GetDouble() > 0, output);
         Assert.True(json.GetProperty("peak_mb").GetDouble() > 10, output);
+    }
+
+    /// <summary>Runs one benchmark child in process and returns its JSON answer (seconds per step or product, peak RSS, threads).</summary>
+    private static JsonElement Child(BenchCommand.Case c, int runs)
+    {
+        var stdout = new StringWriter();
+        var previous = Console.Out;
+        Console.SetOut(stdout);
+        int exit;
+        string log;
+        try { (exit, log) = Pag.Run("bench", "--child", JsonSerializer.Serialize(c), "--runs", runs.ToString(CultureInfo.InvariantCulture)); }
+        finally { Console.SetOut(previous); }
+        string output = stdout.ToString();
+        Assert.True(exit == 0, log + output);
+        return JsonDocument.Parse(output.Split('\n').Last(l => l.StartsWith('{'))).RootElement;
+    }
+
+    private static BenchCommand.Row RowOf(BenchCommand.Case c, JsonElement json, double macs) =>
+        new(c, json.GetProperty("sec_per_step").GetDouble(), 0, json.GetProperty("peak_mb").GetDouble(), macs);
+
+    /// <summary>The cells of a markdown table's row whose first cell is <paramref name="first"/>.</summary>
+    private static string[] Cells(string md, string first, string? second = null) =>
+        md.Split('\n').Where(l => l.StartsWith("| ", StringComparison.Ordinal))
+            .Select(l => l.Split('|').Skip(1).SkipLast(1).Select(v => v.Trim()).ToArray())
+            .Single(cells => cells[0] == first && (second is null || cells[1] == second));
+
+    private static double Num(string cell) => double.Parse(cell.TrimEnd('%'), CultureInfo.InvariantCulture);
+
+    [Fact]
+    public void TinyRun_GemmPeakRowsHaveRss_AndEachRowsFractionIsItsMacsPerSecondOverItsTypesPeak()
+    {
+        // A tiny bench: the GEMM reference (64×64 products) in both types and two built-in-model rows, each child run as pag bench runs it.
+        var gemm = BenchCommand.GemmTypes.SelectMany(t => GemmThroughput.Kernels.Select(k => new BenchCommand.Case(BenchCommand.Gemm, 64, 1, k, t))).ToList();
+        var rows = new[] { new BenchCommand.Case("mnist", 2, 1, "none"), new BenchCommand.Case("mnist", 2, 1, "none", "bfloat16") };
+        using var net = new AdmUNet(ModelStore.ResolveConfig(null, null));
+        var bench = new BenchCommand.Results(
+            gemm.Select(c => RowOf(c, Child(c, 3), 64.0 * 64 * 64)).ToList(),
+            rows.Select(c => RowOf(c, Child(c, 1), BenchCommand.StepMacs(net, c))).ToList(),
+            CpuInfo.Current(), new[] { TorchSharp.torch.get_num_threads() }, 1, 1);
+        string md = BenchCommand.Report(bench);
+
+        Assert.Contains("64×64 @ 64×64 matrix product, `GemmThroughput`)", md);
+        Assert.Equal(4, bench.Gemm.Count);
+        Assert.Contains("| method | s/step | spread | ÷ none | ÷ CFG | GMACs/step | MACs ÷ none | MACs ÷ CFG | GMAC/s | ÷ GEMM | peak RSS (MB) |", md);
+        foreach (var g in bench.Gemm)
+        {
+            var cells = Cells(md, g.Case.Dtype, g.Case.Method); // type | kernel | s/product | spread | GMAC/s | ÷ peak of the type | peak RSS
+            Assert.True(Num(cells[6]) > 10, $"GEMM {g.Case.Dtype} {g.Case.Method} peak RSS {cells[6]} MB");
+            Assert.Equal(Math.Round(g.PeakMb), Num(cells[6]));
+            Assert.Equal(g.Macs / g.Sec / 1e9, Num(cells[4]), 0.051);
+        }
+        foreach (var r in bench.Rows)
+        {
+            var cells = Cells(md, BenchCommand.Label(r.Case));
+            double peak = bench.Gemm.Where(g => g.Case.Dtype == r.Case.Dtype).Max(g => g.Macs / g.Sec); // the faster kernel of the row's own type
+            Assert.Equal(r.Macs / r.Sec / 1e9, Num(cells[8]), 0.051);
+            Assert.Equal(100 * r.Macs / r.Sec / peak, Num(cells[9]), 0.051);
+            Assert.Equal(Math.Round(r.PeakMb), Num(cells[10]));
+            Assert.True(Num(cells[10]) > 10, $"{r.Case} peak RSS {cells[10]} MB");
+        }
+        Assert.Contains("(bfloat16)", md);
+    }
+
+    [Fact]
+    public void Report_FractionUsesThePeakOfTheRowsType_AndNamesTheCpu()
+    {
+        BenchCommand.Row Gemm(string t, string kernel, double sec) => new(new BenchCommand.Case(BenchCommand.Gemm, 1000, 1, kernel, t), sec, 0.1, 300, 1e9);
+        var cpu = CpuInfo.Parse(new[] { "processor\t: 0", "model name\t: Test CPU 9000", "flags\t\t: fpu avx2 fma avx512f avx512_bf16 amx_tile amx_bf16" });
+        var bench = new BenchCommand.Results(
+            new[] { Gemm("float32", "mm", 0.04), Gemm("float32", "conv1x1", 0.02), Gemm("bfloat16", "mm", 0.005), Gemm("bfloat16", "conv1x1", 0.01) },  // peaks 50 and 200 GMAC/s
+            new[]
+            {
+                new BenchCommand.Row(new BenchCommand.Case("mnist", 16, 5, "none"), 0.5, 0, 400, 5e9),              // 10 GMAC/s
+                new BenchCommand.Row(new BenchCommand.Case("mnist", 16, 5, "none", "bfloat16"), 0.25, 0, 300, 5e9), // 20 GMAC/s
+                new BenchCommand.Row(new BenchCommand.Case("mnist", 16, 5, "none", "float16"), 0.25, 0, 300, 5e9),  // no float16 peak
+            },
+            cpu, new[] { 2 }, 5, 3);
+        string md = BenchCommand.Report(bench);
+        Assert.Equal("20.0%", Cells(md, "none")[9]);
+        Assert.Equal("10.0%", Cells(md, "none (bfloat16)")[9]);
+        Assert.Equal("–", Cells(md, "none (float16)")[9]);
+        Assert.Equal(new[] { "bfloat16", "conv1x1", "0.0100", "10%", "100.0", "0.50", "300" }, Cells(md, "bfloat16", "conv1x1"));
+        Assert.Contains("## GEMM peak: float32 50.0 GMAC/s, bfloat16 200.0 GMAC/s (1000×1000 @ 1000×1000", md);
+        Assert.Contains("Test CPU 9000 (avx2, fma, avx512f, avx512_bf16, amx_tile, amx_bf16)", md);
+        Assert.Contains(bench.ConsoleSummary(), l => l.StartsWith("GEMM peak bfloat16: 200.0 GMAC/s", StringComparison.Ordinal));
+        Assert.Contains(bench.ConsoleSummary(), l => l.EndsWith("10.0% of the bfloat16 GEMM peak", StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public void CpuInfo_ListsMatrixFeatures_AndSaysWhenThereIsNoAmx()
+    {
+        var cpu = CpuInfo.Parse(new[] { "model name\t: AMD EPYC", "flags\t\t: fpu avx avx2 fma avx512f avx512_vnni avx512_bf16 avx512vbmi", "model name\t: other" });
+        Assert.Equal("AMD EPYC", cpu.ModelName);
+        Assert.Equal(new[] { "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16" }, cpu.MatrixFeatures);
+        Assert.Equal("AMD EPYC (avx2, fma, avx512f, avx512_vnni, avx512_bf16; no AMX)", cpu.ToString());
+        Assert.Equal("?", CpuInfo.Parse(Array.Empty<string>()).ModelName);
+    }
+
+    [Fact]
+    public void Splice_ReplacesOnlyTheGeneratedPart()
+    {
+        string first = BenchCommand.Splice("", "## Table\n\n| a |\n");
+        Assert.StartsWith("# Performance\n\n" + BenchCommand.BeginMarker, first);
+        string edited = "# Performance\n\nintro note\n\n" + first[first.IndexOf(BenchCommand.BeginMarker, StringComparison.Ordinal)..] + "\n## Notes by hand\n\nkept\n";
+        string second = BenchCommand.Splice(edited, "## Table\n\n| b |\n");
+        Assert.Contains("intro note", second);
+        Assert.Contains("## Notes by hand\n\nkept\n", second);
+        Assert.Contains("| b |", second);
+        Assert.DoesNotContain("| a |", second);
+        Assert.Equal(second, BenchCommand.Splice(second, "## Table\n\n| b |\n")); // idempotent
+        // A report from before the markers: its text is kept after the new generated part, under its title.
+        string old = BenchCommand.Splice("# Performance\n\nold generated text\n\n### Hand-written\n", "| c |\n");
+        Assert.StartsWith("# Performance\n\n" + BenchCommand.BeginMarker, old);
+        Assert.EndsWith(BenchCommand.EndMarker + "\n\nold generated text\n\n### Hand-written\n", old);
+    }
+
+    [Fact]
+    public void GemmThroughput_CountsNCubedMultiplyAdds()
+    {
+        var g = GemmThroughput.Measure(TorchSharp.torch.ScalarType.Float32, 32, warmup: 0, repetitions: 4);
+        var c = GemmThroughput.Measure(TorchSharp.torch.ScalarType.Float32, 32, warmup: 0, repetitions: 3, kernel: GemmThroughput.Conv1x1);
+        Assert.Equal(4, g.Seconds.Count);
+        Assert.Equal(3, c.Seconds.Count);
+        Assert.Equal(32.0 * 32 * 32, g.Macs);
+        Assert.Equal(g.Macs / g.MedianSeconds, g.MacsPerSecond);
+        Assert.Equal(Math.Max(g.MacsPerSecond, c.MacsPerSecond), GemmThroughput.Peak(new[] { g, c }, TorchSharp.torch.ScalarType.Float32));
+        Assert.Null(GemmThroughput.Peak(new[] { g, c }, TorchSharp.torch.ScalarType.BFloat16));
+        Assert.Throws<PagSharpException>(() => GemmThroughput.Measure(TorchSharp.torch.ScalarType.Float32, 8, kernel: "gemv"));
+        Assert.Equal(2.5, GemmThroughput.Median(new[] { 4.0, 1, 2, 3 }));
+        Assert.Throws<PagSharpException>(() => GemmThroughput.Measure(TorchSharp.torch.ScalarType.Float32, 0));
     }
 
     [Fact]
