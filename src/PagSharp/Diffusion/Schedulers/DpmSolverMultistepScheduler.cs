@@ -10,7 +10,7 @@ namespace PagSharp.Diffusion.Schedulers;
 /// (first step, and the last one with a zero final σ or fewer than 15 steps) or the second-order multistep update
 /// with the previous x̂₀. Scalars in float32, as diffusers' 0-dim tensors.
 /// </summary>
-public sealed class DpmSolverMultistepScheduler : IScheduler, IDisposable
+public sealed class DpmSolverMultistepScheduler : ISigmaScheduler, IDisposable
 {
     private readonly SchedulerConfig _c;
     private readonly float[] _sigmas;
@@ -42,6 +42,7 @@ public sealed class DpmSolverMultistepScheduler : IScheduler, IDisposable
     public string Name => "dpmpp-2m";
     /// <summary>σ per step plus the final one.</summary>
     public IReadOnlyList<float> SigmaGrid => _sigmas;
+    public bool VariancePreserving => true;
 
     /// <summary>Releases the stored model outputs.</summary>
     public void Dispose()

@@ -10,7 +10,7 @@ namespace PagSharp.Diffusion.Schedulers;
 /// Ancestral: σ_up = √(σ_{i+1}²(σ_i² − σ_{i+1}²)/σ_i²), σ_down = √(σ_{i+1}² − σ_up²); x ← x + (x − x̂₀)/σ_i·(σ_down − σ_i) + z·σ_up,
 /// with z drawn per sample from the run's generators (as diffusers with a list of generators).
 /// </summary>
-public sealed class EulerScheduler : IScheduler
+public sealed class EulerScheduler : ISigmaScheduler
 {
     private readonly SchedulerConfig _c;
     private readonly float[] _sigmas;
@@ -54,6 +54,7 @@ public sealed class EulerScheduler : IScheduler
     public float InitNoiseSigma { get; }
     /// <summary>σ per step plus the final 0.</summary>
     public IReadOnlyList<float> SigmaGrid => _sigmas;
+    public bool VariancePreserving => false;
 
     public Tensor AddNoise(Tensor original, Tensor noise, int stepIndex) => original + noise * _sigmas[stepIndex];
 

@@ -56,14 +56,16 @@ public static class Schedulers
     /// <summary>
     /// A scheduler for a guided-diffusion model: <c>ddpm</c> and <c>ddim</c> run on the respaced
     /// <paramref name="respaced"/> process with guided-diffusion's arithmetic; the others through the
-    /// <see cref="SigmaBridge"/> with <paramref name="steps"/> inference steps.
+    /// <see cref="SigmaBridge"/> with <paramref name="steps"/> inference steps, with x̂₀ clipped to [−1, 1] as guided-diffusion
+    /// does when <paramref name="clipDenoised"/> (<see cref="ClippedDenoisedScheduler"/>).
     /// </summary>
     public static IScheduler ForGaussianDiffusion(string name, GaussianDiffusion respaced, string noiseSchedule, int steps, double eta, bool clipDenoised,
                                                   bool karrasSigmas = false) => name switch
     {
         "ddpm" => new GaussianDiffusionScheduler(respaced, ddim: false, eta, clipDenoised),
         "ddim" => new GaussianDiffusionScheduler(respaced, ddim: true, eta, clipDenoised),
-        _ => Create(Check(name), SigmaBridge.For(noiseSchedule, respaced.OriginalSteps) with { UseKarrasSigmas = karrasSigmas }, steps, eta),
+        _ => Create(Check(name), SigmaBridge.For(noiseSchedule, respaced.OriginalSteps) with { UseKarrasSigmas = karrasSigmas }, steps, eta) is var s
+             && clipDenoised && s is ISigmaScheduler sigma ? new ClippedDenoisedScheduler(sigma) : s,
     };
 
     /// <summary>Throws for an unknown name (before anything is loaded).</summary>

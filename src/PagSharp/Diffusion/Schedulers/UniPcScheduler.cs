@@ -17,7 +17,7 @@ namespace PagSharp.Diffusion.Schedulers;
 /// </list>
 /// Scalars in float32, as diffusers' 0-dim tensors.
 /// </summary>
-public sealed class UniPcScheduler : IScheduler, IDisposable
+public sealed class UniPcScheduler : ISigmaScheduler, IDisposable
 {
     private readonly SchedulerConfig _c;
     private readonly float[] _sigmas;
@@ -57,6 +57,7 @@ public sealed class UniPcScheduler : IScheduler, IDisposable
     public float InitNoiseSigma => 1f;
     /// <summary>σ per step plus the final one.</summary>
     public IReadOnlyList<float> SigmaGrid => _sigmas;
+    public bool VariancePreserving => true;
     public Tensor ScaleModelInput(Tensor sample, int stepIndex) => sample;
 
     public Tensor AddNoise(Tensor original, Tensor noise, int stepIndex)
