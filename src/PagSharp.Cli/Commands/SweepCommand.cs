@@ -52,6 +52,9 @@ public sealed class SweepCommand : Command<SweepCommand.Settings>
         if (problems.Count > 0) throw new PagSharpException(string.Join("; ", problems));
         string report = s.Report ?? Path.Combine(s.Output, "report.md");
         if (!report.EndsWith(".md", StringComparison.OrdinalIgnoreCase)) throw new PagSharpException($"--report '{report}' must be a .md file");
+        // The report's numbers go beside it as REPORT.json: that must not be the plan itself.
+        if (string.Equals(Path.GetFullPath(Path.ChangeExtension(report, ".json")), Path.GetFullPath(s.Plan), StringComparison.Ordinal))
+            throw new PagSharpException($"--report '{report}' would write its numbers to {Path.ChangeExtension(report, ".json")}, which is the plan: give the report another name or folder");
         Directory.CreateDirectory(s.Output);
 
         // Several pag sweep processes may share one output folder (e.g. one per core with OMP_NUM_THREADS=1): each run

@@ -154,4 +154,16 @@ public sealed class SweepCommandTests : IDisposable
         Assert.Equal(2, exit2);
         Assert.Contains("lable", output2);
     }
+
+    [Fact]
+    public void AReportWhoseNumbersWouldOverwriteThePlanIsRefused()
+    {
+        string plan = WritePlan();
+        string before = File.ReadAllText(plan);
+        var (exit, output) = Pag.Run("sweep", "--plan", plan, "--output", _dir.File("runs"), "--report", Path.ChangeExtension(plan, ".md"));
+        Assert.Equal(2, exit);
+        Assert.Contains("which is the plan", output);
+        Assert.Equal(before, File.ReadAllText(plan));
+        Assert.False(Directory.Exists(_dir.File("runs")));
+    }
 }
