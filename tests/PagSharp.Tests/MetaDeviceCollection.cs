@@ -1,8 +1,8 @@
 namespace PagSharp.Tests;
 
 /// <summary>
-/// Tests that build models on the meta device run alone: TorchSharp's default device is process-wide, so tensors of
-/// tests running in parallel would land on the meta device too.
+/// Tests that build models on the meta device, or in a half-precision default dtype, run alone: TorchSharp's default
+/// device and dtype are process-wide, so tensors of tests running in parallel would land there too.
 /// </summary>
 [CollectionDefinition(Name, DisableParallelization = true)]
 public sealed class MetaDeviceCollection

@@ -5,8 +5,10 @@ namespace PagSharp.Tests.Sd;
 
 /// <summary>
 /// A U-Net asked for in half precision is built and filled in that type (no float32 copy): every parameter is
-/// float16 / bfloat16, the global default dtype is restored, and its output follows the float32 model's.
+/// float16 / bfloat16, the global default dtype is restored, and its output follows the float32 model's. Runs alone:
+/// building changes torch's process-wide default dtype for its duration.
 /// </summary>
+[Collection(MetaDeviceCollection.Name)]
 public sealed class HalfWeightsTests : IDisposable
 {
     private readonly TinySdFolder _sd = new();

@@ -37,7 +37,7 @@ public sealed class ServeApiTests
         Assert.All(list, l => Assert.InRange(l["cfgPagCost"]!.GetValue<double>(), 1.0, 1.5));
         // A later layer is cheaper: the perturbed branch forks there.
         Assert.True(list[0]["pagCost"]!.GetValue<double>() > list[^1]["pagCost"]!.GetValue<double>());
-        Assert.Equal(["middle_block.1"], list.Where(l => l["default"]!.GetValue<bool>()).Select(l => l["name"]!.GetValue<string>()));
+        Assert.Equal(["output_blocks.1.1"], list.Where(l => l["default"]!.GetValue<bool>()).Select(l => l["name"]!.GetValue<string>()));
 
         var (missing, error) = await host.GetJson("/api/models/nope/layers");
         Assert.Equal(HttpStatusCode.NotFound, missing);
@@ -77,7 +77,7 @@ public sealed class ServeApiTests
         string id = job["id"]!.GetValue<string>();
         Assert.Matches("^[0-9a-f]{12}$", id);
         Assert.Equal(["none", "pag:2", "cfg:3+pag:2"], job["request"]!["methods"]!.AsArray().Select(m => m!.GetValue<string>()));
-        Assert.Equal(["middle_block.1"], job["request"]!["layers"]!.AsArray().Select(m => m!.GetValue<string>())); // the model's default
+        Assert.Equal(["output_blocks.1.1"], job["request"]!["layers"]!.AsArray().Select(m => m!.GetValue<string>())); // the model's default
 
         // Server-sent events: the job's JSON at every change, ending with the finished job.
         var events = new List<JsonObject>();

@@ -52,7 +52,7 @@ public sealed class ServeBrowserTests
         await page.WaitForSelectorAsync("body[data-ready=true]");
         Assert.Equal("builtin", await page.InputValueAsync("#model"));
         Assert.Equal(7, await page.Locator("#layers tbody tr").CountAsync());
-        Assert.True(await page.IsCheckedAsync("#layers input[value='middle_block.1']"));
+        Assert.True(await page.IsCheckedAsync("#layers input[value='output_blocks.1.1']")); // the model's recommended layer (guidance_defaults)
 
         // A bad value is refused by the server and its message shown on the page.
         await page.FillAsync("#steps", "0");
@@ -71,7 +71,7 @@ public sealed class ServeBrowserTests
             await page.CheckAsync("#m-cfg\\+pag");
         }
         string tokens = await page.InnerTextAsync("#tokens");
-        Assert.Equal(big ? "none, cfg:3, pag:2, cfg:3+pag:2" : "none, pag:2", tokens);
+        Assert.Equal(big ? "none, cfg:1.5, pag:1, cfg:1.5+pag:1" : "none, pag:1", tokens); // the model's recommended scales
         int cols = tokens.Split(", ").Length;
         await page.ClickAsync("#run");
         await page.WaitForSelectorAsync("#results-card:not([hidden])");

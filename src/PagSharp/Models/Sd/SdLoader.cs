@@ -82,7 +82,9 @@ public static class SdLoader
 
     /// <summary>
     /// Builds a module with its parameters created in <paramref name="dtype"/> (torch's default dtype for the duration),
-    /// so that a half-precision model never exists as a float32 copy.
+    /// so that a half-precision model never exists as a float32 copy. The default dtype is process-wide: tensors other
+    /// threads create while a half-precision model is being built get it too, so build models before starting
+    /// concurrent work.
     /// </summary>
     public static T Create<T>(Func<T> build, ScalarType dtype) where T : nn.Module
     {
