@@ -181,7 +181,8 @@ public sealed class SweepCommand : Command<SweepCommand.Settings>
 
     private static void Invoke(Runner run, List<string> args, string id, string what)
     {
-        int exit = run(args.ToArray());
+        // Each command line configures torch's threads afresh: pass on this process's count (pag sweep --threads N).
+        int exit = run(["--threads", get_num_threads().ToString(CultureInfo.InvariantCulture), .. args]);
         if (exit == ExitCodes.Cancelled) throw new OperationCanceledException();
         if (exit != 0) throw new PagSharpException($"run '{id}': pag {what} failed (exit {exit}); command: pag {Quote(args)}");
     }
