@@ -50,7 +50,7 @@ public sealed class CompareCommand : Command<CompareCommand.Settings>
         if (methods.Any(m => m.Auto > 0) && guide is null) throw new PagSharpException("auto:S columns need --guidance-model CHECKPOINT (a weaker version of the same model)");
         var columns = methods.Select(m => s.BuildSampling(
             m.Apply(s.BuildGuidance(loaded.Net.AttentionLayers, loaded.Config.GuidanceDefaults, m.Pag, m.Cfg, m.Sag, m.Seg, m.Slg), s.ApgFromOptions()),
-            loaded.Config.SamplingDefaults)).ToArray();
+            loaded.Config.Sampling)).ToArray();
         foreach (var c in columns) Sampler.Validate(loaded.Net, c, guide?.Net);
 
         var ct = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, ConsoleCancellation.CtrlC()).Token;

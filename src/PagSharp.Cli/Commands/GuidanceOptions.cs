@@ -282,10 +282,10 @@ public class GuidanceOptionSettings : ModelSettings, IPerturbedBranchOptions
     /// </summary>
     public SamplingOptions BuildSampling(GuidanceSettings guidance, SamplingDefaults? defaults = null) => new()
     {
-        Scheduler = Diffusion.Schedulers.Schedulers.Check(Sampler ?? defaults?.Scheduler ?? "ddim"),
+        Scheduler = Diffusion.Schedulers.Schedulers.Check(Sampler ?? (defaults ?? SamplingDefaults.Fallback).Scheduler),
         KarrasSigmas = KarrasSigmas,
         MemoryLimitBytes = MemoryLimitMb is long mb ? (mb >= 1 ? mb * 1_000_000 : throw new PagSharpException($"--memory-limit must be ≥ 1 MB (got {mb})")) : null,
-        Steps = Steps ?? (Sampler is null ? defaults?.Steps : null) ?? 50,
+        Steps = Steps ?? (Sampler is null ? defaults ?? SamplingDefaults.Fallback : SamplingDefaults.Fallback).Steps,
         TimestepRespacing = TimestepRespacing,
         Eta = Eta,
         ClipDenoised = !NoClip,

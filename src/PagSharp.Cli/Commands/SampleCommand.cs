@@ -53,7 +53,7 @@ public sealed class SampleCommand : Command<SampleCommand.Settings>
             guide?.Net.to(device);
         }
         var guidance = s.BuildGuidance(loaded.Net.AttentionLayers, loaded.Config.GuidanceDefaults);
-        var options = s.BuildSampling(guidance, loaded.Config.SamplingDefaults);
+        var options = s.BuildSampling(guidance, loaded.Config.Sampling);
         options.Validate();
         string respacing = options.ResolvedRespacing(loaded.Config.DiffusionSteps);
         using var init = s.InitNoise is null ? null : TensorSpec.Load(s.InitNoise);

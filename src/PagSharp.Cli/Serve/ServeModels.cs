@@ -84,8 +84,8 @@ public sealed class AdmServeModel : ServeModel
     public override IReadOnlyList<AttentionLayerInfo> AttentionLayers => Net.AttentionLayers;
     public override IReadOnlyList<ServeLayer> Layers => _layers;
     public override IReadOnlyList<string> DefaultLayers { get; }
-    public override string DefaultScheduler => Config.SamplingDefaults?.Scheduler ?? "ddim";
-    public override int DefaultSteps => Config.SamplingDefaults?.Steps ?? 50;
+    public override string DefaultScheduler => Config.Sampling.Scheduler;
+    public override int DefaultSteps => Config.Sampling.Steps;
 
     /// <summary>Whether CFG columns are possible: a class-conditional model with a null class.</summary>
     public bool HasNullClass => Net.IsClassConditional && Config.NullClass is not null;

@@ -53,7 +53,7 @@ public sealed class AdmPipeline : IDisposable
     /// Sampling options with the model's recommended scheduler and steps (<see cref="AdmConfig.SamplingDefaults"/>; the
     /// built-in model: DDPM-100), else DDIM-50; no guidance, unconditional. Set <c>Guidance</c>, <c>Labels</c>, … with <c>with</c>.
     /// </summary>
-    public SamplingOptions DefaultOptions => Config.SamplingDefaults is { } d ? new SamplingOptions { Scheduler = d.Scheduler, Steps = d.Steps } : new SamplingOptions();
+    public SamplingOptions DefaultOptions => new() { Scheduler = Config.Sampling.Scheduler, Steps = Config.Sampling.Steps };
 
     /// <summary>
     /// Generates samples 0 … <paramref name="count"/> − 1 of a run (sample i from seed <c>options.Seed + i</c>) and

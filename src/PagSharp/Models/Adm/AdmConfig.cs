@@ -41,6 +41,9 @@ public sealed record AdmConfig
     /// <summary>The sampler and step count the model's authors recommend (built-in model: chosen by a sweep), or null.</summary>
     [JsonPropertyName("sampling_defaults")] public SamplingDefaults? SamplingDefaults { get; init; }
 
+    /// <summary>The sampler and steps to use when none is asked for: <see cref="SamplingDefaults"/>, else DDIM-50.</summary>
+    [JsonIgnore] public SamplingDefaults Sampling => SamplingDefaults ?? Adm.SamplingDefaults.Fallback;
+
     /// <summary>This config without the recommendations (<see cref="GuidanceDefaults"/>, <see cref="SamplingDefaults"/>): the network and process only.</summary>
     public AdmConfig WithoutRecommendations() => this with { GuidanceDefaults = null, SamplingDefaults = null };
 
@@ -156,6 +159,9 @@ public sealed record GuidanceDefaults
 /// </summary>
 public sealed record SamplingDefaults
 {
+    /// <summary>What a model without recommendations samples with: DDIM, 50 steps (SamplingOptions' own defaults).</summary>
+    public static readonly SamplingDefaults Fallback = new();
+
     [JsonPropertyName("scheduler")] public string Scheduler { get; init; } = "ddim";
     [JsonPropertyName("steps")] public int Steps { get; init; } = 50;
 }
