@@ -105,7 +105,7 @@ public sealed class EvalCommand : Command<EvalCommand.Settings>
     {
         JsonNode? run;
         try { run = JsonNode.Parse(File.ReadAllText(manifest)); }
-        catch (JsonException e) when (!strict) { _ = e; return null; }
+        catch (JsonException) when (!strict) { return null; }
         catch (JsonException e) { throw new PagSharpException($"--labels-from '{manifest}' is not valid JSON: {e.Message}"); }
         if (run?["samples"] is not JsonArray list)
             return strict ? throw new PagSharpException($"--labels-from '{manifest}' has no \"samples\" list (is it a pag sample run.json?)") : null;
