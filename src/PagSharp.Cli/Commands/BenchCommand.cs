@@ -57,6 +57,15 @@ public sealed class BenchCommand : Command<BenchCommand.Settings>
         "pag-mid" + CacheSuffix, "cfg+pag-mid" + CacheSuffix,
     };
 
+    /// <summary>
+    /// The rest of PAG's family, timed on the built-in model only: skip-layer guidance at the middle block (on every
+    /// step), APG and CFG-Zero* (CFG's two branches with another combination).
+    /// </summary>
+    private static readonly string[] FamilyMethods = { "slg-mid", "apg", "cfgzero" };
+
+    /// <summary>The methods also timed with the network in bfloat16 (beside their float32 rows) on every model but SDXL.</summary>
+    private static readonly string[] HalfMethods = { "none", "pag-mid", "cfg", "cfg+pag-mid" };
+
     /// <summary>The model name of the GEMM reference cases (Batch = n, Method = the kernel: <see cref="GemmThroughput.Kernels"/>).</summary>
     internal const string Gemm = "gemm";
 
@@ -78,14 +87,22 @@ public sealed class BenchCommand : Command<BenchCommand.Settings>
         if (s.Child is not null) return RunChild(JsonSerializer.Deserialize<Case>(s.Child)!, s.Runs);
         var cases = new List<Case>();
         foreach (var m in Methods) cases.Add(new Case("mnist", 16, m.EndsWith(CacheSuffix, StringComparison.Ordinal) ? 6 : 5, m));
-        foreach (var m in new[] { "none", "cfg+pag-mid" }) cases.Add(new Case("mnist", 16, 5, m, "bfloat16"));
+        foreach (var m in FamilyMethods) cases.Add(new Case("mnist", 16, 5, m));
+        foreach (var m in HalfMethods) cases.Add(new Case("mnist", 16, 5, m, "bfloat16"));
         cases.Add(new Case("mnist", 64, 2, "cfg+pag-mid"));
         if (!s.Quick)
         {
             foreach (var m in Methods) cases.Add(new Case("adm-256", 1, m.EndsWith(CacheSuffix, StringComparison.Ordinal) ? 2 : 1, m));
+            foreach (var m in HalfMethods) cases.Add(new Case("adm-256", 1, 1, m, "bfloat16"));
             foreach (var m in SdBench.Methods) cases.Add(new Case(SdBench.Model, 1, m.EndsWith(CacheSuffix, StringComparison.Ordinal) ? 2 : 1, m));
+            foreach (var m in HalfMethods) cases.Add(new Case(SdBench.Model, 1, 1, m, "bfloat16"));
         }
-        if (s.Sdxl) foreach (var m in SdBench.XlMethods) cases.Add(new Case(SdBench.XlModel, 1, 1, m));
+        if (s.Sdxl)
+        {
+            // float32 SDXL steps take minutes on two cores: the unguided and the CFG+PAG step only, beside every bfloat16 row.
+            foreach (var m in new[] { "none", "cfg+pag-mid" }) cases.Add(new Case(SdBench.XlModel, 1, 1, m));
+            foreach (var m in SdBench.XlMethods) cases.Add(new Case(SdBench.XlModel, 1, 1, m, "bfloat16"));
+        }
         if (s.Runs < 1 || s.Rounds < 1) throw new PagSharpException($"--runs and --rounds must be ≥ 1 (got {s.Runs}, {s.Rounds})");
         if (s.GemmSize < 1) throw new PagSharpException($"--gemm-size must be ≥ 1 (got {s.GemmSize})");
         var gemmCases = GemmTypes.SelectMany(t => GemmThroughput.Kernels.Select(k => new Case(Gemm, s.GemmSize, 1, k, t))).ToList();
@@ -112,7 +129,7 @@ public sealed class BenchCommand : Command<BenchCommand.Settings>
             foreach (var c in gemmCases.Concat(cases)) // the GEMM reference first in every round, so drift hits it as the rows
             {
                 bool big = c.Model is not ("mnist" or Gemm);
-                if (big && round >= 2) continue;
+                if (big && round >= 2 || c.Model == SdBench.XlModel && round >= 1) continue;
                 AnsiConsole.MarkupLine(c.Model == Gemm
                     ? $"round {round + 1}/{s.Rounds}: GEMM {c.Batch}×{c.Batch} @ {c.Batch}×{c.Batch} {c.Dtype} {c.Method} …"
                     : $"round {round + 1}/{s.Rounds}: {c.Model} batch {c.Batch} {Label(c)} …");
@@ -170,6 +187,9 @@ public sealed class BenchCommand : Command<BenchCommand.Settings>
 
     /// <summary>A row's method, with its type where that is not float32.</summary>
     internal static string Label(Case c) => c.Dtype == "float32" ? c.Method : $"{c.Method} ({c.Dtype})";
+
+    /// <summary><paramref name="v"/> ÷ <paramref name="by"/> to two decimals, "–" where there is nothing to divide by.</summary>
+    private static string Ratio(double v, double by) => by > 0 ? (v / by).ToString("F2", CultureInfo.InvariantCulture) : "–";
 
     internal static string Percent(double? fraction) => fraction is { } f ? (f * 100).ToString("F1", CultureInfo.InvariantCulture) + "%" : "–";
 
@@ -275,6 +295,10 @@ public sealed class BenchCommand : Command<BenchCommand.Settings>
             "seg-mid" => AdmCost.Forward(net, new MacCall(b, MidLayers, 0, b)),
             "pag-mid+seg-mid" => AdmCost.Forward(net, new MacCall(b, MidLayers, b, 2 * b)),
             "auto" => 2.0 * Step(false, null), // the guide has the model's architecture here
+            // SLG forks at the layer as PAG does; counted as PAG's identity attention, an upper bound by the skipped
+            // layer's value and output projections (which the skip does not compute).
+            "slg-mid" => Step(false, MidLayers),
+            "apg" or "cfgzero" => Step(true, null), // CFG's branches; the combination is elementwise
             _ => throw new PagSharpException($"unknown benchmark method {c.Method}"),
         };
         if (v.Cache) macs = (macs + Step(v.Method.StartsWith("cfg", StringComparison.Ordinal), null)) / 2;
@@ -312,6 +336,9 @@ public sealed class BenchCommand : Command<BenchCommand.Settings>
             "seg-mid" => new GuidanceSettings { Perturbed = [PerturbedGuidance.Seg(2, 10, mid)] },
             "pag-mid+seg-mid" => new GuidanceSettings { PagScale = new ScaleSchedule.Constant(2), PagLayers = mid, Perturbed = [PerturbedGuidance.Seg(2, 10, mid)] },
             "auto" => new GuidanceSettings { AutoguidanceScale = new ScaleSchedule.Constant(1) },
+            "slg-mid" => new GuidanceSettings { Perturbed = [PerturbedGuidance.Slg(2, mid, start: 0, stop: 1)] },
+            "apg" => new GuidanceSettings { GuidanceScale = 3, Apg = new ApgSettings { Eta = 0, Momentum = -0.5 } },
+            "cfgzero" => new GuidanceSettings { GuidanceScale = 3, CfgZeroStar = true },
             _ => throw new PagSharpException($"unknown benchmark method {c.Method}"),
         };
         if (cache) g = g with { PagCacheInterval = 2 };
@@ -382,14 +409,16 @@ public sealed class BenchCommand : Command<BenchCommand.Settings>
         int runs = bench.Runs, rounds = bench.Rounds;
         string threads = bench.Threads.Count == 0 ? "?" : string.Join(", ", bench.Threads);
         sb.AppendLine($"Generated by `pag bench` on {DateTime.UtcNow:yyyy-MM-dd}: {bench.Cpu}, {Environment.ProcessorCount} cores, torch threads = {threads}, TorchSharp-cpu 0.107.0 (libtorch 2.10). " +
-                      $"Seconds per DDIM step: each configuration runs in its own process, once per round and in turn ({rounds} rounds; ADM 256×256 and SD: {Math.Min(rounds, 2)}), " +
+                      $"Seconds per DDIM step: each configuration runs in its own process, once per round and in turn ({rounds} rounds; ADM 256×256 and SD 1.5: {Math.Min(rounds, 2)}; SDXL: 1), " +
                       $"a round's value being the median of {runs} runs of 5 steps after one warm-up run (ADM 256×256 and SD: a run of one step after a warm-up run; `+cache2` rows 6 and 2 steps, half of them running the perturbed branch); the table gives the median over rounds, " +
                       "the spread (max − min of the rounds ÷ median) and the largest peak RSS (the process's VmHWM). The allocator is tuned as in every `pag` command (`CpuRuntime`). " +
                       "GMACs/step: multiply-adds of the step as PagSharp runs it, counted from the model's structure (`AdmCost`, `SdCost`: convolutions, linears and attention products, " +
                       "with the shared prefix, split skips and identity attention; SAG as its two passes; `+cache2` the mean of a step with and one without the perturbed branch). " +
                       "Its ratios are the work ratios; the measured ones differ from them only as far as this CPU runs the parts of a step at different speeds (the forked part, for one, runs at a larger batch). " +
                       "GMAC/s: GMACs/step ÷ s/step; ÷ GEMM: that as a fraction of the GEMM peak of the row's type (below), i.e. how close the step comes to the fastest this machine multiplies. " +
-                      "Rows marked (bfloat16) hold the network in bfloat16 (`--dtype bfloat16`; guidance and sampler float32).");
+                      "time ÷ work: the row's time ratio ÷ its work ratio (both against the unguided step of its type); above 1, the step is slower than its multiply-adds explain. " +
+                      "Rows marked (bfloat16) hold the network in bfloat16 (`--dtype bfloat16`; guidance and sampler float32); their ratios are against the bfloat16 rows, " +
+                      "and the last table sets each beside its float32 row.");
         sb.AppendLine();
         if (bench.Gemm.Count > 0)
         {
@@ -411,9 +440,6 @@ public sealed class BenchCommand : Command<BenchCommand.Settings>
         }
         foreach (var group in bench.Rows.GroupBy(r => (r.Case.Model, r.Case.Batch)))
         {
-            var none = group.FirstOrDefault(r => r.Case.Method == "none");
-            var cfg = group.FirstOrDefault(r => r.Case.Method == "cfg");
-            static string Ratio(double v, double by) => by > 0 ? (v / by).ToString("F2", CultureInfo.InvariantCulture) : "–";
             string title = group.Key.Model switch
             {
                 "mnist" => "Built-in MNIST model",
@@ -423,15 +449,33 @@ public sealed class BenchCommand : Command<BenchCommand.Settings>
             };
             sb.AppendLine($"## {title}, batch {group.Key.Batch}");
             sb.AppendLine();
-            sb.AppendLine("| method | s/step | spread | ÷ none | ÷ CFG | GMACs/step | MACs ÷ none | MACs ÷ CFG | GMAC/s | ÷ GEMM | peak RSS (MB) |");
-            sb.AppendLine("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+            sb.AppendLine("| method | s/step | spread | ÷ none | ÷ CFG | GMACs/step | MACs ÷ none | MACs ÷ CFG | time ÷ work | GMAC/s | ÷ GEMM | peak RSS (MB) |");
+            sb.AppendLine("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
             foreach (var r in group)
             {
-                bool withCfg = r.Case.Method.Contains("cfg", StringComparison.Ordinal);
+                // Ratios against the unguided (and CFG) step held in the same type.
+                var none = group.FirstOrDefault(o => o.Case.Method == "none" && o.Case.Dtype == r.Case.Dtype);
+                var cfg = group.FirstOrDefault(o => o.Case.Method == "cfg" && o.Case.Dtype == r.Case.Dtype);
+                bool withCfg = r.Case.Method.Contains("cfg", StringComparison.Ordinal) || r.Case.Method == "apg";
+                string work = none is null || ReferenceEquals(r, none) ? "–" : Ratio(r.Sec / none.Sec, r.Macs / none.Macs);
                 sb.AppendLine($"| {Label(r.Case)} | {r.Sec:F4} | {r.Spread * 100:F0}% | {Ratio(r.Sec, none?.Sec ?? 0)} | {(withCfg ? Ratio(r.Sec, cfg?.Sec ?? 0) : "–")} | " +
-                              $"{r.Macs / 1e9:F1} | {Ratio(r.Macs, none?.Macs ?? 0)} | {(withCfg ? Ratio(r.Macs, cfg?.Macs ?? 0) : "–")} | " +
+                              $"{r.Macs / 1e9:F1} | {Ratio(r.Macs, none?.Macs ?? 0)} | {(withCfg ? Ratio(r.Macs, cfg?.Macs ?? 0) : "–")} | {work} | " +
                               $"{r.MacsPerSecond / 1e9:F1} | {Percent(bench.OfPeak(r))} | {r.PeakMb:F0} |");
             }
+            sb.AppendLine();
+        }
+        var pairs = bench.Rows.Where(r => r.Case.Dtype != "float32")
+            .Select(h => (Full: bench.Rows.FirstOrDefault(f => f.Case with { Dtype = "float32" } == h.Case with { Dtype = "float32" } && f.Case.Dtype == "float32"), Half: h))
+            .Where(p => p.Full is not null).ToList();
+        if (pairs.Count > 0)
+        {
+            sb.AppendLine("## Reduced precision against float32 (same model, batch and method)");
+            sb.AppendLine();
+            sb.AppendLine("| model | batch | method | type | float32 s/step | its s/step | speed-up | float32 peak RSS (MB) | its peak RSS (MB) | RSS ÷ float32 |");
+            sb.AppendLine("|---|---:|---|---|---:|---:|---:|---:|---:|---:|");
+            foreach (var (full, half) in pairs)
+                sb.AppendLine($"| {half.Case.Model} | {half.Case.Batch} | {half.Case.Method} | {half.Case.Dtype} | {full!.Sec:F4} | {half.Sec:F4} | {Ratio(full.Sec, half.Sec)} | " +
+                              $"{full.PeakMb:F0} | {half.PeakMb:F0} | {Ratio(half.PeakMb, full.PeakMb)} |");
             sb.AppendLine();
         }
         return sb.ToString();

@@ -14,6 +14,9 @@ public sealed class BenchCommandTests
     [InlineData("cfg+pag-mid")]
     [InlineData("pag-mid+seg-mid")]
     [InlineData("auto")]
+    [InlineData("slg-mid")]
+    [InlineData("apg")]
+    [InlineData("cfgzero")]
     public void Child_PrintsSecondsPerStepAndPeakRss(string method)
     {
         // The child answers its parent on standard output, not through the console renderer.
@@ -72,7 +75,7 @@ public sealed class BenchCommandTests
 
         Assert.Contains("64×64 @ 64×64 matrix product, `GemmThroughput`)", md);
         Assert.Equal(4, bench.Gemm.Count);
-        Assert.Contains("| method | s/step | spread | ÷ none | ÷ CFG | GMACs/step | MACs ÷ none | MACs ÷ CFG | GMAC/s | ÷ GEMM | peak RSS (MB) |", md);
+        Assert.Contains("| method | s/step | spread | ÷ none | ÷ CFG | GMACs/step | MACs ÷ none | MACs ÷ CFG | time ÷ work | GMAC/s | ÷ GEMM | peak RSS (MB) |", md);
         foreach (var g in bench.Gemm)
         {
             var cells = Cells(md, g.Case.Dtype, g.Case.Method); // type | kernel | s/product | spread | GMAC/s | ÷ peak of the type | peak RSS
@@ -84,10 +87,10 @@ public sealed class BenchCommandTests
         {
             var cells = Cells(md, BenchCommand.Label(r.Case));
             double peak = bench.Gemm.Where(g => g.Case.Dtype == r.Case.Dtype).Max(g => g.Macs / g.Sec); // the faster kernel of the row's own type
-            Assert.Equal(r.Macs / r.Sec / 1e9, Num(cells[8]), 0.051);
-            Assert.Equal(100 * r.Macs / r.Sec / peak, Num(cells[9]), 0.051);
-            Assert.Equal(Math.Round(r.PeakMb), Num(cells[10]));
-            Assert.True(Num(cells[10]) > 10, $"{r.Case} peak RSS {cells[10]} MB");
+            Assert.Equal(r.Macs / r.Sec / 1e9, Num(cells[9]), 0.051);
+            Assert.Equal(100 * r.Macs / r.Sec / peak, Num(cells[10]), 0.051);
+            Assert.Equal(Math.Round(r.PeakMb), Num(cells[11]));
+            Assert.True(Num(cells[11]) > 10, $"{r.Case} peak RSS {cells[11]} MB");
         }
         Assert.Contains("(bfloat16)", md);
     }
@@ -107,14 +110,43 @@ public sealed class BenchCommandTests
             },
             cpu, new[] { 2 }, 5, 3);
         string md = BenchCommand.Report(bench);
-        Assert.Equal("20.0%", Cells(md, "none")[9]);
-        Assert.Equal("10.0%", Cells(md, "none (bfloat16)")[9]);
-        Assert.Equal("–", Cells(md, "none (float16)")[9]);
+        Assert.Equal("20.0%", Cells(md, "none")[10]);
+        Assert.Equal("10.0%", Cells(md, "none (bfloat16)")[10]);
+        Assert.Equal("–", Cells(md, "none (float16)")[10]);
         Assert.Equal(new[] { "bfloat16", "conv1x1", "0.0100", "10%", "100.0", "0.50", "300" }, Cells(md, "bfloat16", "conv1x1"));
         Assert.Contains("## GEMM peak: float32 50.0 GMAC/s, bfloat16 200.0 GMAC/s (1000×1000 @ 1000×1000", md);
         Assert.Contains("Test CPU 9000 (avx2, fma, avx512f, avx512_bf16, amx_tile, amx_bf16)", md);
         Assert.Contains(bench.ConsoleSummary(), l => l.StartsWith("GEMM peak bfloat16: 200.0 GMAC/s", StringComparison.Ordinal));
         Assert.Contains(bench.ConsoleSummary(), l => l.EndsWith("10.0% of the bfloat16 GEMM peak", StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public void Report_RatiosAreAgainstTheSameType_TimeOverWorkIsTheirQuotient_AndHalfRowsSitBesideFloat32()
+    {
+        BenchCommand.Row Row(string method, string dtype, double sec, double rss, double macs) => new(new BenchCommand.Case("adm-256", 1, 1, method, dtype), sec, 0, rss, macs);
+        var bench = new BenchCommand.Results(Array.Empty<BenchCommand.Row>(),
+            new[]
+            {
+                Row("none", "float32", 6.0, 4000, 1e12),
+                Row("pag-mid", "float32", 9.9, 5000, 1.5e12),      // time 1.65 for work 1.50: 1.10
+                Row("none", "bfloat16", 3.0, 2600, 1e12),
+                Row("pag-mid", "bfloat16", 4.2, 3000, 1.5e12),     // time 1.40 (against bfloat16's none) for work 1.50: 0.93
+                Row("cfg", "bfloat16", 6.0, 3100, 2e12),           // no float32 cfg row: not in the comparison
+            },
+            CpuInfo.Parse(new[] { "model name\t: X" }), new[] { 2 }, 1, 1);
+        string md = BenchCommand.Report(bench);
+        var pag = Cells(md, "pag-mid");             // method s/step spread ÷none ÷CFG GMACs MACs÷none MACs÷CFG time÷work GMAC/s ÷GEMM RSS
+        Assert.Equal(new[] { "1.65", "1.50", "1.10" }, new[] { pag[3], pag[6], pag[8] });
+        var half = Cells(md, "pag-mid (bfloat16)");
+        Assert.Equal(new[] { "1.40", "1.50", "0.93" }, new[] { half[3], half[6], half[8] });
+        Assert.Equal("–", Cells(md, "none (bfloat16)")[8]);
+        Assert.Contains("## Reduced precision against float32", md);
+        // model | batch | method | type | float32 s/step | its s/step | speed-up | float32 RSS | its RSS | RSS ÷ float32
+        string[] Pair(string method) => md.Split('\n').Where(l => l.StartsWith($"| adm-256 | 1 | {method} |", StringComparison.Ordinal))
+            .Select(l => l.Split('|').Skip(1).SkipLast(1).Select(v => v.Trim()).ToArray()).Single();
+        Assert.Equal(new[] { "adm-256", "1", "none", "bfloat16", "6.0000", "3.0000", "2.00", "4000", "2600", "0.65" }, Pair("none"));
+        Assert.Equal(new[] { "adm-256", "1", "pag-mid", "bfloat16", "9.9000", "4.2000", "2.36", "5000", "3000", "0.60" }, Pair("pag-mid"));
+        Assert.DoesNotContain("| adm-256 | 1 | cfg |", md);
     }
 
     [Fact]

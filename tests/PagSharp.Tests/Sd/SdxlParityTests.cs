@@ -110,9 +110,9 @@ public sealed class SdxlParityTests
     }
 
     /// <summary>The pipeline of a folder (default sdxl_tiny), without tokenizers, with the run's scheduler name.</summary>
-    private static StableDiffusion Load(string? dir = null) => StableDiffusion.Load(dir ?? Dir, new SdComponents(Vae: true, TextEncoder: false));
+    internal static StableDiffusion Load(string? dir = null) => StableDiffusion.Load(dir ?? Dir, new SdComponents(Vae: true, TextEncoder: false));
 
-    private static GuidanceSettings Guidance(double cfg, double pag, string layers, IReadOnlyList<AttentionLayerInfo> all, double adaptive = 0, double rescale = 0) => new()
+    internal static GuidanceSettings Guidance(double cfg, double pag, string layers, IReadOnlyList<AttentionLayerInfo> all, double adaptive = 0, double rescale = 0) => new()
     {
         GuidanceScale = cfg,
         GuidanceRescale = rescale,
@@ -120,7 +120,7 @@ public sealed class SdxlParityTests
         PagLayers = pag > 0 ? DiffusersLayerSpec.Resolve(layers, all, LayerMatch.Diffusers) : [],
     };
 
-    private static Tensor Txt2Img(StableDiffusion sd, string scheduler, GuidanceSettings g, SdXlMicroConditioning? micro = null, double? denoisingEnd = null)
+    internal static Tensor Txt2Img(StableDiffusion sd, string scheduler, GuidanceSettings g, SdXlMicroConditioning? micro = null, double? denoisingEnd = null)
     {
         using var source = new NoiseSource([11, 12]);
         var xl = sd.XlConditioning(Get("run_in.pooled_prompt_embeds"), g.UsesCfg ? Get("run_in.negative_pooled_prompt_embeds") : null, 64, 64, micro);
