@@ -35,6 +35,8 @@ public sealed class BenchCommand : Command<BenchCommand.Settings>
         public int Runs { get; init; } = 5;
         [CommandOption("--rounds <N>")][Description("Rounds: every configuration is measured once per round, in turn, so that drift of a shared machine hits all alike; the median over rounds is reported (256×256: at most 2 rounds of 1 run).")]
         public int Rounds { get; init; } = 3;
+        [CommandOption("--large-rounds <N>")][Description("Rounds for the ADM 256×256 and Stable Diffusion 1.5 rows (default 2, at most --rounds; SDXL always 1): each of their runs takes seconds to minutes on two cores.")]
+        public int LargeRounds { get; init; } = 2;
         [CommandOption("--sdxl")][Description("Also time the SDXL base UNet (128×128 latents; about a minute per UNet pass on two cores). Without it the report gives SDXL's work ratios only.")]
         public bool Sdxl { get; init; }
         [CommandOption("--quick")][Description("Skip the 256×256 ADM and the Stable Diffusion configurations.")]
@@ -99,11 +101,12 @@ public sealed class BenchCommand : Command<BenchCommand.Settings>
         }
         if (s.Sdxl)
         {
-            // float32 SDXL steps take minutes on two cores: the unguided and the CFG+PAG step only, beside every bfloat16 row.
+            // SDXL steps take minutes on two cores: float32 unguided and CFG+PAG, bfloat16 also CFG (for CFG+PAG ÷ CFG).
             foreach (var m in new[] { "none", "cfg+pag-mid" }) cases.Add(new Case(SdBench.XlModel, 1, 1, m));
-            foreach (var m in SdBench.XlMethods) cases.Add(new Case(SdBench.XlModel, 1, 1, m, "bfloat16"));
+            foreach (var m in new[] { "none", "cfg", "cfg+pag-mid" }) cases.Add(new Case(SdBench.XlModel, 1, 1, m, "bfloat16"));
         }
-        if (s.Runs < 1 || s.Rounds < 1) throw new PagSharpException($"--runs and --rounds must be ≥ 1 (got {s.Runs}, {s.Rounds})");
+        if (s.Runs < 1 || s.Rounds < 1 || s.LargeRounds < 1)
+            throw new PagSharpException($"--runs, --rounds and --large-rounds must be ≥ 1 (got {s.Runs}, {s.Rounds}, {s.LargeRounds})");
         if (s.GemmSize < 1) throw new PagSharpException($"--gemm-size must be ≥ 1 (got {s.GemmSize})");
         var gemmCases = GemmTypes.SelectMany(t => GemmThroughput.Kernels.Select(k => new Case(Gemm, s.GemmSize, 1, k, t))).ToList();
         // Multiply-adds per step, from each model's structure (random weights; nothing is run), first: a bad case fails at once.
@@ -129,7 +132,7 @@ public sealed class BenchCommand : Command<BenchCommand.Settings>
             foreach (var c in gemmCases.Concat(cases)) // the GEMM reference first in every round, so drift hits it as the rows
             {
                 bool big = c.Model is not ("mnist" or Gemm);
-                if (big && round >= 2 || c.Model == SdBench.XlModel && round >= 1) continue;
+                if (big && round >= s.LargeRounds || c.Model == SdBench.XlModel && round >= 1) continue;
                 AnsiConsole.MarkupLine(c.Model == Gemm
                     ? $"round {round + 1}/{s.Rounds}: GEMM {c.Batch}×{c.Batch} @ {c.Batch}×{c.Batch} {c.Dtype} {c.Method} …"
                     : $"round {round + 1}/{s.Rounds}: {c.Model} batch {c.Batch} {Label(c)} …");
@@ -146,7 +149,8 @@ public sealed class BenchCommand : Command<BenchCommand.Settings>
             return new Row(c, median, (secs.Max() - secs.Min()) / median, measured[c].Max(m => m.PeakMb), macs[c]);
         }
         var threads = measured.Values.SelectMany(v => v).Select(m => m.Threads).Distinct().Order().ToArray();
-        var bench = new Results(gemmCases.Select(Summarize).ToList(), cases.Select(Summarize).ToList(), CpuInfo.Current(), threads, s.Runs, s.Rounds);
+        var bench = new Results(gemmCases.Select(Summarize).ToList(), cases.Select(Summarize).ToList(), CpuInfo.Current(), threads, s.Runs, s.Rounds,
+            Math.Min(s.Rounds, s.LargeRounds));
         foreach (var line in bench.ConsoleSummary()) AnsiConsole.MarkupLine(Markup.Escape(line));
         string existing = File.Exists(s.Output) ? File.ReadAllText(s.Output) : "";
         AtomicFile.WriteAllText(s.Output, Splice(existing, Report(bench) + (s.Sdxl ? "" : XlWorkRatios())));
@@ -165,7 +169,7 @@ public sealed class BenchCommand : Command<BenchCommand.Settings>
     }
 
     /// <summary>Everything a report is made of: the GEMM reference rows (one per type and kernel), the benchmark rows and the machine.</summary>
-    internal sealed record Results(IReadOnlyList<Row> Gemm, IReadOnlyList<Row> Rows, CpuInfo Cpu, IReadOnlyList<int> Threads, int Runs, int Rounds)
+    internal sealed record Results(IReadOnlyList<Row> Gemm, IReadOnlyList<Row> Rows, CpuInfo Cpu, IReadOnlyList<int> Threads, int Runs, int Rounds, int LargeRounds = 2)
     {
         /// <summary>The GEMM reference's multiply-adds per second in <paramref name="dtype"/>: its fastest kernel; null if it was not timed.</summary>
         public double? Peak(string dtype) => Gemm.Where(g => g.Case.Dtype == dtype).Select(g => (double?)g.MacsPerSecond).Max();
@@ -409,7 +413,7 @@ public sealed class BenchCommand : Command<BenchCommand.Settings>
         int runs = bench.Runs, rounds = bench.Rounds;
         string threads = bench.Threads.Count == 0 ? "?" : string.Join(", ", bench.Threads);
         sb.AppendLine($"Generated by `pag bench` on {DateTime.UtcNow:yyyy-MM-dd}: {bench.Cpu}, {Environment.ProcessorCount} cores, torch threads = {threads}, TorchSharp-cpu 0.107.0 (libtorch 2.10). " +
-                      $"Seconds per DDIM step: each configuration runs in its own process, once per round and in turn ({rounds} rounds; ADM 256×256 and SD 1.5: {Math.Min(rounds, 2)}; SDXL: 1), " +
+                      $"Seconds per DDIM step: each configuration runs in its own process, once per round and in turn ({rounds} rounds; ADM 256×256 and SD 1.5: {bench.LargeRounds}; SDXL: 1), " +
                       $"a round's value being the median of {runs} runs of 5 steps after one warm-up run (ADM 256×256 and SD: a run of one step after a warm-up run; `+cache2` rows 6 and 2 steps, half of them running the perturbed branch); the table gives the median over rounds, " +
                       "the spread (max − min of the rounds ÷ median) and the largest peak RSS (the process's VmHWM). The allocator is tuned as in every `pag` command (`CpuRuntime`). " +
                       "GMACs/step: multiply-adds of the step as PagSharp runs it, counted from the model's structure (`AdmCost`, `SdCost`: convolutions, linears and attention products, " +
