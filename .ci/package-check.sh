@@ -39,6 +39,10 @@ host_lacks_glibcxx_3_4_32() {
 step "pack PagSharp and PagSharp.Cli $version into $feed"
 # A separate artifacts folder: nothing built by the tests (bin/, obj/) is reused, and a concurrent build is not disturbed.
 pack=(-c Release -o "$feed" --artifacts-path "$work/artifacts" -p:ContinuousIntegrationBuild=true)
+# The tool packages are ReadyToRun-compiled per RID (PagSharp.Cli.csproj), which needs crossgen2 and each RID's runtime
+# pack in the NuGet cache; the project's own restore does not fetch them (EnableRuntimePackDownload=false keeps plain
+# builds from downloading three runtimes), so a fresh machine fetches them here first.
+dotnet restore src/PagSharp.Cli/PagSharp.Cli.csproj -p:PublishReadyToRun=true -p:EnableRuntimePackDownload=true
 dotnet pack src/PagSharp/PagSharp.csproj "${pack[@]}"
 dotnet pack src/PagSharp.Cli/PagSharp.Cli.csproj "${pack[@]}"
 ls -l "$feed"
