@@ -42,7 +42,7 @@ pack=(-c Release -o "$feed" --artifacts-path "$work/artifacts" -p:ContinuousInte
 # The tool packages are ReadyToRun-compiled per RID (PagSharp.Cli.csproj), which needs crossgen2 and each RID's runtime
 # pack in the NuGet cache; the project's own restore does not fetch them (EnableRuntimePackDownload=false keeps plain
 # builds from downloading three runtimes), so a fresh machine fetches them here first.
-dotnet restore src/PagSharp.Cli/PagSharp.Cli.csproj -p:PublishReadyToRun=true -p:EnableRuntimePackDownload=true
+dotnet restore src/PagSharp.Cli/PagSharp.Cli.csproj --artifacts-path "$work/restore" -p:PublishReadyToRun=true -p:EnableRuntimePackDownload=true
 dotnet pack src/PagSharp/PagSharp.csproj "${pack[@]}"
 dotnet pack src/PagSharp.Cli/PagSharp.Cli.csproj "${pack[@]}"
 ls -l "$feed"
