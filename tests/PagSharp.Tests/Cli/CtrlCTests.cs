@@ -27,7 +27,8 @@ public class CtrlCTests
             Assert.False(p.HasExited, "the run finished before it could be interrupted");
             using (var kill = Process.Start("kill", new[] { "-INT", p.Id.ToString() })) kill!.WaitForExit();
             Assert.True(p.WaitForExit(60_000), "pag did not stop after SIGINT");
-            Assert.Equal(130, p.ExitCode);
+            p.WaitForExit(); // the asynchronous output readers are drained
+            Assert.True(p.ExitCode == 130, $"exit code {p.ExitCode} after SIGINT (expected 130); output:\n{Log()}");
         }
         var kept = Directory.GetFiles(output, "*.png").OrderBy(f => f).ToArray();
         Assert.InRange(kept.Length, 2, 11);
@@ -43,14 +44,19 @@ public class CtrlCTests
         foreach (var (file, bytes) in keptBytes) Assert.Equal(bytes, File.ReadAllBytes(file));
     }
 
-    private static Process Start(string[] args)
+    /// <summary>What the started processes printed (stdout and stderr), for the failure messages.</summary>
+    private readonly System.Text.StringBuilder _log = new();
+
+    private string Log() { lock (_log) return _log.ToString(); }
+
+    private Process Start(string[] args)
     {
         var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
         foreach (var a in args) psi.ArgumentList.Add(a);
         psi.Environment["OMP_NUM_THREADS"] = "1";
         var p = Process.Start(psi)!;
-        p.OutputDataReceived += (_, _) => { };
-        p.ErrorDataReceived += (_, _) => { };
+        p.OutputDataReceived += (_, e) => { if (e.Data is not null) lock (_log) _log.AppendLine(e.Data); };
+        p.ErrorDataReceived += (_, e) => { if (e.Data is not null) lock (_log) _log.AppendLine(e.Data); };
         p.BeginOutputReadLine();
         p.BeginErrorReadLine();
         return p;
