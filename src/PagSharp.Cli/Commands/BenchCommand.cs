@@ -469,7 +469,7 @@ public sealed class BenchCommand : Command<BenchCommand.Settings>
             sb.AppendLine();
         }
         var pairs = bench.Rows.Where(r => r.Case.Dtype != "float32")
-            .Select(h => (Full: bench.Rows.FirstOrDefault(f => f.Case with { Dtype = "float32" } == h.Case with { Dtype = "float32" } && f.Case.Dtype == "float32"), Half: h))
+            .Select(h => (Full: bench.Rows.FirstOrDefault(f => f.Case == h.Case with { Dtype = "float32" }), Half: h))
             .Where(p => p.Full is not null).ToList();
         if (pairs.Count > 0)
         {
