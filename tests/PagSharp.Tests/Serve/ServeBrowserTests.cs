@@ -47,6 +47,8 @@ public sealed class ServeBrowserTests
         var consoleErrors = new List<string>();
         page.Request += (_, r) => { if (!r.Url.StartsWith(url, StringComparison.Ordinal) && !r.Url.StartsWith("data:", StringComparison.Ordinal)) foreign.Add(r.Url); };
         page.Console += (_, m) => { if (m.Type == "error") consoleErrors.Add(m.Text); };
+        var failedResponses = new List<string>(); // which URLs the console's "Failed to load resource" lines were about
+        page.Response += (_, r) => { if (r.Status >= 400) lock (failedResponses) failedResponses.Add($"{r.Status} {r.Request.Method} {r.Url}"); };
 
         await page.GotoAsync(url);
         await page.WaitForSelectorAsync("body[data-ready=true]");
@@ -104,7 +106,8 @@ public sealed class ServeBrowserTests
         Assert.True(new FileInfo(shot).Length > 10_000);
         if (screenshot is not null) File.Copy(shot, screenshot, overwrite: true);
         Assert.Empty(foreign);
-        Assert.True(consoleErrors.All(e => e.Contains("400", StringComparison.Ordinal)), string.Join("\n", consoleErrors)); // only the refused request
+        Assert.True(consoleErrors.All(e => e.Contains("400", StringComparison.Ordinal)),
+            string.Join("\n", consoleErrors) + "\nresponses ≥ 400: " + string.Join("; ", failedResponses)); // only the refused request
     }
 
     private static void StringAssert(string actual, string expectedStart) =>
