@@ -29,8 +29,8 @@ public sealed class BenchCommand : Command<BenchCommand.Settings>
 {
     public sealed class Settings : CommandSettings
     {
-        [CommandOption("--output <FILE>")][Description("Markdown report (default docs/performance.md).")]
-        public string Output { get; init; } = Path.Combine("docs", "performance.md");
+        [CommandOption("--output <FILE>")][Description("Markdown report (default docs/performance.md; with --only it must be given).")]
+        public string? Output { get; init; }
         [CommandOption("--runs <N>")][Description("Timed runs per configuration and round (their median is the round's value).")]
         public int Runs { get; init; } = 5;
         [CommandOption("--rounds <N>")][Description("Rounds: every configuration is measured once per round, in turn, so that drift of a shared machine hits all alike; the median over rounds is reported (256×256: at most 2 rounds of 1 run).")]
@@ -39,6 +39,12 @@ public sealed class BenchCommand : Command<BenchCommand.Settings>
         public int LargeRounds { get; init; } = 2;
         [CommandOption("--sdxl")][Description("Also time the SDXL base UNet (128×128 latents; about a minute per UNet pass on two cores). Without it the report gives SDXL's work ratios only.")]
         public bool Sdxl { get; init; }
+        [CommandOption("--xl-rounds <N>")][Description("Rounds for the SDXL rows (default 1, at most --rounds; each is one step after a warm-up step).")]
+        public int XlRounds { get; init; } = 1;
+        [CommandOption("--only <MODELS>")][Description("Time only these models, comma-separated: mnist, adm-256, sd-1.5, sdxl (sdxl then needs no --sdxl), or gemm for the GEMM reference alone (seconds: is bfloat16 faster on this CPU?). The report covers only them, so --output must name another file than the full run's docs/performance.md.")]
+        public string? Only { get; init; }
+        [CommandOption("--methods <LIST>")][Description("Time only these methods (comma-separated row names such as none,cfg,cfg+pag-mid; both types), e.g. to repeat a few rows with more rounds. Needs --output, as --only.")]
+        public string? OnlyMethods { get; init; }
         [CommandOption("--quick")][Description("Skip the 256×256 ADM and the Stable Diffusion configurations.")]
         public bool Quick { get; init; }
         [CommandOption("--gemm-size <N>")][Description("n of the GEMM reference, an n×n @ n×n matrix product timed in float32 and bfloat16 (default 2048).")]
@@ -99,14 +105,22 @@ public sealed class BenchCommand : Command<BenchCommand.Settings>
             foreach (var m in SdBench.Methods) cases.Add(new Case(SdBench.Model, 1, m.EndsWith(CacheSuffix, StringComparison.Ordinal) ? 2 : 1, m));
             foreach (var m in HalfMethods) cases.Add(new Case(SdBench.Model, 1, 1, m, "bfloat16"));
         }
-        if (s.Sdxl)
+        var only = ParseOnly(s.Only);
+        bool timeXl = s.Sdxl || only?.Contains(SdBench.XlModel) == true;
+        if (timeXl)
         {
-            // SDXL steps take minutes on two cores: float32 unguided and CFG+PAG, bfloat16 also CFG (for CFG+PAG ÷ CFG).
-            foreach (var m in new[] { "none", "cfg+pag-mid" }) cases.Add(new Case(SdBench.XlModel, 1, 1, m));
-            foreach (var m in new[] { "none", "cfg", "cfg+pag-mid" }) cases.Add(new Case(SdBench.XlModel, 1, 1, m, "bfloat16"));
+            // SDXL steps take half a minute to two minutes on two cores: unguided, CFG and CFG+PAG in both types.
+            foreach (var t in new[] { "float32", "bfloat16" })
+                foreach (var m in new[] { "none", "cfg", "cfg+pag-mid" }) cases.Add(new Case(SdBench.XlModel, 1, 1, m, t));
         }
-        if (s.Runs < 1 || s.Rounds < 1 || s.LargeRounds < 1)
-            throw new PagSharpException($"--runs, --rounds and --large-rounds must be ≥ 1 (got {s.Runs}, {s.Rounds}, {s.LargeRounds})");
+        if (only is not null) cases.RemoveAll(c => !only.Contains(c.Model));
+        var methods = ParseMethods(s.OnlyMethods, cases);
+        if (methods is not null) cases.RemoveAll(c => !methods.Contains(c.Method));
+        if (cases.Count == 0 && only?.Contains(Gemm) != true) throw new PagSharpException("nothing to time: --quick skips every model --only names");
+        if (s.Runs < 1 || s.Rounds < 1 || s.LargeRounds < 1 || s.XlRounds < 1)
+            throw new PagSharpException($"--runs, --rounds, --large-rounds and --xl-rounds must be ≥ 1 (got {s.Runs}, {s.Rounds}, {s.LargeRounds}, {s.XlRounds})");
+        string output = s.Output ?? (only is null && methods is null ? Path.Combine("docs", "performance.md")
+            : throw new PagSharpException("--only and --methods time part of the benchmark: give --output (docs/performance.md holds the full run)"));
         if (s.GemmSize < 1) throw new PagSharpException($"--gemm-size must be ≥ 1 (got {s.GemmSize})");
         var gemmCases = GemmTypes.SelectMany(t => GemmThroughput.Kernels.Select(k => new Case(Gemm, s.GemmSize, 1, k, t))).ToList();
         // Multiply-adds per step, from each model's structure (random weights; nothing is run), first: a bad case fails at once.
@@ -132,7 +146,7 @@ public sealed class BenchCommand : Command<BenchCommand.Settings>
             foreach (var c in gemmCases.Concat(cases)) // the GEMM reference first in every round, so drift hits it as the rows
             {
                 bool big = c.Model is not ("mnist" or Gemm);
-                if (big && round >= s.LargeRounds || c.Model == SdBench.XlModel && round >= 1) continue;
+                if (c.Model == SdBench.XlModel ? round >= s.XlRounds : big && round >= s.LargeRounds) continue;
                 AnsiConsole.MarkupLine(c.Model == Gemm
                     ? $"round {round + 1}/{s.Rounds}: GEMM {c.Batch}×{c.Batch} @ {c.Batch}×{c.Batch} {c.Dtype} {c.Method} …"
                     : $"round {round + 1}/{s.Rounds}: {c.Model} batch {c.Batch} {Label(c)} …");
@@ -150,12 +164,42 @@ public sealed class BenchCommand : Command<BenchCommand.Settings>
         }
         var threads = measured.Values.SelectMany(v => v).Select(m => m.Threads).Distinct().Order().ToArray();
         var bench = new Results(gemmCases.Select(Summarize).ToList(), cases.Select(Summarize).ToList(), CpuInfo.Current(), threads, s.Runs, s.Rounds,
-            Math.Min(s.Rounds, s.LargeRounds));
+            Math.Min(s.Rounds, s.LargeRounds), Math.Min(s.Rounds, s.XlRounds));
         foreach (var line in bench.ConsoleSummary()) AnsiConsole.MarkupLine(Markup.Escape(line));
-        string existing = File.Exists(s.Output) ? File.ReadAllText(s.Output) : "";
-        AtomicFile.WriteAllText(s.Output, Splice(existing, Report(bench) + (s.Sdxl ? "" : XlWorkRatios())));
-        AnsiConsole.MarkupLine($"wrote {Markup.Escape(s.Output)} (its generated part; the text outside the markers is kept)");
+        string existing = File.Exists(output) ? File.ReadAllText(output) : "";
+        AtomicFile.WriteAllText(output, Splice(existing, Report(bench) + (timeXl || only is not null || methods is not null ? "" : XlWorkRatios())));
+        AnsiConsole.MarkupLine($"wrote {Markup.Escape(output)} (its generated part; the text outside the markers is kept)");
         return 0;
+    }
+
+    /// <summary>The models <c>pag bench</c> times (<see cref="Case.Model"/> names), in report order.</summary>
+    internal static readonly string[] Models = { "mnist", "adm-256", SdBench.Model, SdBench.XlModel };
+
+    /// <summary>
+    /// The models of a <c>--only</c> list (null: all), each checked against <see cref="Models"/> or <see cref="Gemm"/>
+    /// (the GEMM reference is timed in every run; named alone, nothing else is).
+    /// </summary>
+    internal static HashSet<string>? ParseOnly(string? only)
+    {
+        if (only is null) return null;
+        string valid = string.Join(", ", Models.Append(Gemm));
+        var names = only.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries);
+        if (names.Length == 0) throw new PagSharpException($"--only needs at least one model; valid: {valid}");
+        foreach (var n in names)
+            if (!Models.Contains(n) && n != Gemm) throw new PagSharpException($"--only: unknown model '{n}'; valid: {valid}");
+        return names.ToHashSet();
+    }
+
+    /// <summary>The methods of a <c>--methods</c> list (null: all), each one that some case of <paramref name="cases"/> has.</summary>
+    internal static HashSet<string>? ParseMethods(string? list, IReadOnlyList<Case> cases)
+    {
+        if (list is null) return null;
+        var known = cases.Select(c => c.Method).Distinct().ToList();
+        var names = list.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries);
+        if (names.Length == 0) throw new PagSharpException($"--methods needs at least one method; valid here: {string.Join(", ", known)}");
+        foreach (var n in names)
+            if (!known.Contains(n)) throw new PagSharpException($"--methods: no row '{n}' among the models timed; valid here: {string.Join(", ", known)}");
+        return names.ToHashSet();
     }
 
     /// <summary>One child's answer: seconds per step (GEMM: per product), its peak RSS and its torch threads.</summary>
@@ -169,7 +213,7 @@ public sealed class BenchCommand : Command<BenchCommand.Settings>
     }
 
     /// <summary>Everything a report is made of: the GEMM reference rows (one per type and kernel), the benchmark rows and the machine.</summary>
-    internal sealed record Results(IReadOnlyList<Row> Gemm, IReadOnlyList<Row> Rows, CpuInfo Cpu, IReadOnlyList<int> Threads, int Runs, int Rounds, int LargeRounds = 2)
+    internal sealed record Results(IReadOnlyList<Row> Gemm, IReadOnlyList<Row> Rows, CpuInfo Cpu, IReadOnlyList<int> Threads, int Runs, int Rounds, int LargeRounds = 2, int XlRounds = 1)
     {
         /// <summary>The GEMM reference's multiply-adds per second in <paramref name="dtype"/>: its fastest kernel; null if it was not timed.</summary>
         public double? Peak(string dtype) => Gemm.Where(g => g.Case.Dtype == dtype).Select(g => (double?)g.MacsPerSecond).Max();
@@ -413,7 +457,7 @@ public sealed class BenchCommand : Command<BenchCommand.Settings>
         int runs = bench.Runs, rounds = bench.Rounds;
         string threads = bench.Threads.Count == 0 ? "?" : string.Join(", ", bench.Threads);
         sb.AppendLine($"Generated by `pag bench` on {DateTime.UtcNow:yyyy-MM-dd}: {bench.Cpu}, {Environment.ProcessorCount} cores, torch threads = {threads}, TorchSharp-cpu 0.107.0 (libtorch 2.10). " +
-                      $"Seconds per DDIM step: each configuration runs in its own process, once per round and in turn ({rounds} rounds; ADM 256×256 and SD 1.5: {bench.LargeRounds}; SDXL: 1), " +
+                      $"Seconds per DDIM step: each configuration runs in its own process, once per round and in turn ({rounds} rounds; ADM 256×256 and SD 1.5: {bench.LargeRounds}; SDXL: {bench.XlRounds}), " +
                       $"a round's value being the median of {runs} runs of 5 steps after one warm-up run (ADM 256×256 and SD: a run of one step after a warm-up run; `+cache2` rows 6 and 2 steps, half of them running the perturbed branch); the table gives the median over rounds, " +
                       "the spread (max − min of the rounds ÷ median) and the largest peak RSS (the process's VmHWM). The allocator is tuned as in every `pag` command (`CpuRuntime`). " +
                       "GMACs/step: multiply-adds of the step as PagSharp runs it, counted from the model's structure (`AdmCost`, `SdCost`: convolutions, linears and attention products, " +

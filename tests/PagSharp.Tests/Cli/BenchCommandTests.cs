@@ -201,6 +201,34 @@ public sealed class BenchCommandTests
         Assert.Contains("pag-everywhere", output);
     }
 
+    [Fact]
+    public void Only_NamesModels_AndNeedsItsOwnReport()
+    {
+        Assert.Null(BenchCommand.ParseOnly(null));
+        Assert.Equal(new[] { "mnist", "sdxl" }, BenchCommand.ParseOnly(" sdxl, mnist ")!.Order());
+        var unknown = Assert.Throws<PagSharpException>(() => BenchCommand.ParseOnly("sdxl,sd-2.1"));
+        Assert.Contains("'sd-2.1'", unknown.Message);
+        Assert.Contains("mnist, adm-256, sd-1.5, sdxl, gemm", unknown.Message);
+        Assert.Throws<PagSharpException>(() => BenchCommand.ParseOnly(" , "));
+
+        // A partial run must not overwrite the full run's report: without --output it stops before timing anything.
+        var (exit, output) = Pag.Run("bench", "--only", "mnist");
+        Assert.True(exit != 0, output);
+        Assert.Contains("--output", output);
+        (exit, output) = Pag.Run("bench", "--only", "adm-256", "--quick", "--output", Path.Combine(Path.GetTempPath(), "never-written.md"));
+        Assert.True(exit != 0, output);
+        Assert.Contains("nothing to time", output);
+        (exit, output) = Pag.Run("bench", "--only", "mnist", "--methods", "cfg,pag-mid");
+        Assert.True(exit != 0, output);
+        Assert.Contains("--output", output);
+        (exit, output) = Pag.Run("bench", "--only", "sd-1.5", "--methods", "apg", "--output", Path.Combine(Path.GetTempPath(), "never-written.md"));
+        Assert.True(exit != 0, output);
+        Assert.Contains("no row 'apg'", output); // APG is timed on the built-in model only
+        (exit, output) = Pag.Run("bench", "--xl-rounds", "0");
+        Assert.True(exit != 0, output);
+        Assert.Contains("--xl-rounds", output);
+    }
+
     [Theory]
     [InlineData("VmHWM:\t  391000 kB", 391000)]
     [InlineData("VmHWM:\t11153012 kB", 11153012)]  // from 10 GB on /proc pads no more
