@@ -29,7 +29,7 @@ public sealed class BenchCommand : Command<BenchCommand.Settings>
 {
     public sealed class Settings : CommandSettings
     {
-        [CommandOption("--output <FILE>")][Description("Markdown report (default docs/performance.md; with --only it must be given).")]
+        [CommandOption("--output <FILE>")][Description("Markdown report (default docs/performance.md; with --only or --methods it must be given).")]
         public string? Output { get; init; }
         [CommandOption("--runs <N>")][Description("Timed runs per configuration and round (their median is the round's value).")]
         public int Runs { get; init; } = 5;
