@@ -119,7 +119,8 @@ public sealed class BenchCommand : Command<BenchCommand.Settings>
         if (cases.Count == 0 && only?.Contains(Gemm) != true) throw new PagSharpException("nothing to time: --quick skips every model --only names");
         if (s.Runs < 1 || s.Rounds < 1 || s.LargeRounds < 1 || s.XlRounds < 1)
             throw new PagSharpException($"--runs, --rounds, --large-rounds and --xl-rounds must be ≥ 1 (got {s.Runs}, {s.Rounds}, {s.LargeRounds}, {s.XlRounds})");
-        string output = s.Output ?? (only is null && methods is null ? Path.Combine("docs", "performance.md")
+        bool partial = only is not null || methods is not null;
+        string output = s.Output ?? (!partial ? Path.Combine("docs", "performance.md")
             : throw new PagSharpException("--only and --methods time part of the benchmark: give --output (docs/performance.md holds the full run)"));
         if (s.GemmSize < 1) throw new PagSharpException($"--gemm-size must be ≥ 1 (got {s.GemmSize})");
         var gemmCases = GemmTypes.SelectMany(t => GemmThroughput.Kernels.Select(k => new Case(Gemm, s.GemmSize, 1, k, t))).ToList();
@@ -167,7 +168,7 @@ public sealed class BenchCommand : Command<BenchCommand.Settings>
             Math.Min(s.Rounds, s.LargeRounds), Math.Min(s.Rounds, s.XlRounds));
         foreach (var line in bench.ConsoleSummary()) AnsiConsole.MarkupLine(Markup.Escape(line));
         string existing = File.Exists(output) ? File.ReadAllText(output) : "";
-        AtomicFile.WriteAllText(output, Splice(existing, Report(bench) + (timeXl || only is not null || methods is not null ? "" : XlWorkRatios())));
+        AtomicFile.WriteAllText(output, Splice(existing, Report(bench) + (timeXl || partial ? "" : XlWorkRatios())));
         AnsiConsole.MarkupLine($"wrote {Markup.Escape(output)} (its generated part; the text outside the markers is kept)");
         return 0;
     }
@@ -179,26 +180,21 @@ public sealed class BenchCommand : Command<BenchCommand.Settings>
     /// The models of a <c>--only</c> list (null: all), each checked against <see cref="Models"/> or <see cref="Gemm"/>
     /// (the GEMM reference is timed in every run; named alone, nothing else is).
     /// </summary>
-    internal static HashSet<string>? ParseOnly(string? only)
-    {
-        if (only is null) return null;
-        string valid = string.Join(", ", Models.Append(Gemm));
-        var names = only.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries);
-        if (names.Length == 0) throw new PagSharpException($"--only needs at least one model; valid: {valid}");
-        foreach (var n in names)
-            if (!Models.Contains(n) && n != Gemm) throw new PagSharpException($"--only: unknown model '{n}'; valid: {valid}");
-        return names.ToHashSet();
-    }
+    internal static HashSet<string>? ParseOnly(string? only) =>
+        ParseNames(only, "--only", "model", Models.Append(Gemm).ToList(), n => $"unknown model '{n}'");
 
     /// <summary>The methods of a <c>--methods</c> list (null: all), each one that some case of <paramref name="cases"/> has.</summary>
-    internal static HashSet<string>? ParseMethods(string? list, IReadOnlyList<Case> cases)
+    internal static HashSet<string>? ParseMethods(string? list, IReadOnlyList<Case> cases) =>
+        ParseNames(list, "--methods", "method", cases.Select(c => c.Method).Distinct().ToList(), n => $"no row '{n}' among the models timed");
+
+    /// <summary>A comma-separated list of names (null: no filter), each one of <paramref name="valid"/>.</summary>
+    private static HashSet<string>? ParseNames(string? list, string option, string noun, IReadOnlyList<string> valid, Func<string, string> unknown)
     {
         if (list is null) return null;
-        var known = cases.Select(c => c.Method).Distinct().ToList();
         var names = list.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries);
-        if (names.Length == 0) throw new PagSharpException($"--methods needs at least one method; valid here: {string.Join(", ", known)}");
+        if (names.Length == 0) throw new PagSharpException($"{option} needs at least one {noun}; valid: {string.Join(", ", valid)}");
         foreach (var n in names)
-            if (!known.Contains(n)) throw new PagSharpException($"--methods: no row '{n}' among the models timed; valid here: {string.Join(", ", known)}");
+            if (!valid.Contains(n)) throw new PagSharpException($"{option}: {unknown(n)}; valid: {string.Join(", ", valid)}");
         return names.ToHashSet();
     }
 
